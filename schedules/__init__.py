@@ -1,0 +1,36 @@
+"""Schedules per target, installed as ``tvm_ternary.schedules``.
+
+The ``schedules/`` folder at the top of the repository is the package
+``tvm_ternary.schedules`` (mapped with setuptools' ``package-dir``), so nothing installs
+a generic top-level module named ``schedules``. Rules follow TVM's dlight style: a
+:class:`tvm.s_tir.dlight.ScheduleRule` whose ``apply(func, target, tunable)`` returns a
+schedule, or None when it does not apply.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+from .generic import GenericCPU
+
+
+def rules_for(target: Target) -> list[ScheduleRule]:
+    """The schedule rules for ``target``, most specific first."""
+    if target.kind.name != "llvm":
+        raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
+    return [GenericCPU()]
+
+
+def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
+    """Schedule one operator PrimFunc with the first rule for ``target`` that applies."""
+    for rule in rules_for(target):
+        sch = rule.apply(func, target, tunable)
+        if sch is not None:
+            return sch
+    name = func.attrs["global_symbol"] if func.attrs and "global_symbol" in func.attrs else "<anonymous>"
+    raise ValueError(f"schedules: no rule for {name} on target {target}")
+
+
+__all__ = ["GenericCPU", "rules_for", "schedule"]

@@ -1,0 +1,114 @@
+"""``tvm_ternary.op``: compile one operator for a target and call it on numpy values.
+
+>>> f = op("conv2d", scheme="ternary", data_shape=(1, 64, 56, 56),
+...        weight_shape=(64, 64, 3, 3), stride=1, padding=1, target="llvm")
+>>> y = f(x, w)                # values in, int32 NCHW out
+>>> f.lib.inspect_source("asm")
+
+Compiled kernels are cached per (operator, shapes, scheme, stride, padding, target)
+for the life of the process, so asking twice costs one compile.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import tvm
+from tvm.target import Target
+
+from . import schedules
+from .operators.spec import OperatorSpec
+from .schemes import make_scheme
+from .target import TargetLike, host_cannot_run, resolve_target, target_key
+
+
+@lru_cache(maxsize=None)
+def _compile(spec: OperatorSpec, target_json: str) -> tvm.runtime.Executable:
+    target = Target(target_json)
+    funcs = {}
+    for func in (spec.data_prim_func(), spec.kernel_prim_func()):
+        name = str(func.attrs["global_symbol"])
+        funcs[name] = schedules.schedule(func, target).mod["main"].with_attr("global_symbol", name)
+    return tvm.compile(tvm.IRModule(funcs), target=target)
+
+
+class CompiledOperator:
+    """A compiled operator: call it with values, read its assembly from :attr:`lib`.
+
+    Calling runs two device functions: ``<symbol>_data`` packs the values (bit planes,
+    or channels-last bytes for fgq) and ``<symbol>`` is the kernel; weights are packed on
+    the host at each call.
+    """
+
+    def __init__(self, spec: OperatorSpec, target: Target):
+        self.spec = spec
+        self.target = target
+        self.executable = _compile(spec, target_key(target))
+
+    @property
+    def lib(self) -> tvm.runtime.Module:
+        """The compiled runtime module (``inspect_source("asm")``, ``time_evaluator``)."""
+        return self.executable.mod
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Shape of the result."""
+        return self.spec.out_shape
+
+    def prepare(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> list:
+        """Validate inputs and return the device tensors ``[packed data, *weights, out]``."""
+        reason = host_cannot_run(self.target)
+        if reason:
+            raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} "
+                               f"(the module compiled; inspect it with .lib.inspect_source('asm'))")
+        values = self.spec.check_data(x)
+        weight_args = self.spec.weight_args(w, scales)
+        dev = tvm.cpu()
+        packed_shape, packed_dtype = self.spec.kernel_input_shape()
+        packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)
+        self.lib[self.spec.symbol + "_data"](tvm.runtime.tensor(values, dev), packed)
+        out = tvm.runtime.empty(self.spec.out_shape, self.spec.scheme.out_dtype, dev)
+        return [packed, *(tvm.runtime.tensor(a, dev) for a in weight_args), out]
+
+    def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq ``scales``."""
+        args = self.prepare(x, w, scales)
+        self.lib[self.spec.symbol](*args)
+        return args[-1].numpy()
+
+    def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """The numpy reference result for the same inputs."""
+        return self.spec.reference(x, w, scales)
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"CompiledOperator({s.where}, data={s.data_shape}, weight={s.weight_shape}, "
+                f"stride={s.stride}, padding={s.padding}, target={self.target})")
+
+
+def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
+       stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+       target: TargetLike = "llvm", **scheme_params) -> CompiledOperator:
+    """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
+
+    Args:
+        name: "conv2d" (data NCHW ``(N, C, H, W)``, weight ``(K, C, KH, KW)``) or
+            "dense" (data ``(N, K)``, weight ``(M, K)``; no stride/padding).
+        scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
+        stride, padding: an int or one int per spatial axis (conv2d only).
+        target: a kind string ("llvm"), "host", a dict or a ``tvm.target.Target``.
+        **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
+            ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
+
+    Returns:
+        A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``) returns int32
+        (fgq: float32) ``(N, K, OH, OW)`` or ``(N, M)``.
+
+    Raises:
+        ValueError / TypeError naming the operator and the violated constraint.
+    """
+    spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params),
+                               data_shape, weight_shape, stride, padding)
+    return CompiledOperator(spec, resolve_target(target))

@@ -1,0 +1,196 @@
+"""One operator instance: op, scheme, shapes, stride and padding, validated.
+
+:class:`OperatorSpec` turns a request into the two TE PrimFuncs of the operator (the
+data stage, which packs values on the device, and the kernel) and prepares the host-side
+weight arguments. conv2d is rank 2 (NCHW data, OIHW weights); dense is rank 0 (``[N, K]``
+data, ``[M, K]`` weights), i.e. a 1x1 convolution without spatial axes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from tvm import te, tirx
+
+from .. import reference
+from ..packing import pack_planes
+from ..schemes import FgqScheme, PackedScheme, Scheme
+from .compute import fgq_correlation, layout_fgq_data, pack_data, packed_correlation, padded_planes
+
+OPERATORS = {"conv2d": 2, "dense": 0}
+"""Operator name -> spatial rank."""
+
+DATA_DTYPE = "int32"
+"""dtype of the value tensors the data stage reads."""
+
+
+def _as_shape(where: str, what: str, shape: Any, rank: int) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{where}: {what} must be a tuple of {rank} ints, got {shape!r}") from None
+    if len(dims) != rank or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                                    for d in dims):
+        raise ValueError(f"{where}: {what} must be a tuple of {rank} ints, got {shape!r}")
+    if any(d < 1 for d in dims):
+        raise ValueError(f"{where}: {what} must be positive, got {dims}")
+    return tuple(int(d) for d in dims)
+
+
+def _as_pair(where: str, what: str, value: Any, rank: int, minimum: int) -> tuple[int, ...]:
+    values = (value,) * rank if isinstance(value, (int, np.integer)) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise TypeError(f"{where}: {what} must be an int or a tuple of {rank} ints, got {value!r}") from None
+    if len(values) != rank or not all(isinstance(v, (int, np.integer)) and v >= minimum for v in values):
+        raise ValueError(f"{where}: {what} must be an int >= {minimum} or a tuple of {rank} such ints,"
+                         f" got {value!r}")
+    return tuple(int(v) for v in values)
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    """A validated operator instance; build it with :meth:`create`."""
+
+    op: str
+    scheme: Scheme
+    data_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+
+    @classmethod
+    def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
+               stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0) -> "OperatorSpec":
+        """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint."""
+        if op not in OPERATORS:
+            raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
+        rank = OPERATORS[op]
+        where = f"{op}[{scheme.label()}]"
+        names = "(N, C, H, W)" if rank else "(N, K)"
+        data_shape = _as_shape(where, f"data_shape {names}", data_shape, rank + 2)
+        weight_shape = _as_shape(where, "weight_shape " + ("(K, C, KH, KW)" if rank else "(M, K)"),
+                                 weight_shape, rank + 2)
+        if rank == 0 and (stride not in (1, ()) or padding not in (0, ())):
+            raise ValueError(f"{where}: dense takes no stride or padding")
+        stride = _as_pair(where, "stride", stride, rank, 1)
+        padding = _as_pair(where, "padding", padding, rank, 0)
+        if data_shape[1] != weight_shape[1]:
+            axis = "channels" if rank else "features"
+            raise ValueError(f"{where}: data has {data_shape[1]} input {axis} but the weight expects "
+                             f"{weight_shape[1]} (weight_shape[1])")
+        spec = cls(op, scheme, data_shape, weight_shape, stride, padding)
+        if any(o < 1 for o in spec.out_shape[2:]):
+            raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
+                             f"with padding {padding}")
+        return spec
+
+    @property
+    def where(self) -> str:
+        """Prefix of error messages, e.g. ``conv2d[ternary]``."""
+        return f"{self.op}[{self.scheme.label()}]"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        """Output shape: ``(N, K, OH, OW)`` for conv2d, ``(N, M)`` for dense."""
+        n, k = self.data_shape[0], self.weight_shape[0]
+        sizes = [(s + 2 * p - w) // st + 1 for s, w, st, p in
+                 zip(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding)]
+        return (n, k, *sizes)
+
+    @property
+    def symbol(self) -> str:
+        """Runtime function name of the kernel; the data stage is ``symbol + "_data"``."""
+        return f"{self.op}_{self.scheme.name}"
+
+    @property
+    def scales_shape(self) -> tuple[int, ...]:
+        """FGQ scales shape ``(K, ceil(C/G), *kernel)``."""
+        groups = self.scheme.num_groups(self.weight_shape[1])
+        return (self.weight_shape[0], groups, *self.weight_shape[2:])
+
+    def _data_stage(self, x: te.Tensor) -> te.Tensor:
+        if isinstance(self.scheme, FgqScheme):
+            return layout_fgq_data(x, self.scheme)
+        return pack_data(x, self.scheme)
+
+    def data_prim_func(self) -> tirx.PrimFunc:
+        """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
+        x = te.placeholder(self.data_shape, DATA_DTYPE, name="x")
+        return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
+
+    def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:
+        """Shape and dtype of the data-stage output that the kernel reads."""
+        staged = self._data_stage(te.placeholder(self.data_shape, DATA_DTYPE, name="x"))
+        return tuple(int(d) for d in staged.shape), str(staged.dtype)
+
+    def kernel_prim_func(self) -> tirx.PrimFunc:
+        """PrimFunc of the kernel: ``(data, *weight_args) -> out``, see :mod:`.compute`."""
+        shape, dtype = self.kernel_input_shape()
+        data = te.placeholder(shape, dtype, name="data")
+        weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
+                       for name, a in zip(("weight", "extra"), self._weight_arg_templates())]
+        out_spatial = self.out_shape[2:]
+        if isinstance(self.scheme, FgqScheme):
+            out = fgq_correlation(data, *weight_args, self.scheme, self.padding, out_spatial, self.stride)
+        else:
+            xpad = padded_planes(data, self.scheme, self.data_shape[1], self.padding)
+            correction = weight_args[1] if len(weight_args) > 1 else None
+            out = packed_correlation(xpad, weight_args[0], self.scheme, out_spatial, self.stride, correction)
+        return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
+
+    def _weight_arg_templates(self) -> list[np.ndarray]:
+        zeros = np.zeros(self.weight_shape, np.int32)
+        scales = np.ones(self.scales_shape, np.float32) if isinstance(self.scheme, FgqScheme) else None
+        return self._weight_args(zeros, scales)
+
+    def check_data(self, x: np.ndarray) -> np.ndarray:
+        """Validate data values and shape; returns int32 values."""
+        values = self.scheme.check_values(self.where, "data", x)
+        if values.shape != self.data_shape:
+            raise ValueError(f"{self.where}: data has shape {values.shape}, expected {self.data_shape}")
+        return values
+
+    def weight_args(self, w: np.ndarray, scales: np.ndarray | None = None) -> list[np.ndarray]:
+        """Validate weights (and FGQ scales) and prepare the kernel's weight arguments on the
+        host: packed planes (+ fatnn correction), or FGQ bytes and scales."""
+        values = self.scheme.check_values(self.where, "weight", w)
+        if values.shape != self.weight_shape:
+            raise ValueError(f"{self.where}: weight has shape {values.shape}, expected {self.weight_shape}")
+        if isinstance(self.scheme, FgqScheme):
+            if scales is None:
+                raise ValueError(f"{self.where}: scales of shape {self.scales_shape} are required")
+            scales = np.asarray(scales)
+            if not np.issubdtype(scales.dtype, np.number) or scales.dtype == np.bool_:
+                raise TypeError(f"{self.where}: scales must be a float array, got dtype {scales.dtype}")
+            if scales.shape != self.scales_shape:
+                raise ValueError(f"{self.where}: scales have shape {scales.shape}, expected "
+                                 f"{self.scales_shape} (K, ceil(C/{self.scheme.group_size}), *kernel)")
+        elif scales is not None:
+            raise ValueError(f"{self.where}: scales apply only to the fgq scheme")
+        return self._weight_args(values, scales)
+
+    def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
+        if isinstance(self.scheme, FgqScheme):
+            channels_last = np.moveaxis(w, 1, -1)
+            padded = self.scheme.num_groups(w.shape[1]) * self.scheme.group_size
+            wb = np.zeros(channels_last.shape[:-1] + (padded,), np.int8)
+            wb[..., : w.shape[1]] = channels_last
+            return [wb, np.ascontiguousarray(scales, np.float32)]
+        assert isinstance(self.scheme, PackedScheme)
+        args = [pack_planes(w, self.scheme.weight)]
+        correction = self.scheme.weight_correction(w)
+        return args if correction is None else [*args, correction]
+
+    def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+        """The numpy reference output for these values (see :mod:`tvm_ternary.reference`)."""
+        fgq = isinstance(self.scheme, FgqScheme)
+        if self.op == "dense":
+            return reference.dense_fgq(x, w, scales, self.scheme.group_size) if fgq else reference.dense(x, w)
+        if fgq:
+            return reference.conv2d_fgq_nchw(x, w, scales, self.scheme.group_size,
+                                             self.stride, self.padding)
+        return reference.conv2d_nchw(x, w, self.stride, self.padding)

@@ -1,0 +1,146 @@
+"""The bit-packing convention of tvm-ternary, defined once.
+
+Every bit-packed tensor in this package follows these rules:
+
+* **Word**: ``uint32`` (:data:`WORD_DTYPE`, :data:`WORD_BITS` = 32). 32-bit words keep
+  32-bit popcounts feeding 32-bit accumulators (no widening), and at 64 channels leave
+  two words per pixel, which keeps register tiles small.
+* **Packed axis**: the reduction axis (input channels for conv2d, ``K`` for dense). It is
+  always the innermost axis of a packed tensor, zero-padded up to a whole number of
+  words: ``num_words(n) = ceil(n / 32)``.
+* **Bit order**: LSB first. Element ``c`` of the packed axis is bit ``c % 32`` of word
+  ``c // 32``.
+* **Tail bits** (element index >= n in the last word) are always 0 in stored tensors.
+  Kernels that need "this tap exists" use :func:`tail_mask` rather than relying on
+  tail contents.
+* **Planes**: an element of ``b`` bits is stored as ``b`` separate bit planes (plane
+  ``p`` holds bit ``p`` of every element); the plane axis comes before the spatial
+  axes. What the planes mean for each value set is defined in
+  :mod:`tvm_ternary.encodings`.
+
+Layouts (``P`` planes, ``Cw = num_words(C)``, ``Kw = num_words(K)``):
+
+=====================  ==========================  ==========================
+tensor                 values layout               packed layout
+=====================  ==========================  ==========================
+conv2d activations     ``[N, C, H, W]`` (NCHW)     ``[N, P, H, W, Cw]``
+conv2d weights         ``[K, C, KH, KW]`` (OIHW)   ``[K, P, KH, KW, Cw]``
+dense activations      ``[N, K]``                  ``[N, P, Kw]``
+dense weights          ``[M, K]``                  ``[M, P, Kw]``
+=====================  ==========================  ==========================
+
+i.e. always ``[A, C, *spatial] -> [A, P, *spatial, words(C)]``. Weights are packed on
+the host by :func:`pack_planes` (once, at compile time in a graph); activations on the
+device by the TE compute of :func:`pack_planes_te`, so a graph can pack between layers.
+Both produce the same words (the tests check it).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from tvm.ir import Expr as PrimExpr
+from tvm import te, tirx
+
+if TYPE_CHECKING:
+    from .encodings import Encoding
+
+WORD_BITS = 32
+WORD_DTYPE = "uint32"
+_FULL_WORD = (1 << WORD_BITS) - 1
+
+
+def num_words(n: int) -> int:
+    """Number of words that hold ``n`` packed elements (the last one may be partial)."""
+    return -(-n // WORD_BITS)
+
+
+def tail_mask(n: int) -> int:
+    """Bit mask of the valid elements in the last word of an ``n``-element packed axis."""
+    rem = n % WORD_BITS
+    return _FULL_WORD if rem == 0 else (1 << rem) - 1
+
+
+def valid_word_te(word_index: PrimExpr, n: int) -> PrimExpr:
+    """TE expression: the mask of existing elements in word ``word_index`` of an
+    ``n``-element packed axis (all ones except for the tail word)."""
+    last = num_words(n) - 1
+    full = tirx.const(_FULL_WORD, WORD_DTYPE)
+    if tail_mask(n) == _FULL_WORD:
+        return full
+    return tirx.Select(word_index == last, tirx.const(tail_mask(n), WORD_DTYPE), full)
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """Pack 0/1 values along the last axis into ``uint32`` words (LSB first).
+
+    ``bits`` has shape ``(..., n)`` with values in {0, 1}; the result has shape
+    ``(..., num_words(n))`` with zero tail bits.
+    """
+    bits = np.asarray(bits)
+    n = bits.shape[-1]
+    padded = np.zeros(bits.shape[:-1] + (num_words(n) * WORD_BITS,), dtype=np.uint8)
+    padded[..., :n] = bits
+    as_bytes = np.packbits(padded, axis=-1, bitorder="little")
+    return np.ascontiguousarray(as_bytes).view("<u4").astype(np.uint32)
+
+
+def unpack_bits(words: np.ndarray, n: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``(..., num_words(n))`` words to ``(..., n)`` bits."""
+    words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32)).astype("<u4")
+    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    return bits[..., :n]
+
+
+def pack_words_te(
+    shape: Sequence[int],
+    n: int,
+    bit: Callable[..., PrimExpr],
+    name: str,
+) -> te.Tensor:
+    """Device-side packing: a TE compute of ``shape`` whose last axis is the word axis.
+
+    ``bit(*outer_indices, element_index)`` returns a 0/1 expression (any integer dtype)
+    for element ``element_index`` < ``n`` of the packed axis; elements beyond ``n`` are
+    tail bits and stay 0. The word is built as a sum of disjoint shifted bits, a
+    reduction over the 32 bit positions that schedules may unroll or vectorize.
+    """
+    if shape[-1] != num_words(n):
+        raise ValueError(f"pack_words_te: last axis {shape[-1]} != num_words({n})")
+    b = te.reduce_axis((0, WORD_BITS), name="bit")
+
+    def word(*idx):
+        *outer, w = idx
+        element = w * WORD_BITS + b
+        value = tirx.if_then_else(
+            element < n,
+            bit(*outer, element).astype(WORD_DTYPE),
+            tirx.const(0, WORD_DTYPE),
+        )
+        return te.sum(tirx.shift_left(value, b.var.astype(WORD_DTYPE)), axis=b)
+
+    return te.compute(tuple(shape), word, name=name)
+
+
+def pack_planes(values: np.ndarray, encoding: "Encoding") -> np.ndarray:
+    """Host packing: values ``[A, C, *spatial]`` -> words ``[A, P, *spatial, num_words(C)]``.
+
+    Planes come from ``encoding`` (:mod:`tvm_ternary.encodings`); ``C`` is the packed
+    (reduction) axis.
+    """
+    planes = encoding.planes(np.moveaxis(np.asarray(values), 1, -1))  # [P, A, *spatial, C]
+    return pack_bits(np.moveaxis(planes, 0, 1))
+
+
+def pack_planes_te(x: te.Tensor, encoding: "Encoding", name: str = "pack") -> te.Tensor:
+    """Device packing, same layout as :func:`pack_planes`: ``x`` ``[A, C, *spatial]``
+    (any integer or float dtype holding integer values) -> ``uint32 [A, P, *spatial, Cw]``."""
+    a, c, *spatial = (int(d) for d in x.shape)
+    shape = (a, encoding.num_planes, *spatial, num_words(c))
+
+    def bit(i, plane, *rest):
+        *pos, element = rest
+        return encoding.plane_bit_te(x[(i, element, *pos)].astype("int32"), plane)
+
+    return pack_words_te(shape, c, bit, name)

@@ -1,0 +1,83 @@
+"""Plain numpy references: PyTorch ``conv2d``/``linear`` semantics on the *values*.
+
+No packing, no encodings: the integer schemes (ternary, fatnn, bitserial) all mean the
+same thing, an integer convolution or matrix product of the values with zero padding,
+so one reference per operator serves them all (computed in int64, returned as int32).
+FGQ multiplies each group's integer partial sum by its float scale (float64, returned
+as float32).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple, Union
+
+import numpy as np
+
+
+Pair = Union[int, Tuple[int, int]]
+
+
+def _pair(v: Pair) -> tuple[int, int]:
+    return (v, v) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
+
+
+def _pad_and_size(x, w, stride: Pair, padding: Pair):
+    """Zero-pad x (int64) and return it with the stride pair and the output size."""
+    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+    x = np.pad(np.asarray(x, np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    oh = (x.shape[2] - w.shape[2]) // sh + 1
+    ow = (x.shape[3] - w.shape[3]) // sw + 1
+    return x, (sh, sw), (oh, ow)
+
+
+def _taps(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+    """The input pixels that kernel position (kh, kw) meets: ``[N, C, OH, OW]``."""
+    (sh, sw), (oh, ow) = stride, out
+    return x[:, :, kh: kh + sh * (oh - 1) + 1: sh, kw: kw + sw * (ow - 1) + 1: sw]
+
+
+def conv2d_nchw(x: np.ndarray, w: np.ndarray, stride: Pair = 1, padding: Pair = 0) -> np.ndarray:
+    """Integer conv2d: ``x`` [N, C, H, W], ``w`` [K, C, KH, KW] -> int32 [N, K, OH, OW]."""
+    w = np.asarray(w, np.int64)
+    x, stride, out_size = _pad_and_size(x, w, stride, padding)
+    out = np.zeros((x.shape[0], w.shape[0], *out_size), np.int64)
+    for kh in range(w.shape[2]):
+        for kw in range(w.shape[3]):
+            out += np.einsum("nchw,kc->nkhw", _taps(x, kh, kw, stride, out_size), w[:, :, kh, kw])
+    return out.astype(np.int32)
+
+
+def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Integer dense: ``x`` [N, K], ``w`` [M, K] -> int32 [N, M] (``x @ w.T``)."""
+    return (np.asarray(x, np.int64) @ np.asarray(w, np.int64).T).astype(np.int32)
+
+
+def conv2d_fgq_nchw(x: np.ndarray, w: np.ndarray, scales: np.ndarray, group_size: int,
+                    stride: Pair = 1, padding: Pair = 0) -> np.ndarray:
+    """FGQ conv2d: groups of ``group_size`` input channels at each kernel position.
+
+    ``scales`` [K, ceil(C/G), KH, KW]; output float32 [N, K, OH, OW] =
+    ``sum_{kh,kw,g} scales[k,g,kh,kw] * sum_{c in g} x[n,c,..] * w[k,c,kh,kw]``.
+    """
+    w = np.asarray(w, np.int64)
+    scales = np.asarray(scales, np.float64)
+    x, stride, out_size = _pad_and_size(x, w, stride, padding)
+    out = np.zeros((x.shape[0], w.shape[0], *out_size), np.float64)
+    for kh in range(w.shape[2]):
+        for kw in range(w.shape[3]):
+            taps = _taps(x, kh, kw, stride, out_size)
+            for g, start in enumerate(range(0, x.shape[1], group_size)):
+                part = slice(start, start + group_size)
+                partial = np.einsum("nchw,kc->nkhw", taps[:, part], w[:, part, kh, kw])
+                out += partial * scales[None, :, g, kh, kw, None, None]
+    return out.astype(np.float32)
+
+
+def dense_fgq(x: np.ndarray, w: np.ndarray, scales: np.ndarray, group_size: int) -> np.ndarray:
+    """FGQ dense: ``scales`` [M, ceil(K/G)]; float32 [N, M] = sum_g scales[m,g] * (x_g @ w_g.T)."""
+    out = 0.0
+    for g, start in enumerate(range(0, x.shape[1], group_size)):
+        part = slice(start, start + group_size)
+        partial = dense(x[:, part], w[:, part]).astype(np.float64)
+        out = out + partial * np.asarray(scales, np.float64)[None, :, g]
+    return np.asarray(out, np.float32)

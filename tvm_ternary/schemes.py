@@ -1,0 +1,289 @@
+"""Quantization schemes: which values each operand holds and how a word pair multiplies.
+
+A scheme is chosen by name plus parameters (:func:`make_scheme`):
+
+* ``ternary``: activations and weights in {-1, 0, 1}. Per 32-bit word
+  ``popc(mx & mw) - 2 * popc((sx ^ sw) & mx & mw)`` (two popcounts).
+* ``fatnn``: activations in {0, 1, 2}, weights in {-1, 0, 1}. Computed as ternary on
+  ``a - 1`` plus the per-output-channel constant ``sum(w)`` (padding stays exact because
+  padded taps are encoded as ``a - 1 = -1``).
+* ``bitserial``: ``abits``/``wbits`` in 1..8, each operand ``unipolar`` or ``bipolar``;
+  one AND (or XOR) and popcount per plane pair, weighted by ``2^(i+j)``. W1A1
+  bipolar × bipolar is BNN's XNOR-popcount, W2A2 unipolar the conventional 2-bit kernel.
+* ``fgq``: ternary weights in groups of ``group_size`` (4 or 64) along the reduction
+  axis with one float scale per (output channel, group), times unsigned ``abits``
+  (4 or 8) activations; float32 output. Stored as bytes, not bit planes: at 4–8
+  activation bits a bit-serial product needs 2·abits popcounts per word, more than a
+  byte dot product (``vpmaddubsw``, NEON ``smull``/``sadalp``) costs.
+
+Every scheme means exactly PyTorch's ``conv2d``/``linear`` applied to the values, with
+zero padding in the value domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import numpy as np
+from tvm.ir import Expr as PrimExpr
+from tvm import te, tirx
+
+from .encodings import (
+    ENCODING_NAMES,
+    BipolarEncoding,
+    Encoding,
+    ShiftedTernaryEncoding,
+    TernaryEncoding,
+    UnipolarEncoding,
+    bitserial_encoding,
+)
+
+SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq")
+FGQ_GROUP_SIZES = (4, 64)
+FGQ_ACTIVATION_BITS = (4, 8)
+MAX_BITS = 8
+
+WordOf = Callable[[PrimExpr], PrimExpr]
+"""``plane -> uint32 word`` accessor for one operand at the current reduction point."""
+
+
+def _popc(word: PrimExpr) -> PrimExpr:
+    return tirx.popcount(word).astype("int32")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Base of all schemes: operand value sets and output type."""
+
+    name: ClassVar[str]
+    out_dtype: ClassVar[str] = "int32"
+
+    @property
+    def activation(self) -> Encoding:
+        """Encoding of the activations (input data)."""
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> Encoding:
+        """Encoding of the weights."""
+        raise NotImplementedError
+
+    def label(self) -> str:
+        """Short human-readable name used in messages, e.g. ``bitserial(a2u,w2u)``."""
+        return self.name
+
+    def check_values(self, op: str, role: str, values: np.ndarray) -> np.ndarray:
+        """Return ``values`` as int32 if every element is in the operand's value set.
+
+        ``role`` is ``"data"`` or ``"weight"``. Raises ``TypeError`` for non-numeric
+        arrays and ``ValueError`` naming the operator and the value set otherwise.
+        """
+        encoding = self.activation if role == "data" else self.weight
+        arr = np.asarray(values)
+        where = f"{op}[{self.label()}]"
+        if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
+            raise TypeError(f"{where}: {role} must be an integer or float array, got dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise ValueError(f"{where}: {role} values must be integers in {encoding.describe()}")
+        bad = ~encoding.contains(arr.astype(np.int64, copy=False)) if arr.size else np.zeros(0, bool)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{where}: {role} values must be in {encoding.describe()}; "
+                f"found {arr[index]} at index {index}"
+            )
+        return arr.astype(np.int32)
+
+
+@dataclass(frozen=True)
+class PackedScheme(Scheme):
+    """A scheme computed by popcounts over bit-packed planes."""
+
+    @property
+    def kernel_planes(self) -> int:
+        """Activation planes the kernel reads: stored planes plus a validity plane
+        (index :attr:`validity_plane`) when the activation encoding needs one."""
+        return self.activation.num_planes + int(self.activation.needs_validity_plane)
+
+    @property
+    def validity_plane(self) -> int:
+        """Index of the validity plane (meaningful only if the encoding needs one)."""
+        return self.activation.num_planes
+
+    def reduce_axes(self) -> list[te.ReduceAxis]:
+        """Extra reduction axes (besides kernel taps and words) that :meth:`word_dot` uses."""
+        return []
+
+    def word_dot(self, x: WordOf, w: WordOf, axes: list) -> PrimExpr:
+        """int32 sum of value products over the 32 taps of one word pair."""
+        raise NotImplementedError
+
+    def weight_correction(self, weight: np.ndarray) -> np.ndarray | None:
+        """Per-output-channel int32 constant added to every output, or None."""
+        return None
+
+
+@dataclass(frozen=True)
+class TernaryScheme(PackedScheme):
+    """Ternary activations × ternary weights."""
+
+    name: ClassVar[str] = "ternary"
+
+    @property
+    def activation(self) -> Encoding:
+        return TernaryEncoding()
+
+    @property
+    def weight(self) -> Encoding:
+        return TernaryEncoding()
+
+    def word_dot(self, x, w, axes):
+        m, s = TernaryEncoding.MASK, TernaryEncoding.SIGN
+        both = tirx.bitwise_and(x(m), w(m))
+        negative = tirx.bitwise_and(tirx.bitwise_xor(x(s), w(s)), both)
+        return _popc(both) - 2 * _popc(negative)
+
+
+@dataclass(frozen=True)
+class FatnnScheme(TernaryScheme):
+    """FATNN: activations {0, 1, 2} × ternary weights, via ``a - 1`` and ``sum(w)``."""
+
+    name: ClassVar[str] = "fatnn"
+
+    @property
+    def activation(self) -> Encoding:
+        return ShiftedTernaryEncoding()
+
+    def weight_correction(self, weight):
+        """``sum(w)`` over all taps of each output channel: sum x·w = sum (x-1)·w + sum w."""
+        return weight.reshape(weight.shape[0], -1).sum(axis=1, dtype=np.int64).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class BitSerialScheme(PackedScheme):
+    """``abits``-bit activations × ``wbits``-bit weights, each unipolar or bipolar."""
+
+    name: ClassVar[str] = "bitserial"
+    abits: int = 2
+    wbits: int = 2
+    activation_encoding: str = "unipolar"
+    weight_encoding: str = "unipolar"
+
+    @property
+    def activation(self) -> Encoding:
+        return bitserial_encoding(self.activation_encoding, self.abits)
+
+    @property
+    def weight(self) -> Encoding:
+        return bitserial_encoding(self.weight_encoding, self.wbits)
+
+    def label(self) -> str:
+        return (f"bitserial(a{self.abits}{self.activation_encoding[0]},"
+                f"w{self.wbits}{self.weight_encoding[0]})")
+
+    def reduce_axes(self):
+        return [te.reduce_axis((0, self.abits), name="abit"),
+                te.reduce_axis((0, self.wbits), name="wbit")]
+
+    def word_dot(self, x, w, axes):
+        i, j = axes
+        xi, wj = x(i), w(j)
+        a_bipolar = isinstance(self.activation, BipolarEncoding)
+        w_bipolar = isinstance(self.weight, BipolarEncoding)
+        if a_bipolar:
+            valid = x(self.validity_plane)
+        if a_bipolar and w_bipolar:      # sum_valid (2a-1)(2w-1) = n - 2 popc(a ^ w)
+            term = _popc(valid) - 2 * _popc(tirx.bitwise_and(tirx.bitwise_xor(xi, wj), valid))
+        elif a_bipolar:                  # sum_valid (2a-1) w = 2 popc(a & w) - popc(valid & w)
+            term = 2 * _popc(tirx.bitwise_and(xi, wj)) - _popc(tirx.bitwise_and(valid, wj))
+        elif w_bipolar:                  # sum a (2w-1) = 2 popc(a & w) - popc(a)
+            term = 2 * _popc(tirx.bitwise_and(xi, wj)) - _popc(xi)
+        else:                            # sum a w
+            term = _popc(tirx.bitwise_and(xi, wj))
+        return term * tirx.shift_left(tirx.const(1, "int32"), i + j)
+
+
+@dataclass(frozen=True)
+class FgqScheme(Scheme):
+    """Ternary weights grouped by ``group_size`` with float scales × unsigned activations."""
+
+    name: ClassVar[str] = "fgq"
+    out_dtype: ClassVar[str] = "float32"
+    group_size: int = 64
+    abits: int = 8
+
+    @property
+    def activation(self) -> Encoding:
+        return UnipolarEncoding(bits=self.abits)
+
+    @property
+    def weight(self) -> Encoding:
+        return TernaryEncoding()
+
+    def label(self) -> str:
+        return f"fgq(g{self.group_size},a{self.abits})"
+
+    def num_groups(self, channels: int) -> int:
+        """Groups along a reduction axis of ``channels`` elements (the last may be partial)."""
+        return -(-channels // self.group_size)
+
+
+def _check_bits(op: str, scheme: str, name: str, value, allowed) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}[{scheme}]: {name} must be an int, got {value!r}")
+    if value not in allowed:
+        raise ValueError(f"{op}[{scheme}]: {name} must be in {_show(allowed)}, got {value}")
+    return int(value)
+
+
+def _show(allowed) -> str:
+    allowed = list(allowed)
+    if len(allowed) > 3 and allowed == list(range(allowed[0], allowed[-1] + 1)):
+        return f"{allowed[0]}..{allowed[-1]}"
+    return "{" + ", ".join(str(a) for a in allowed) + "}"
+
+
+_PARAMETERS = {
+    "ternary": (),
+    "fatnn": (),
+    "bitserial": ("abits", "wbits", "activation_encoding", "weight_encoding"),
+    "fgq": ("group_size", "abits"),
+}
+
+
+def make_scheme(op: str, scheme: str, **params) -> Scheme:
+    """Build and validate a scheme for operator ``op`` (used in error messages).
+
+    ``bitserial`` takes ``abits``, ``wbits`` (1..8, default 2) and
+    ``activation_encoding``/``weight_encoding`` ("unipolar" default, or "bipolar");
+    ``fgq`` takes ``group_size`` (4 or 64, default 64) and ``abits`` (4 or 8, default 8).
+    """
+    if scheme not in _PARAMETERS:
+        raise ValueError(f"{op}: unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
+    extra = sorted(set(params) - set(_PARAMETERS[scheme]))
+    if extra:
+        raise ValueError(f"{op}[{scheme}]: parameter(s) {extra} do not apply to scheme {scheme!r}"
+                         f" (it takes {list(_PARAMETERS[scheme]) or 'none'})")
+    if scheme == "ternary":
+        return TernaryScheme()
+    if scheme == "fatnn":
+        return FatnnScheme()
+    if scheme == "fgq":
+        return FgqScheme(
+            group_size=_check_bits(op, scheme, "group_size", params.get("group_size", 64), FGQ_GROUP_SIZES),
+            abits=_check_bits(op, scheme, "abits", params.get("abits", 8), FGQ_ACTIVATION_BITS),
+        )
+    bits = range(1, MAX_BITS + 1)
+    encodings = {}
+    for key in ("activation_encoding", "weight_encoding"):
+        encodings[key] = params.get(key, "unipolar")
+        if encodings[key] not in ENCODING_NAMES:
+            raise ValueError(f"{op}[{scheme}]: {key} must be one of {ENCODING_NAMES}, "
+                             f"got {encodings[key]!r}")
+    return BitSerialScheme(
+        abits=_check_bits(op, scheme, "abits", params.get("abits", 2), bits),
+        wbits=_check_bits(op, scheme, "wbits", params.get("wbits", 2), bits),
+        **encodings,
+    )

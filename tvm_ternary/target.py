@@ -1,0 +1,78 @@
+"""Target resolution and whether this host can run code built for a target.
+
+TVM 0.27 accepts targets as ``tvm.target.Target`` objects, JSON-like dicts
+(``{"kind": "llvm", "mcpu": "haswell"}``) or a plain kind string (``"llvm"``); the old
+``"llvm -mcpu=..."`` string form is gone. ``"host"`` means the CPU this process runs on
+(``Target.from_device(tvm.cpu())``). Pin ``mcpu`` for reproducible artifacts.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+from functools import lru_cache
+from typing import Any, Union
+
+import tvm
+from tvm.target import Target, codegen
+
+TargetLike = Union[str, dict, Target]
+
+_ISA_FEATURE = re.compile(r"^(avx|sse|ssse|fma|f16c|popcnt|bmi|gfni|vaes|vpclmul|amx|neon|sve|dotprod|i8mm)")
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
+def resolve_target(target: TargetLike) -> Target:
+    """Return a ``tvm.target.Target`` for a Target, a dict, ``"host"`` or a kind string."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str) and target == "host":
+        return _host_target()
+    if isinstance(target, (str, dict)):
+        try:
+            return Target(target)
+        except Exception as err:  # TVM raises ValueError or its own errors for bad targets
+            raise ValueError(f"invalid target {target!r}: {err}") from None
+    raise TypeError(f"target must be a str, dict or tvm.target.Target, got {type(target).__name__}")
+
+
+@lru_cache(maxsize=None)
+def _host_target() -> Target:
+    return Target.from_device(tvm.cpu())
+
+
+def target_key(target: Target) -> str:
+    """A stable string identifying a target (its JSON), for caches."""
+    return str(target)
+
+
+def target_arch(target: Target) -> str:
+    """CPU architecture of a target, from its ``mtriple`` (the host's when unset)."""
+    triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
+    arch = triple.split("-")[0]
+    return _ARCH_ALIASES.get(arch, arch)
+
+
+def _isa_features(target: Target) -> set[str]:
+    return {f for f in codegen.llvm_get_cpu_features(target) if _ISA_FEATURE.match(f)}
+
+
+def host_cannot_run(target: Target) -> str | None:
+    """Why this host cannot execute code built for ``target``, or None if it can."""
+    host_arch = _ARCH_ALIASES.get(platform.machine(), platform.machine())
+    arch = target_arch(target)
+    if arch != host_arch:
+        return f"the target is {arch} and this host is {host_arch}"
+    if str(target.kind.name) != "llvm":
+        return f"target kind {target.kind.name!r} is not a CPU target"
+    missing = _isa_features(target) - _isa_features(_host_target())
+    if missing:
+        return f"this CPU lacks the target's instruction set features {sorted(missing)}"
+    return None
+
+
+def describe(target: Any) -> str:
+    """Short description of a target for messages."""
+    t = resolve_target(target)
+    mcpu = t.attrs.get("mcpu", "")
+    return f"{t.kind.name}" + (f" mcpu={mcpu}" if mcpu else "") + f" ({target_arch(t)})"
