@@ -65,6 +65,11 @@ class Encoding:
         lo, hi = self.value_range
         return (values >= lo) & (values <= hi)
 
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Uniformly random members of the value set (int32), for tests and benchmarks."""
+        lo, hi = self.value_range
+        return rng.integers(lo, hi + 1, shape).astype(np.int32)
+
     def planes(self, values: np.ndarray) -> np.ndarray:
         """Host encoding: ``(num_planes, *values.shape)`` array of 0/1 (uint8)."""
         v = np.asarray(values, dtype=np.int64)
@@ -177,6 +182,10 @@ class BipolarEncoding(Encoding):
 
     def contains(self, values):
         return super().contains(values) & (np.abs(values) % 2 == 1)
+
+    def sample(self, rng, shape):
+        top = (1 << self.bits) - 1          # odd integers -top, -top + 2, ..., top
+        return (2 * rng.integers(0, top + 1, shape) - top).astype(np.int32)
 
     def _offset(self) -> int:
         return (1 << self.bits) - 1

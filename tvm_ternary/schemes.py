@@ -76,7 +76,7 @@ class Scheme:
     def check_values(self, op: str, role: str, values: np.ndarray) -> np.ndarray:
         """Return ``values`` as int32 if every element is in the operand's value set.
 
-        ``role`` is ``"data"`` or ``"weight"``. Raises ``TypeError`` for non-numeric
+        ``op`` is the operator name ("conv2d"), ``role`` is ``"data"`` or ``"weight"``. Raises ``TypeError`` for non-numeric
         arrays and ``ValueError`` naming the operator and the value set otherwise.
         """
         encoding = self.activation if role == "data" else self.weight

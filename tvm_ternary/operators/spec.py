@@ -149,7 +149,7 @@ class OperatorSpec:
 
     def check_data(self, x: np.ndarray) -> np.ndarray:
         """Validate data values and shape; returns int32 values."""
-        values = self.scheme.check_values(self.where, "data", x)
+        values = self.scheme.check_values(self.op, "data", x)
         if values.shape != self.data_shape:
             raise ValueError(f"{self.where}: data has shape {values.shape}, expected {self.data_shape}")
         return values
@@ -157,7 +157,7 @@ class OperatorSpec:
     def weight_args(self, w: np.ndarray, scales: np.ndarray | None = None) -> list[np.ndarray]:
         """Validate weights (and FGQ scales) and prepare the kernel's weight arguments on the
         host: packed planes (+ fatnn correction), or FGQ bytes and scales."""
-        values = self.scheme.check_values(self.where, "weight", w)
+        values = self.scheme.check_values(self.op, "weight", w)
         if values.shape != self.weight_shape:
             raise ValueError(f"{self.where}: weight has shape {values.shape}, expected {self.weight_shape}")
         if isinstance(self.scheme, FgqScheme):

@@ -1,0 +1,199 @@
+"""The precisions that benchmarks/speedup.py compares, each a factory of timed runners.
+
+A runner holds everything a layer needs at one precision, already prepared (weights
+packed or quantized, inputs in the layout the kernel reads), so that :meth:`Runner.time`
+measures only what a network would run per layer:
+
+* ``torch_fp32``: ``torch.nn.functional.conv2d``/``linear`` (oneDNN).
+* ``torch_int8``: ``torch.ao.nn.quantized`` Conv2d/Linear with the x86 (fbgemm) engine,
+  quint8 input and output, quantize/dequantize outside the timed call.
+* ``tvm_fp32``: the same layer through TVM's default Relax pipeline, untuned.
+* ours (``w1a1``, ``w2a2``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``): the kernel of
+  :func:`tvm_ternary.op` on already packed input; the stand-alone packing of the layer's
+  input is timed separately (``impl="pack"`` rows).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import tvm
+from tvm import relax
+
+import tvm_ternary
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One benchmark layer: conv2d (NCHW, OIHW) or dense ((N, K), (M, K))."""
+
+    name: str
+    op: str
+    data_shape: tuple[int, ...]
+    weight_shape: tuple[int, ...]
+    stride: int = 1
+    padding: int = 0
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass."""
+        spec = tvm_ternary.operators.OperatorSpec.create(self.op, tvm_ternary.make_scheme(self.op, "ternary"),
+                                                         self.data_shape, self.weight_shape,
+                                                         self.stride, self.padding)
+        out = spec.out_shape
+        return int(np.prod(out)) * int(np.prod(self.weight_shape[1:]))
+
+    def conv_kwargs(self) -> dict:
+        return dict(stride=self.stride, padding=self.padding) if self.op == "conv2d" else {}
+
+
+@dataclass
+class Timing:
+    """Median and spread of one measurement, in milliseconds."""
+
+    median_ms: float
+    runs: int
+
+
+@dataclass
+class Runner:
+    """A prepared layer at one precision: ``time()`` it; ``impl`` labels the implementation."""
+
+    impl: str
+    time: Callable[[int], Timing]
+
+
+def time_python(fn: Callable[[], object], repeat: int, min_ms: float = 20.0) -> Timing:
+    """Median over ``repeat`` runs of a batch of calls lasting >= ``min_ms`` (after warm-up)."""
+    fn()
+    start = time.perf_counter()
+    fn()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, int(min_ms / 1e3 / once))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - start) / number)
+    return Timing(float(np.median(samples)) * 1e3, repeat)
+
+
+def time_tvm(module, name: str, args, repeat: int, min_ms: int = 20) -> Timing:
+    """Median over ``repeat`` runs of TVM's C++ time evaluator (no Python in the loop);
+    ``module`` is a runtime module or a Relax VirtualMachine."""
+    result = module.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_ms)(*args)
+    return Timing(float(np.median(result.results)) * 1e3, repeat)
+
+
+def _torch_inputs(layer: Layer, rng: np.random.Generator):
+    x = torch.from_numpy(rng.standard_normal(layer.data_shape).astype(np.float32))
+    w = torch.from_numpy(rng.standard_normal(layer.weight_shape).astype(np.float32) * 0.05)
+    return x, w
+
+
+def torch_fp32(layer: Layer, target, rng) -> Runner:
+    x, w = _torch_inputs(layer, rng)
+    if layer.op == "conv2d":
+        call = lambda: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)  # noqa: E731
+    else:
+        call = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
+
+    def timed(repeat):
+        with torch.inference_mode():
+            return time_python(call, repeat)
+    return Runner("torch", timed)
+
+
+def torch_int8(layer: Layer, target, rng) -> Runner:
+    import torch.ao.nn.quantized as nnq
+    torch.backends.quantized.engine = "x86"
+    warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+    x, w = _torch_inputs(layer, rng)
+    qw = torch.quantize_per_channel(w, w.abs().amax(dim=tuple(range(1, w.dim()))) / 127,
+                                    torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
+    if layer.op == "conv2d":
+        module = nnq.Conv2d(layer.weight_shape[1], layer.weight_shape[0], layer.weight_shape[2:],
+                            stride=layer.stride, padding=layer.padding)
+    else:
+        module = nnq.Linear(layer.weight_shape[1], layer.weight_shape[0])
+    module.set_weight_bias(qw, None)
+    module.scale, module.zero_point = 0.05, 64
+    qx = torch.quantize_per_tensor(x.clamp(min=0), 0.02, 0, torch.quint8)
+    reference = (torch.nn.functional.conv2d(qx.dequantize(), qw.dequantize(), stride=layer.stride,
+                                            padding=layer.padding) if layer.op == "conv2d"
+                 else torch.nn.functional.linear(qx.dequantize(), qw.dequantize()))
+    out = module(qx).dequantize()
+    inside = (reference > -64 * 0.05) & (reference < 191 * 0.05)   # not clipped by quint8 output
+    error = (out - reference)[inside].abs().max().item()
+    if error > 0.05:   # one output quantization step
+        raise RuntimeError(f"torch_int8 {layer.name}: error {error} against fp32 on quantized values")
+
+    def timed(repeat):
+        with torch.inference_mode():
+            return time_python(lambda: module(qx), repeat)
+    return Runner("torch", timed)
+
+
+def tvm_fp32(layer: Layer, target, rng) -> Runner:
+    x, w = (t.numpy() for t in _torch_inputs(layer, rng))
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(layer.data_shape, "float32"))
+    wv = relax.Var("w", relax.TensorType(layer.weight_shape, "float32"))
+    with bb.function("main", [xv, wv]):
+        with bb.dataflow():
+            if layer.op == "conv2d":
+                y = relax.op.nn.conv2d(xv, wv, strides=layer.stride, padding=layer.padding)
+            else:
+                y = relax.op.matmul(xv, relax.op.permute_dims(wv))
+            out = bb.emit_output(bb.emit(y))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+    args = [tvm.runtime.tensor(x), tvm.runtime.tensor(w)]
+    expected = (torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=layer.stride,
+                                           padding=layer.padding) if layer.op == "conv2d"
+                else torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w))).numpy()
+    np.testing.assert_allclose(vm["main"](*args).numpy(), expected, rtol=1e-3, atol=1e-3)
+    return Runner("relax-default", lambda repeat: time_tvm(vm, "main", args, repeat))
+
+
+OURS = {
+    "w1a1": ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),
+    "w2a2": ("bitserial", dict(abits=2, wbits=2)),
+    "ternary": ("ternary", {}),
+    "fatnn": ("fatnn", {}),
+    "fgq_w2a4": ("fgq", dict(abits=4)),
+    "fgq_w2a8": ("fgq", dict(abits=8)),
+}
+
+
+def ours(precision: str, fgq_group: int):
+    """Factory for one of our precisions; returns (kernel runner, packing runner)."""
+    scheme, params = OURS[precision]
+    if scheme == "fgq":
+        params = dict(params, group_size=fgq_group)
+
+    def make(layer: Layer, target, rng):
+        f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
+                           **layer.conv_kwargs(), **params)
+        x = f.spec.scheme.activation.sample(rng, layer.data_shape)
+        w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
+        scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
+        args = f.prepare(x, w, scales)
+        f.lib[f.spec.symbol](*args)
+        got, expected = args[-1].numpy(), f.reference(x, w, scales)
+        if scheme == "fgq":
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
+        else:
+            np.testing.assert_array_equal(got, expected)
+        values = tvm.runtime.tensor(x.astype(np.int32))
+        kernel = Runner("generic", lambda repeat: time_tvm(f.lib, f.spec.symbol, args, repeat))
+        pack = Runner("pack", lambda repeat: time_tvm(f.lib, f.spec.symbol + "_data", [values, args[0]], repeat))
+        return kernel, pack
+
+    return make

@@ -1,0 +1,195 @@
+"""Every precision side by side, per layer: table, CSV and PNG plot.
+
+    python benchmarks/speedup.py                      # all precisions, 1 thread and all cores
+    python benchmarks/speedup.py --scope layers --threads 1 \\
+        --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
+
+Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096.
+Each kernel is checked against its reference once, then timed: median of --repeat runs
+after warm-up. fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8) measured
+in the same process. Timings on a shared machine are noisy; compare ratios from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
+
+import tvm_ternary  # noqa: E402
+from tvm_ternary.target import describe, host_cannot_run, resolve_target  # noqa: E402
+
+LAYERS = [
+    Layer("conv3x3_64x56x56", "conv2d", (1, 64, 56, 56), (64, 64, 3, 3), 1, 1),
+    Layer("conv3x3_128x28x28", "conv2d", (1, 128, 28, 28), (128, 128, 3, 3), 1, 1),
+    Layer("conv3x3_256x14x14", "conv2d", (1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
+    Layer("conv3x3_512x7x7", "conv2d", (1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
+    Layer("dense_512x1000", "dense", (1, 512), (1000, 512)),
+    Layer("dense_4096x4096", "dense", (1, 4096), (4096, 4096)),
+]
+BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "tvm_fp32": tvm_fp32}
+PRECISIONS = [*BASELINES, *OURS]
+COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
+           "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in both TVM's pool and PyTorch."""
+    torch.set_num_threads(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--scope", choices=["layers"], default="layers",
+                   help="what to measure (end-to-end networks come with the graph rewrite)")
+    p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core")
+    p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
+    p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
+    p.add_argument("--target", default="host", help="'host', 'llvm' or a JSON target dict")
+    p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
+    p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
+    p.add_argument("--csv", default="speedup.csv", help="CSV output path")
+    p.add_argument("--plot", default="speedup.png", help="PNG plot path ('' to skip)")
+    args = p.parse_args(argv)
+    args.precisions = args.precisions.split(",")
+    unknown = sorted(set(args.precisions) - set(PRECISIONS))
+    if unknown:
+        p.error(f"unknown precisions {unknown}; choose from {PRECISIONS}")
+    names = [layer.name for layer in LAYERS]
+    args.layers = LAYERS if args.layers == "all" else [LAYERS[names.index(n)] for n in args.layers.split(",")
+                                                       if n in names or p.error(f"unknown layer {n}; choose from {names}")]
+    args.threads = [os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")]
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
+    return args
+
+
+def measure(args) -> list[dict]:
+    target = resolve_target(args.target if not args.target.startswith("{") else __import__("json").loads(args.target))
+    reason = host_cannot_run(target)
+    if reason:
+        raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason}")
+    device = cpu_model()
+    rng = np.random.default_rng(0)
+    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group) for name in args.precisions}
+    runners = {}
+    for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
+        for name, factory in factories.items():
+            runners[layer.name, name] = factory(layer, target, rng)
+    rows = []
+    jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions]
+    for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
+        set_threads(threads)
+        made = runners[layer.name, name]
+        for runner in made if isinstance(made, tuple) else (made,):
+            timing = runner.time(args.repeat)
+            rows.append(dict(target=describe(target), device=device, threads=threads, model="resnet18",
+                             layer=layer.name, precision=name, impl=runner.impl,
+                             median_ms=timing.median_ms,
+                             gops=2 * layer.macs / timing.median_ms / 1e6 if runner.impl != "pack" else "",
+                             tuned=False, emulated=False))
+    add_speedups(rows)
+    return rows
+
+
+def add_speedups(rows: list[dict]) -> None:
+    """Fill speedup columns: baseline time / this time, for rows measured at the same threads."""
+    main = {(r["threads"], r["layer"], r["precision"]): r["median_ms"] for r in rows if r["impl"] != "pack"}
+    for r in rows:
+        for column, base in (("speedup_vs_fp32", "torch_fp32"), ("speedup_vs_int8", "torch_int8"),
+                             ("speedup_vs_w2a2", "w2a2")):
+            t = main.get((r["threads"], r["layer"], base))
+            r[column] = t / r["median_ms"] if t and r["impl"] != "pack" else ""
+
+
+def print_table(rows: list[dict]) -> None:
+    fmt = "{:>7} {:<20} {:<10} {:<13} {:>10} {:>9} {:>8} {:>8} {:>8}"
+    print(fmt.format("threads", "layer", "precision", "impl", "median_ms", "GOP/s", "x fp32", "x int8", "x w2a2"))
+    for r in rows:
+        ratio = lambda v: f"{v:.2f}" if v != "" else "-"  # noqa: E731  (empty: not applicable)
+        print(fmt.format(r["threads"], r["layer"], r["precision"], r["impl"], f"{r['median_ms']:.3f}",
+                         ratio(r["gops"]), ratio(r["speedup_vs_fp32"]), ratio(r["speedup_vs_int8"]),
+                         ratio(r["speedup_vs_w2a2"])))
+    convs = [layer.name for layer in LAYERS if layer.op == "conv2d"]
+    for threads in sorted({r["threads"] for r in rows}):
+        for column in ("speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2"):
+            summary = []
+            for precision in OURS:
+                values = [r[column] for r in rows if r["threads"] == threads and r["precision"] == precision
+                          and r["layer"] in convs and r["impl"] != "pack" and r[column] != ""]
+                if len(values) == len(convs):
+                    summary.append(f"{precision} {np.exp(np.mean(np.log(values))):.2f}")
+            if summary:
+                print(f"geomean {column} over the 3x3 convs, {threads} thread(s): " + ", ".join(summary))
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    threads = sorted({r["threads"] for r in rows})
+    fig, axes = plt.subplots(1, len(threads), figsize=(7 * len(threads), 4.5), squeeze=False)
+    for ax, t in zip(axes[0], threads):
+        main = [r for r in rows if r["threads"] == t and r["impl"] != "pack" and r["speedup_vs_fp32"] != ""]
+        layers = list(dict.fromkeys(r["layer"] for r in main))
+        precisions = list(dict.fromkeys(r["precision"] for r in main))
+        width = 0.8 / max(len(precisions), 1)
+        for i, p in enumerate(precisions):
+            values = {r["layer"]: r["speedup_vs_fp32"] for r in main if r["precision"] == p}
+            ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, 0) for layer in layers], width, label=p)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("speedup vs PyTorch fp32")
+        ax.set_title(f"{t} thread(s)")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"tvm-ternary layer speedups on {cpu_model()}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if "torch_fp32" not in args.precisions:
+        print("note: torch_fp32 not measured, so speedup_vs_fp32 stays empty")
+    rows = measure(args)
+    print_table(rows)
+    write_csv(rows, args.csv)
+    print(f"wrote {args.csv}")
+    if args.plot:
+        plot(rows, args.plot)
+        print(f"wrote {args.plot}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,169 @@
+"""tvm_ternary.op: every scheme x conv2d/dense, exact against numpy on awkward shapes,
+and clear errors on bad input."""
+
+import numpy as np
+import pytest
+import tvm
+
+import tvm_ternary
+
+from .conftest import AVX2, RASP4
+
+SCHEMES = [
+    ("ternary", {}),
+    ("fatnn", {}),
+    ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),  # BNN
+    ("bitserial", dict(abits=2, wbits=2)),                                                           # W2A2
+    ("bitserial", dict(abits=3, wbits=1, weight_encoding="bipolar")),
+    ("bitserial", dict(abits=2, wbits=3, activation_encoding="bipolar")),
+    ("bitserial", dict(abits=8, wbits=8, activation_encoding="bipolar", weight_encoding="bipolar")),
+    ("bitserial", dict(abits=1, wbits=8)),
+    ("fgq", dict(group_size=4, abits=4)),
+    ("fgq", dict(group_size=64, abits=8)),
+]
+SCHEME_IDS = ["ternary", "fatnn", "w1a1bb", "w2a2uu", "a3u-w1b", "a2b-w3u", "a8b-w8b", "a1u-w8u",
+              "fgq-g4a4", "fgq-g64a8"]
+
+CONV_SHAPES = [  # data (N, C, H, W), weight (K, C, KH, KW), stride, padding
+    ((1, 3, 11, 13), (5, 3, 7, 7), 2, 3),      # stem-like: C=3, 7x7, stride 2, pad 3, odd H/W
+    ((2, 33, 9, 7), (7, 33, 3, 3), 1, 1),      # batch 2, C=33 (one bit into a second word)
+    ((1, 64, 6, 6), (12, 64, 1, 1), 1, 0),     # 1x1, C=64 (two whole words), K=12
+    ((2, 130, 7, 5), (9, 130, 3, 3), 2, 0),    # C=130, stride 2, no padding
+    ((1, 33, 3, 5), (3, 33, 3, 3), 1, 3),      # padding 3 > kernel reach: outputs of padding only
+]
+CONV_IDS = ["c3-7x7-s2-p3", "n2-c33-3x3", "c64-1x1", "c130-s2-p0", "c33-p3"]
+
+DENSE_SHAPES = [((1, 3), (5, 3)), ((2, 33), (9, 33)), ((3, 130), (7, 130)), ((1, 64), (8, 64))]
+
+
+def run_and_check(f, rng):
+    """Random values from the scheme's sets; exact (integer) or FGQ-tolerance equality."""
+    s = f.spec
+    x = s.scheme.activation.sample(rng, s.data_shape)
+    w = s.scheme.weight.sample(rng, s.weight_shape)
+    if s.scheme.name != "fgq":
+        out = f(x, w)
+        assert out.dtype == np.int32 and out.shape == s.out_shape
+        np.testing.assert_array_equal(out, f.reference(x, w))
+        return
+    scales = rng.standard_normal(s.scales_shape).astype(np.float32)
+    out = f(x, w, scales=scales)
+    assert out.dtype == np.float32 and out.shape == s.out_shape
+    # float32 accumulation of the scaled terms: error within 1e-5 of the sum of |terms|
+    magnitude = f.reference(x, np.abs(w), np.abs(scales))
+    assert np.all(np.abs(out - f.reference(x, w, scales)) <= 1e-5 * magnitude + 1e-6)
+
+
+@pytest.mark.parametrize("scheme,params", SCHEMES, ids=SCHEME_IDS)
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding", CONV_SHAPES, ids=CONV_IDS)
+def test_conv2d_exact(scheme, params, data_shape, weight_shape, stride, padding, rng):
+    f = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride=stride, padding=padding,
+                       target=AVX2, **params)
+    run_and_check(f, rng)
+
+
+@pytest.mark.parametrize("scheme,params", SCHEMES, ids=SCHEME_IDS)
+@pytest.mark.parametrize("data_shape,weight_shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_dense_exact(scheme, params, data_shape, weight_shape, rng):
+    run_and_check(tvm_ternary.op("dense", scheme, data_shape, weight_shape, target=AVX2, **params), rng)
+
+
+def test_fatnn_all_zero_activations_with_padding(rng):
+    """The padding trap: x = 0 everywhere is t = -1 everywhere, padded taps included."""
+    f = tvm_ternary.op("conv2d", "fatnn", (1, 40, 5, 5), (4, 40, 3, 3), padding=1, target=AVX2)
+    x = np.zeros((1, 40, 5, 5), np.int32)
+    w = f.spec.scheme.weight.sample(rng, (4, 40, 3, 3))
+    np.testing.assert_array_equal(f(x, w), np.zeros((1, 4, 5, 5)))
+
+
+def test_bnn_padding_contributes_zero(rng):
+    """Bipolar values have no zero pattern; padded taps must still add nothing."""
+    f = tvm_ternary.op("conv2d", "bitserial", (1, 5, 4, 4), (2, 5, 3, 3), padding=1, target=AVX2,
+                       abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")
+    x, w = np.ones((1, 5, 4, 4), np.int32), np.ones((2, 5, 3, 3), np.int32)
+    out = f(x, w)
+    assert out[0, 0, 0, 0] == 5 * 4 and out[0, 0, 1, 1] == 5 * 9   # corner: 4 taps, inside: 9
+
+
+@pytest.mark.parametrize("target", ["llvm", "host", AVX2, tvm.target.Target(AVX2)], ids=["str", "host", "dict", "Target"])
+def test_target_forms(target, rng):
+    run_and_check(tvm_ternary.op("dense", "ternary", (1, 40), (3, 40), target=target), rng)
+
+
+def test_compiled_kernels_are_cached():
+    a = tvm_ternary.op("dense", "ternary", (1, 40), (3, 40), target=AVX2)
+    b = tvm_ternary.op("dense", "ternary", (1, 40), (3, 40), target=AVX2)
+    assert a.executable is b.executable
+
+
+def test_lib_shows_assembly():
+    f = tvm_ternary.op("dense", "ternary", (1, 64), (8, 64), target=AVX2)
+    asm = f.lib.inspect_source("asm")
+    assert "dense_ternary_data" in asm and "dense_ternary" in asm
+
+
+def test_cross_target_compiles_but_does_not_run_here(rng):
+    f = tvm_ternary.op("conv2d", "ternary", (1, 32, 6, 6), (8, 32, 3, 3), padding=1, target=RASP4)
+    asm = f.lib.inspect_source("asm")
+    assert "cnt\tv" in asm or "cnt v" in asm            # NEON popcount: an aarch64 build
+    x = np.zeros((1, 32, 6, 6), np.int32)
+    with pytest.raises(RuntimeError, match=r"conv2d\[ternary\]: cannot run here: the target is aarch64"):
+        f(x, np.zeros((8, 32, 3, 3), np.int32))
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(name="conv2d", scheme="quinary"), ValueError, r"conv2d: unknown scheme 'quinary'"),
+    (dict(name="conv3d"), ValueError, r"unknown operator 'conv3d'"),
+    (dict(scheme="bitserial", abits=0), ValueError, r"conv2d\[bitserial\]: abits must be in 1\.\.8"),
+    (dict(scheme="bitserial", abits=9), ValueError, r"conv2d\[bitserial\]: abits must be in 1\.\.8"),
+    (dict(weight_shape=(8, 32, 3, 3)), ValueError,
+     r"conv2d\[ternary\]: data has 16 input channels but the weight expects 32"),
+    (dict(data_shape=(1, 16, 8)), ValueError, r"conv2d\[ternary\]: data_shape \(N, C, H, W\) must be a tuple of 4"),
+    (dict(weight_shape=(8, 16, 9, 9)), ValueError, r"conv2d\[ternary\]: kernel \(9, 9\) does not fit input \(8, 8\)"),
+    (dict(padding=-1), ValueError, r"conv2d\[ternary\]: padding must be an int >= 0"),
+    (dict(stride=0), ValueError, r"conv2d\[ternary\]: stride must be an int >= 1"),
+    (dict(target="llvm -mcpu=haswell"), ValueError, r"invalid target"),
+    (dict(target=42), TypeError, r"target must be a str, dict or tvm.target.Target"),
+])
+def test_bad_requests(kwargs, error, message):
+    args = dict(name="conv2d", scheme="ternary", data_shape=(1, 16, 8, 8), weight_shape=(8, 16, 3, 3), target=AVX2)
+    args.update(kwargs)
+    with pytest.raises(error, match=message):
+        tvm_ternary.op(**args)
+
+
+def test_dense_rejects_stride_and_mismatched_features():
+    with pytest.raises(ValueError, match=r"dense\[ternary\]: dense takes no stride or padding"):
+        tvm_ternary.op("dense", "ternary", (1, 16), (4, 16), stride=2)
+    with pytest.raises(ValueError, match=r"dense\[ternary\]: data has 16 input features but the weight expects 8"):
+        tvm_ternary.op("dense", "ternary", (1, 16), (4, 8))
+
+
+@pytest.fixture(scope="module")
+def ternary_conv():
+    return tvm_ternary.op("conv2d", "ternary", (1, 16, 8, 8), (8, 16, 3, 3), padding=1, target=AVX2)
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda f, x, w: f(x, w * 2), ValueError, r"conv2d\[ternary\]: weight values must be in \{-1, 0, 1\}"),
+    (lambda f, x, w: f(x + 2, w), ValueError, r"conv2d\[ternary\]: data values must be in \{-1, 0, 1\}"),
+    (lambda f, x, w: f(x[:, :8], w), ValueError, r"conv2d\[ternary\]: data has shape \(1, 8, 8, 8\), expected"),
+    (lambda f, x, w: f(x, w[:4]), ValueError, r"conv2d\[ternary\]: weight has shape \(4, 16, 3, 3\), expected"),
+    (lambda f, x, w: f(x.astype(bool), w), TypeError, r"conv2d\[ternary\]: data must be an integer or float array"),
+    (lambda f, x, w: f(x, w, scales=np.ones(3)), ValueError, r"conv2d\[ternary\]: scales apply only to the fgq"),
+])
+def test_bad_call_inputs(ternary_conv, call, error, message):
+    x, w = np.ones((1, 16, 8, 8), np.int32), np.ones((8, 16, 3, 3), np.int32)
+    with pytest.raises(error, match=message):
+        call(ternary_conv, x, w)
+
+
+def test_fgq_scales_are_checked():
+    f = tvm_ternary.op("conv2d", "fgq", (1, 70, 4, 4), (3, 70, 3, 3), group_size=64, abits=4, target=AVX2)
+    x, w = np.ones((1, 70, 4, 4), np.int32), np.ones((3, 70, 3, 3), np.int32)
+    with pytest.raises(ValueError, match=r"conv2d\[fgq\(g64,a4\)\]: scales of shape \(3, 2, 3, 3\) are required"):
+        f(x, w)
+    with pytest.raises(ValueError, match=r"scales have shape \(3, 1, 3, 3\), expected \(3, 2, 3, 3\)"):
+        f(x, w, scales=np.ones((3, 1, 3, 3)))
+    with pytest.raises(TypeError, match=r"scales must be a float array"):
+        f(x, w, scales=np.full((3, 2, 3, 3), "a"))

@@ -1,0 +1,57 @@
+"""OperatorSpec: shapes, stages and the PrimFunc signatures other parts of the product use."""
+
+import numpy as np
+
+from tvm_ternary.operators import OperatorSpec
+from tvm_ternary.packing import num_words
+from tvm_ternary.schemes import make_scheme
+
+
+def create(op, scheme, data, weight, stride=1, padding=0, **params):
+    return OperatorSpec.create(op, make_scheme(op, scheme, **params), data, weight, stride, padding)
+
+
+def block_names(func):
+    return [line.split('"')[1] for line in func.script().splitlines() if "T.sblock(" in line][1:]  # [0] is "root"
+
+
+def test_out_shapes_and_pairs():
+    assert create("conv2d", "ternary", (2, 3, 11, 13), (5, 3, 7, 7), 2, 3).out_shape == (2, 5, 6, 7)
+    assert create("conv2d", "ternary", (1, 3, 10, 10), (5, 3, 3, 1), (2, 1), (1, 0)).out_shape == (1, 5, 5, 10)
+    assert create("dense", "fatnn", (3, 70), (9, 70)).out_shape == (3, 9)
+
+
+def test_packed_kernel_input_layout():
+    s = create("conv2d", "bitserial", (2, 70, 5, 6), (4, 70, 3, 3), abits=3)
+    assert s.kernel_input_shape() == ((2, 3, 5, 6, num_words(70)), "uint32")
+    fgq = create("conv2d", "fgq", (2, 70, 5, 6), (4, 70, 3, 3), group_size=64, abits=8)
+    assert fgq.kernel_input_shape() == ((2, 5, 6, 128), "uint8")
+    assert fgq.scales_shape == (4, 2, 3, 3)
+
+
+def test_stages():
+    assert block_names(create("conv2d", "ternary", (1, 8, 5, 5), (2, 8, 3, 3)).kernel_prim_func()) == ["acc"]
+    assert block_names(create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1).kernel_prim_func()) == \
+        ["pad", "acc", "out"]
+    bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
+    assert block_names(bnn.kernel_prim_func()) == ["pad", "acc"]   # validity plane
+    assert block_names(bnn.data_prim_func()) == ["pack"]
+
+
+def test_weight_args():
+    s = create("conv2d", "fatnn", (1, 40, 5, 5), (3, 40, 3, 3))
+    w = np.ones((3, 40, 3, 3), np.int32)
+    planes, correction = s.weight_args(w)
+    assert planes.shape == (3, 2, 3, 3, 2) and planes.dtype == np.uint32
+    np.testing.assert_array_equal(correction, [360, 360, 360])
+    fgq = create("dense", "fgq", (1, 70), (3, 70), group_size=4, abits=4)
+    wb, scales = fgq.weight_args(np.ones((3, 70), np.int32), np.ones((3, 18)))
+    assert wb.shape == (3, 72) and wb.dtype == np.int8 and not wb[:, 70:].any()
+    assert scales.dtype == np.float32
+
+
+def test_symbols():
+    s = create("dense", "ternary", (1, 8), (2, 8))
+    assert s.symbol == "dense_ternary"
+    assert str(s.data_prim_func().attrs["global_symbol"]) == "dense_ternary_data"
+    assert str(s.kernel_prim_func().attrs["global_symbol"]) == "dense_ternary"

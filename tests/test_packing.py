@@ -1,0 +1,65 @@
+"""The packing convention: word size, LSB-first bit order, tail bits, host == device."""
+
+import numpy as np
+import pytest
+
+import tvm_ternary
+from tvm_ternary.encodings import TernaryEncoding, UnipolarEncoding
+from tvm_ternary.packing import (WORD_BITS, num_words, pack_bits, pack_planes, tail_mask,
+                                 unpack_bits)
+
+from .conftest import AVX2
+
+
+def test_word_and_bit_order_are_lsb_first():
+    bits = np.zeros(40, np.uint8)
+    bits[[0, 5, 31, 33]] = 1
+    words = pack_bits(bits)
+    assert words.dtype == np.uint32 and words.shape == (2,)
+    assert words[0] == (1 << 0) | (1 << 5) | (1 << 31)
+    assert words[1] == 1 << 1
+
+
+@pytest.mark.parametrize("n", [1, 3, 31, 32, 33, 64, 130])
+def test_pack_unpack_roundtrip_and_zero_tail(n, rng):
+    bits = rng.integers(0, 2, (3, n)).astype(np.uint8)
+    words = pack_bits(bits)
+    assert words.shape == (3, num_words(n))
+    np.testing.assert_array_equal(unpack_bits(words, n), bits)
+    assert not np.any(words[:, -1] & ~np.uint32(tail_mask(n)))  # tail bits are zero
+
+
+def test_tail_mask():
+    assert tail_mask(33) == 1 and tail_mask(64) == 2**32 - 1 and tail_mask(3) == 0b111
+    assert WORD_BITS == 32
+
+
+def test_pack_planes_layout_puts_planes_second_and_words_last():
+    values = np.array([[[1], [-1], [0]]])                 # [A=1, C=3, spatial=1]
+    packed = pack_planes(values, TernaryEncoding())       # [1, P=2, 1, 1 word]
+    assert packed.shape == (1, 2, 1, 1)
+    assert packed[0, 0, 0, 0] == 0b011                    # mask: channels 0 and 1
+    assert packed[0, 1, 0, 0] == 0b010                    # sign: channel 1
+
+
+@pytest.mark.parametrize("scheme,params", [
+    ("ternary", {}), ("fatnn", {}),
+    ("bitserial", dict(abits=3, wbits=1, activation_encoding="unipolar")),
+    ("bitserial", dict(abits=2, wbits=1, activation_encoding="bipolar")),
+])
+@pytest.mark.parametrize("channels", [3, 33, 130])
+def test_device_packing_equals_host_packing(scheme, params, channels, rng):
+    f = tvm_ternary.op("conv2d", scheme, (2, channels, 3, 5), (1, channels, 1, 1), target=AVX2, **params)
+    x = f.spec.scheme.activation.sample(rng, (2, channels, 3, 5))
+    w = f.spec.scheme.weight.sample(rng, (1, channels, 1, 1))
+    device = f.prepare(x, w)[0].numpy()
+    np.testing.assert_array_equal(device, pack_planes(x, f.spec.scheme.activation))
+
+
+def test_device_packing_accepts_float_values(rng):
+    f = tvm_ternary.op("dense", "bitserial", (2, 45), (3, 45), target=AVX2, abits=4, wbits=1)
+    x = rng.integers(0, 16, (2, 45))
+    w = rng.integers(0, 2, (3, 45))
+    np.testing.assert_array_equal(f(x.astype(np.float32), w), f.reference(x, w))
+    np.testing.assert_array_equal(f.prepare(x.astype(np.float32), w)[0].numpy(),
+                                  pack_planes(x, UnipolarEncoding(bits=4)))

@@ -1,0 +1,69 @@
+"""Scheme construction and value checking: clear errors naming operator and constraint."""
+
+import numpy as np
+import pytest
+
+from tvm_ternary.schemes import BitSerialScheme, FatnnScheme, FgqScheme, TernaryScheme, make_scheme
+
+
+def test_defaults_and_labels():
+    assert make_scheme("conv2d", "ternary") == TernaryScheme()
+    assert make_scheme("conv2d", "fatnn") == FatnnScheme()
+    assert make_scheme("dense", "bitserial") == BitSerialScheme(2, 2, "unipolar", "unipolar")
+    assert make_scheme("dense", "fgq", group_size=4, abits=4).label() == "fgq(g4,a4)"
+    bnn = make_scheme("dense", "bitserial", abits=1, wbits=1, activation_encoding="bipolar",
+                      weight_encoding="bipolar")
+    assert bnn.label() == "bitserial(a1b,w1b)"
+
+
+@pytest.mark.parametrize("scheme,params,error,message", [
+    ("quaternary", {}, ValueError, r"conv2d: unknown scheme 'quaternary'"),
+    ("bitserial", dict(abits=0), ValueError, r"conv2d\[bitserial\]: abits must be in 1\.\.8, got 0"),
+    ("bitserial", dict(abits=9), ValueError, r"conv2d\[bitserial\]: abits must be in 1\.\.8, got 9"),
+    ("bitserial", dict(wbits=9), ValueError, r"wbits must be in 1\.\.8, got 9"),
+    ("bitserial", dict(abits=2.0), TypeError, r"abits must be an int"),
+    ("bitserial", dict(weight_encoding="signed"), ValueError, r"weight_encoding must be one of"),
+    ("fgq", dict(group_size=8), ValueError, r"conv2d\[fgq\]: group_size must be in \{4, 64\}, got 8"),
+    ("fgq", dict(abits=2), ValueError, r"conv2d\[fgq\]: abits must be in \{4, 8\}, got 2"),
+    ("ternary", dict(abits=2), ValueError, r"conv2d\[ternary\]: parameter\(s\) \['abits'\] do not apply"),
+])
+def test_bad_scheme_parameters(scheme, params, error, message):
+    with pytest.raises(error, match=message):
+        make_scheme("conv2d", scheme, **params)
+
+
+@pytest.mark.parametrize("scheme,params,role,values,message", [
+    ("ternary", {}, "weight", [0, 2], r"dense\[ternary\]: weight values must be in \{-1, 0, 1\}; found 2"),
+    ("fatnn", {}, "data", [0, -1], r"dense\[fatnn\]: data values must be in \{0, 1, 2\}; found -1"),
+    ("bitserial", dict(abits=2), "data", [4], r"data values must be in integers 0\.\.3"),
+    ("bitserial", dict(wbits=1, weight_encoding="bipolar"), "weight", [0],
+     r"weight values must be in odd integers in \[-1, 1\]"),
+    ("fgq", dict(abits=4), "data", [16], r"dense\[fgq\(g64,a4\)\]: data values must be in integers 0\.\.15"),
+    ("ternary", {}, "data", [0.5], r"data values must be integers in \{-1, 0, 1\}"),
+])
+def test_values_outside_the_set(scheme, params, role, values, message):
+    s = make_scheme("dense", scheme, **params)
+    with pytest.raises(ValueError, match=message):
+        s.check_values("dense", role, np.array(values))
+
+
+@pytest.mark.parametrize("values", [np.array([True, False]), np.array(["1", "0"]), np.array([1j])])
+def test_non_numeric_dtypes_are_type_errors(values):
+    with pytest.raises(TypeError, match=r"conv2d\[ternary\]: data must be an integer or float array"):
+        TernaryScheme().check_values("conv2d", "data", values)
+
+
+def test_integer_floats_are_accepted_and_converted():
+    out = FatnnScheme().check_values("conv2d", "data", np.array([0.0, 2.0]))
+    assert out.dtype == np.int32 and out.tolist() == [0, 2]
+
+
+def test_fatnn_correction_is_weight_sum_per_output_channel():
+    w = np.array([[[[1, -1], [1, 1]]], [[[0, -1], [-1, -1]]]])
+    np.testing.assert_array_equal(FatnnScheme().weight_correction(w), [2, -3])
+    assert TernaryScheme().weight_correction(w) is None
+
+
+def test_fgq_groups():
+    assert FgqScheme(group_size=4).num_groups(130) == 33
+    assert FgqScheme(group_size=64).num_groups(64) == 1
