@@ -26,11 +26,11 @@ ENCODINGS = [TernaryEncoding(), ShiftedTernaryEncoding(), UnipolarEncoding(bits=
 
 @pytest.mark.parametrize("encoding", ENCODINGS, ids=lambda e: f"{e.name}{e.bits}")
 def test_planes_decode_to_values(encoding, rng):
-    values = encoding.sample(rng, (4, 50))
+    values = encoding.sample(rng, (8, 512))
     assert encoding.contains(values).all() and values.dtype == np.int32
     assert values.min() == encoding.value_range[0] and values.max() == encoding.value_range[1]
     planes = encoding.planes(values)
-    assert planes.shape == (encoding.num_planes, 4, 50)
+    assert planes.shape == (encoding.num_planes, 8, 512)
     assert set(np.unique(planes)) <= {0, 1}
     np.testing.assert_array_equal(decode(encoding, planes), values)
 
