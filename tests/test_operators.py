@@ -7,8 +7,8 @@ from tvm_ternary.packing import num_words
 from tvm_ternary.schemes import make_scheme
 
 
-def create(op, scheme, data, weight, stride=1, padding=0, **params):
-    return OperatorSpec.create(op, make_scheme(op, scheme, **params), data, weight, stride, padding)
+def create(op, scheme, data, weight, stride=1, padding=0, block=1, **params):
+    return OperatorSpec.create(op, make_scheme(op, scheme, **params), data, weight, stride, padding, block)
 
 
 def block_names(func):
@@ -30,11 +30,11 @@ def test_packed_kernel_input_layout():
 
 
 def test_stages():
-    assert block_names(create("conv2d", "ternary", (1, 8, 5, 5), (2, 8, 3, 3)).kernel_prim_func()) == ["acc"]
+    assert block_names(create("conv2d", "ternary", (1, 8, 5, 5), (2, 8, 3, 3)).kernel_prim_func()) == ["acc", "out"]
     assert block_names(create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1).kernel_prim_func()) == \
         ["pad", "acc", "out"]
     bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
-    assert block_names(bnn.kernel_prim_func()) == ["pad", "acc"]   # validity plane
+    assert block_names(bnn.kernel_prim_func()) == ["pad", "acc", "out"]   # pad: validity plane
     assert block_names(bnn.data_prim_func()) == ["pack"]
 
 
@@ -42,7 +42,7 @@ def test_weight_args():
     s = create("conv2d", "fatnn", (1, 40, 5, 5), (3, 40, 3, 3))
     w = np.ones((3, 40, 3, 3), np.int32)
     planes, correction = s.weight_args(w)
-    assert planes.shape == (3, 2, 3, 3, 2) and planes.dtype == np.uint32
+    assert planes.shape == (3, 2, 3, 3, 2, 1) and planes.dtype == np.uint32   # [Kb, P, KH, KW, Cw, V=1]
     np.testing.assert_array_equal(correction, [360, 360, 360])
     fgq = create("dense", "fgq", (1, 70), (3, 70), group_size=4, abits=4)
     wb, scales = fgq.weight_args(np.ones((3, 70), np.int32), np.ones((3, 18)))
@@ -55,3 +55,14 @@ def test_symbols():
     assert s.symbol == "dense_ternary"
     assert str(s.data_prim_func().attrs["global_symbol"]) == "dense_ternary_data"
     assert str(s.kernel_prim_func().attrs["global_symbol"]) == "dense_ternary"
+
+
+def test_blocked_weights_and_term_accumulators():
+    from tvm_ternary.operators.compute import term_coefficients
+    s = create("conv2d", "ternary", (1, 40, 5, 5), (11, 40, 3, 3), block=8)
+    planes, = s.weight_args(np.ones((11, 40, 3, 3), np.int32))
+    assert planes.shape == (2, 2, 3, 3, 2, 8)             # K=11 padded to two blocks of 8
+    assert not planes[1, ..., 3:].any()                    # padded channels are zero
+    assert term_coefficients(s.scheme) == [1, -2]          # ternary: popc(both) - 2 popc(negative)
+    acc = [b for b in s.kernel_prim_func().script().splitlines() if "acc = T.alloc_buffer" in b or "acc =" in b]
+    assert acc and "(1, 2, 3, 3, 2, 8)" in acc[0]         # [N, Kb, OH, OW, G=2 terms, V=8]

@@ -29,7 +29,10 @@ dense activations      ``[N, K]``                  ``[N, P, Kw]``
 dense weights          ``[M, K]``                  ``[M, P, Kw]``
 =====================  ==========================  ==========================
 
-i.e. always ``[A, C, *spatial] -> [A, P, *spatial, words(C)]``. Weights are packed on
+i.e. always ``[A, C, *spatial] -> [A, P, *spatial, words(C)]``. Kernels read weights
+blocked by ``V`` output channels (:func:`block_channels`):
+``[ceil(K/V), P, *kernel, Cw, V]``, so one vector load gives ``V`` channels' words; ``V``
+is the target's vector width in words (1 = unblocked) and padded channels are zero. Weights are packed on
 the host by :func:`pack_planes` (once, at compile time in a graph); activations on the
 device by the TE compute of :func:`pack_planes_te`, so a graph can pack between layers.
 Both produce the same words (the tests check it).
@@ -144,3 +147,14 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", name: str = "pack") -> te
         return encoding.plane_bit_te(x[(i, element, *pos)].astype("int32"), plane)
 
     return pack_words_te(shape, c, bit, name)
+
+
+def block_channels(packed: np.ndarray, block: int) -> np.ndarray:
+    """``[K, ...]`` -> ``[ceil(K/block), ..., block]``: output channels blocked, block innermost,
+    zero-padded to a whole number of blocks."""
+    k = packed.shape[0]
+    blocks = -(-k // block)
+    padded = np.zeros((blocks * block, *packed.shape[1:]), packed.dtype)
+    padded[:k] = packed
+    blocked = padded.reshape(blocks, block, *packed.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))

@@ -8,7 +8,8 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   ``a - 1`` plus the per-output-channel constant ``sum(w)`` (padding stays exact because
   padded taps are encoded as ``a - 1 = -1``).
 * ``bitserial``: ``abits``/``wbits`` in 1..8, each operand ``unipolar`` or ``bipolar``;
-  one AND (or XOR) and popcount per plane pair, weighted by ``2^(i+j)``. W1A1
+  one AND (or XOR) and popcount per plane pair, weighted by ``2^(i+j)``; bipolar operands
+  add one popcount per plane of the other operand (or of the validity plane). W1A1
   bipolar × bipolar is BNN's XNOR-popcount, W2A2 unipolar the conventional 2-bit kernel.
 * ``fgq``: ternary weights in groups of ``group_size`` (4 or 64) along the reduction
   axis with one float scale per (output channel, group), times unsigned ``abits``
@@ -27,7 +28,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 from tvm.ir import Expr as PrimExpr
-from tvm import te, tirx
+from tvm import tirx
 
 from .encodings import (
     ENCODING_NAMES,
@@ -44,12 +45,11 @@ FGQ_GROUP_SIZES = (4, 64)
 FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
 
-WordOf = Callable[[PrimExpr], PrimExpr]
+WordOf = Callable[[int], PrimExpr]
 """``plane -> uint32 word`` accessor for one operand at the current reduction point."""
 
-
-def _popc(word: PrimExpr) -> PrimExpr:
-    return tirx.popcount(word).astype("int32")
+Term = tuple[int, PrimExpr]
+"""``(coefficient, word)``: the word's popcount, times the coefficient, adds to the sum."""
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,13 @@ class PackedScheme(Scheme):
         """Index of the validity plane (meaningful only if the encoding needs one)."""
         return self.activation.num_planes
 
-    def reduce_axes(self) -> list[te.ReduceAxis]:
-        """Extra reduction axes (besides kernel taps and words) that :meth:`word_dot` uses."""
-        return []
+    def terms(self, x: WordOf, w: WordOf) -> list[Term]:
+        """The inner product of one word pair as ``sum_t coefficient_t * popc(word_t)``.
 
-    def word_dot(self, x: WordOf, w: WordOf, axes: list) -> PrimExpr:
-        """int32 sum of value products over the 32 taps of one word pair."""
+        ``x(plane)``/``w(plane)`` give the operands' uint32 words (``x(validity_plane)``
+        the validity word). Keeping the terms apart lets a kernel accumulate each in its
+        own register and combine them once per output (split accumulators).
+        """
         raise NotImplementedError
 
     def weight_correction(self, weight: np.ndarray) -> np.ndarray | None:
@@ -139,11 +140,11 @@ class TernaryScheme(PackedScheme):
     def weight(self) -> Encoding:
         return TernaryEncoding()
 
-    def word_dot(self, x, w, axes):
+    def terms(self, x, w):
         m, s = TernaryEncoding.MASK, TernaryEncoding.SIGN
-        both = tirx.bitwise_and(x(m), w(m))
-        negative = tirx.bitwise_and(tirx.bitwise_xor(x(s), w(s)), both)
-        return _popc(both) - 2 * _popc(negative)
+        both = tirx.bitwise_and(x(m), w(m))                        # product is nonzero
+        negative = tirx.bitwise_and(tirx.bitwise_xor(x(s), w(s)), both)  # ... and negative
+        return [(1, both), (-2, negative)]
 
 
 @dataclass(frozen=True)
@@ -183,26 +184,24 @@ class BitSerialScheme(PackedScheme):
         return (f"bitserial(a{self.abits}{self.activation_encoding[0]},"
                 f"w{self.wbits}{self.weight_encoding[0]})")
 
-    def reduce_axes(self):
-        return [te.reduce_axis((0, self.abits), name="abit"),
-                te.reduce_axis((0, self.wbits), name="wbit")]
-
-    def word_dot(self, x, w, axes):
-        i, j = axes
-        xi, wj = x(i), w(j)
+    def terms(self, x, w):
+        a, b = self.abits, self.wbits
+        pairs = [(i, j) for i in range(a) for j in range(b)]
         a_bipolar = isinstance(self.activation, BipolarEncoding)
         w_bipolar = isinstance(self.weight, BipolarEncoding)
-        if a_bipolar:
+        and_ = tirx.bitwise_and
+        if a_bipolar and w_bipolar:   # (2x-1)(2w-1) on valid taps: popc(v) - 2 popc((x ^ w) & v)
             valid = x(self.validity_plane)
-        if a_bipolar and w_bipolar:      # sum_valid (2a-1)(2w-1) = n - 2 popc(a ^ w)
-            term = _popc(valid) - 2 * _popc(tirx.bitwise_and(tirx.bitwise_xor(xi, wj), valid))
-        elif a_bipolar:                  # sum_valid (2a-1) w = 2 popc(a & w) - popc(valid & w)
-            term = 2 * _popc(tirx.bitwise_and(xi, wj)) - _popc(tirx.bitwise_and(valid, wj))
-        elif w_bipolar:                  # sum a (2w-1) = 2 popc(a & w) - popc(a)
-            term = 2 * _popc(tirx.bitwise_and(xi, wj)) - _popc(xi)
-        else:                            # sum a w
-            term = _popc(tirx.bitwise_and(xi, wj))
-        return term * tirx.shift_left(tirx.const(1, "int32"), i + j)
+            return [((2**a - 1) * (2**b - 1), valid)] + [
+                (-(2 ** (i + j + 1)), and_(tirx.bitwise_xor(x(i), w(j)), valid)) for i, j in pairs]
+        if a_bipolar:                 # (2x-1) w on valid taps: 2 popc(x & w) - popc(v & w)
+            valid = x(self.validity_plane)
+            return [(2 ** (i + j + 1), and_(x(i), w(j))) for i, j in pairs] + [
+                (-(2**a - 1) * 2**j, and_(valid, w(j))) for j in range(b)]
+        if w_bipolar:                 # x (2w-1): 2 popc(x & w) - popc(x)
+            return [(2 ** (i + j + 1), and_(x(i), w(j))) for i, j in pairs] + [
+                (-(2**b - 1) * 2**i, x(i)) for i in range(a)]
+        return [(2 ** (i + j), and_(x(i), w(j))) for i, j in pairs]
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,15 @@
 Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packing`:
 
 * data   ``xp`` uint32 ``[N, P, *spatial, Cw]`` (device-packed by :func:`pack_data`)
-* weight ``wp`` uint32 ``[K, Pw, *kernel, Cw]`` (host-packed)
+* weight ``wp`` uint32 ``[Kb, Pw, *kernel, Cw, V]`` (host-packed, blocked by ``V`` output
+  channels, :func:`tvm_ternary.packing.block_channels`; ``V`` is chosen per target)
 * fatnn only: ``correction`` int32 ``[K]`` (``sum(w)`` per output channel)
 * output int32 ``[N, K, *out_spatial]`` (NCHW for conv2d)
 
 Stages (block names, which schedules refer to): ``pack`` (values -> planes),
 ``pad`` (padded planes plus the bipolar validity plane; absent when not needed),
-``acc`` (the popcount reduction over kernel taps, words and bit-plane pairs) and, for
-fatnn, ``out`` (adds the correction).
+``acc`` (the popcount reduction over kernel taps and words, one accumulator per popcount
+term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue).
 
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
@@ -69,29 +70,62 @@ def padded_planes(xp: te.Tensor, scheme: PackedScheme, channels: int,
     return te.compute(shape, word, name="pad")
 
 
-def packed_correlation(xpad: te.Tensor, wp: te.Tensor, scheme: PackedScheme,
+MAX_SPLIT_TERMS = 4
+"""Schemes with at most this many popcount terms keep one accumulator per term."""
+
+
+def term_coefficients(scheme: PackedScheme) -> list[int]:
+    """Coefficients of the scheme's popcount terms (they do not depend on the words)."""
+    zero = lambda plane: tirx.const(0, "uint32")  # noqa: E731
+    return [c for c, _ in scheme.terms(zero, zero)]
+
+
+def _popc(word: PrimExpr) -> PrimExpr:
+    return tirx.popcount(word).astype("int32")
+
+
+def packed_correlation(xpad: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_channels: int,
                        out_spatial: Sequence[int], stride: Sequence[int],
                        correction: te.Tensor | None = None) -> te.Tensor:
-    """The popcount reduction ``acc[n, k, *o] = sum x * w`` over taps, words and planes,
-    plus ``correction[k]`` (stage ``out``) when given."""
+    """Popcount correlation in two stages.
+
+    ``acc`` ``[N, Kb, *out_spatial, G, V]`` int32: for output channel ``ko * V + ki``, the
+    sum over kernel taps and words of each popcount term (split accumulators, ``G`` = number
+    of terms) or, for schemes with more than :data:`MAX_SPLIT_TERMS` terms, of their
+    weighted sum (``G`` = 1). ``wp`` is blocked by ``V`` output channels:
+    ``[Kb, Pw, *kernel, Cw, V]``.
+
+    ``out`` ``[N, K, *out_spatial]`` int32: the terms combined with their coefficients, plus
+    ``correction[k]`` when given; the epilogue stage that schedules fuse into the tile.
+    """
     n = int(xpad.shape[0])
-    k, _, *kernel, cw = (int(d) for d in wp.shape)
+    kb, _, *kernel, cw, v = (int(d) for d in wp.shape)
+    coefficients = term_coefficients(scheme)
+    split = len(coefficients) <= MAX_SPLIT_TERMS
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
     word = te.reduce_axis((0, cw), name="rw")
-    planes = scheme.reduce_axes()
 
-    def acc(i, oc, *o):
+    def acc(i, ko, *rest):
+        *o, g, ki = rest
         pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
-        return te.sum(
-            scheme.word_dot(lambda p: xpad[(i, p, *pos, word)],
-                            lambda q: wp[(oc, q, *taps, word)], planes),
-            axis=[*taps, word, *planes],
-        )
+        terms = scheme.terms(lambda p: xpad[(i, p, *pos, word)], lambda q: wp[(ko, q, *taps, word, ki)])
+        if split:
+            value = _popc(terms[-1][1])
+            for t in reversed(range(len(terms) - 1)):
+                value = tirx.Select(g == t, _popc(terms[t][1]), value)
+        else:
+            value = sum(c * _popc(term) for c, term in terms)
+        return te.sum(value, axis=[*taps, word])
 
-    result = te.compute((n, k, *out_spatial), acc, name="acc")
-    if correction is None:
-        return result
-    return te.compute(result.shape, lambda i, oc, *o: result[(i, oc, *o)] + correction[oc], name="out")
+    groups = len(coefficients) if split else 1
+    accumulated = te.compute((n, kb, *out_spatial, groups, v), acc, name="acc")
+    weights = coefficients if split else [1]
+
+    def out(i, oc, *o):
+        value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)] for g, c in enumerate(weights))
+        return value + correction[oc] if correction is not None else value
+
+    return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
 def layout_fgq_data(x: te.Tensor, scheme: FgqScheme) -> te.Tensor:

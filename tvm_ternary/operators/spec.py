@@ -15,7 +15,7 @@ import numpy as np
 from tvm import te, tirx
 
 from .. import reference
-from ..packing import pack_planes
+from ..packing import block_channels, pack_planes
 from ..schemes import FgqScheme, PackedScheme, Scheme
 from .compute import fgq_correlation, layout_fgq_data, pack_data, packed_correlation, padded_planes
 
@@ -61,11 +61,16 @@ class OperatorSpec:
     weight_shape: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
+    block: int = 1
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
-               stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0) -> "OperatorSpec":
-        """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint."""
+               stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
+               block: int = 1) -> "OperatorSpec":
+        """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
+
+        ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
+        schemes), a property of the target's schedule rather than of the request."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -82,7 +87,7 @@ class OperatorSpec:
             axis = "channels" if rank else "features"
             raise ValueError(f"{where}: data has {data_shape[1]} input {axis} but the weight expects "
                              f"{weight_shape[1]} (weight_shape[1])")
-        spec = cls(op, scheme, data_shape, weight_shape, stride, padding)
+        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block)
         if any(o < 1 for o in spec.out_shape[2:]):
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
                              f"with padding {padding}")
@@ -139,7 +144,8 @@ class OperatorSpec:
         else:
             xpad = padded_planes(data, self.scheme, self.data_shape[1], self.padding)
             correction = weight_args[1] if len(weight_args) > 1 else None
-            out = packed_correlation(xpad, weight_args[0], self.scheme, out_spatial, self.stride, correction)
+            out = packed_correlation(xpad, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
+                                     self.stride, correction)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
     def _weight_arg_templates(self) -> list[np.ndarray]:
@@ -181,7 +187,7 @@ class OperatorSpec:
             wb[..., : w.shape[1]] = channels_last
             return [wb, np.ascontiguousarray(scales, np.float32)]
         assert isinstance(self.scheme, PackedScheme)
-        args = [pack_planes(w, self.scheme.weight)]
+        args = [block_channels(pack_planes(w, self.scheme.weight), self.block)]
         correction = self.scheme.weight_correction(w)
         return args if correction is None else [*args, correction]
 
