@@ -26,16 +26,21 @@ def test_packed_kernel_input_layout():
     assert s.kernel_input_shape() == ((2, 3, 5, 6, num_words(70)), "uint32")
     fgq = create("conv2d", "fgq", (2, 70, 5, 6), (4, 70, 3, 3), group_size=64, abits=8)
     assert fgq.kernel_input_shape() == ((2, 5, 6, 128), "uint8")
+    padded = create("conv2d", "fgq", (2, 70, 5, 6), (4, 70, 3, 3), padding=(1, 2), group_size=4, abits=8)
+    assert padded.kernel_input_shape() == ((2, 7, 10, 72), "uint8")
     assert fgq.scales_shape == (4, 2, 3, 3)
 
 
 def test_stages():
     assert block_names(create("conv2d", "ternary", (1, 8, 5, 5), (2, 8, 3, 3)).kernel_prim_func()) == ["acc", "out"]
-    assert block_names(create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1).kernel_prim_func()) == \
-        ["pad", "acc", "out"]
+    fatnn = create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1)
+    assert block_names(fatnn.kernel_prim_func()) == ["acc", "out"]        # padding is in the data stage
+    assert block_names(fatnn.data_prim_func()) == ["pack"]
+    assert fatnn.kernel_input_shape() == ((1, 2, 7, 7, 1), "uint32")
     bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
-    assert block_names(bnn.kernel_prim_func()) == ["pad", "acc", "out"]   # pad: validity plane
-    assert block_names(bnn.data_prim_func()) == ["pack"]
+    assert bnn.kernel_input_shape() == ((1, 2, 1), "uint32")              # 1 plane + validity plane
+    fgq = create("conv2d", "fgq", (1, 8, 5, 5), (2, 8, 3, 3), padding=2, group_size=4, abits=4)
+    assert block_names(fgq.data_prim_func()) == ["layout"] and block_names(fgq.kernel_prim_func()) == ["acc"]
 
 
 def test_weight_args():

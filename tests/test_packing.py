@@ -53,7 +53,10 @@ def test_device_packing_equals_host_packing(scheme, params, channels, rng):
     x = f.spec.scheme.activation.sample(rng, (2, channels, 3, 5))
     w = f.spec.scheme.weight.sample(rng, (1, channels, 1, 1))
     device = f.prepare(x, w)[0].numpy()
-    np.testing.assert_array_equal(device, pack_planes(x, f.spec.scheme.activation))
+    encoding = f.spec.scheme.activation
+    np.testing.assert_array_equal(device[:, :encoding.num_planes], pack_planes(x, encoding))
+    if encoding.needs_validity_plane:          # one more plane: every existing channel
+        np.testing.assert_array_equal(device[:, encoding.num_planes:], pack_planes(np.ones_like(x), UnipolarEncoding(bits=1)))
 
 
 def test_device_packing_accepts_float_values(rng):
@@ -63,3 +66,22 @@ def test_device_packing_accepts_float_values(rng):
     np.testing.assert_array_equal(f(x.astype(np.float32), w), f.reference(x, w))
     np.testing.assert_array_equal(f.prepare(x.astype(np.float32), w)[0].numpy(),
                                   pack_planes(x, UnipolarEncoding(bits=4)))
+
+
+@pytest.mark.parametrize("scheme,params,pad_words", [
+    ("ternary", {}, [0, 0]),                    # zero pattern is the value 0
+    ("fatnn", {}, [0b111, 0b111]),              # value 0 is t = -1: mask and sign set on the 3 channels
+    ("bitserial", dict(abits=2, wbits=1, activation_encoding="bipolar"), [0, 0, 0]),  # validity plane 0
+])
+def test_device_packing_writes_padding_in_the_value_domain(scheme, params, pad_words, rng):
+    f = tvm_ternary.op("conv2d", scheme, (1, 3, 4, 5), (2, 3, 3, 3), padding=(1, 2), target=AVX2, **params)
+    x = f.spec.scheme.activation.sample(rng, (1, 3, 4, 5))
+    packed = f.prepare(x, f.spec.scheme.weight.sample(rng, (2, 3, 3, 3)))[0].numpy()
+    assert packed.shape == (1, len(pad_words), 6, 9, 1)
+    border = np.ones((6, 9), bool)
+    border[1:-1, 2:-2] = False
+    for plane, word in enumerate(pad_words):
+        assert (packed[0, plane][border] == word).all()
+    inside = packed[0, :, 1:-1, 2:-2]
+    np.testing.assert_array_equal(inside[:f.spec.scheme.activation.num_planes],
+                                  pack_planes(x, f.spec.scheme.activation)[0])

@@ -17,6 +17,7 @@ encoding          values                 planes                                 
                                                                                     validity plane
 ================  =====================  =========================================  ==================
 
+Padded taps are written by the device packing stage (:func:`tvm_ternary.packing.pack_planes_te`).
 ``ternary_shift`` pads with ``t = -1`` so that the per-channel constant ``sum(w)``
 folded in by FATNN stays exact at borders (kernels.md, "padding trap"). Tail bits of a
 word are never taps and stay 0 in every plane.
@@ -31,7 +32,6 @@ import numpy as np
 from tvm.ir import Expr as PrimExpr
 from tvm import tirx
 
-from .packing import WORD_DTYPE, valid_word_te
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,10 @@ class Encoding:
         """Device encoding: 0/1 (int32) for bit ``plane`` of the int32 ``value``."""
         raise NotImplementedError
 
-    def pad_word_te(self, plane: PrimExpr, word: PrimExpr, n: int) -> PrimExpr:
-        """The word a padded tap holds in ``plane`` at word index ``word`` of an
-        ``n``-element packed axis."""
-        return tirx.const(0, WORD_DTYPE)
+    def pad_bit(self, plane: int) -> int:
+        """The bit a padded tap holds in ``plane`` (tail bits beyond the packed axis are 0
+        regardless)."""
+        return 0
 
     def _plane_numpy(self, v: np.ndarray, plane: int) -> np.ndarray:
         raise NotImplementedError
@@ -133,8 +133,8 @@ class ShiftedTernaryEncoding(TernaryEncoding):
     def plane_bit_te(self, value, plane):
         return super().plane_bit_te(value - 1, plane)
 
-    def pad_word_te(self, plane, word, n):
-        return valid_word_te(word, n)
+    def pad_bit(self, plane):
+        return 1
 
 
 @dataclass(frozen=True)

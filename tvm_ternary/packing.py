@@ -65,16 +65,6 @@ def tail_mask(n: int) -> int:
     return _FULL_WORD if rem == 0 else (1 << rem) - 1
 
 
-def valid_word_te(word_index: PrimExpr, n: int) -> PrimExpr:
-    """TE expression: the mask of existing elements in word ``word_index`` of an
-    ``n``-element packed axis (all ones except for the tail word)."""
-    last = num_words(n) - 1
-    full = tirx.const(_FULL_WORD, WORD_DTYPE)
-    if tail_mask(n) == _FULL_WORD:
-        return full
-    return tirx.Select(word_index == last, tirx.const(tail_mask(n), WORD_DTYPE), full)
-
-
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """Pack 0/1 values along the last axis into ``uint32`` words (LSB first).
 
@@ -136,15 +126,41 @@ def pack_planes(values: np.ndarray, encoding: "Encoding") -> np.ndarray:
     return pack_bits(np.moveaxis(planes, 0, 1))
 
 
-def pack_planes_te(x: te.Tensor, encoding: "Encoding", name: str = "pack") -> te.Tensor:
-    """Device packing, same layout as :func:`pack_planes`: ``x`` ``[A, C, *spatial]``
-    (any integer or float dtype holding integer values) -> ``uint32 [A, P, *spatial, Cw]``."""
+def within_bounds(pos: Sequence[PrimExpr], sizes: Sequence[int]) -> PrimExpr:
+    """TE condition: every index in ``pos`` lies in ``[0, size)``."""
+    return tirx.all(*[tirx.all(p >= 0, p < s) for p, s in zip(pos, sizes)])
+
+
+def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = (),
+                   validity: bool = False, name: str = "pack") -> te.Tensor:
+    """Device packing: ``x`` ``[A, C, *spatial]`` (any integer or float dtype holding integer
+    values) -> ``uint32 [A, P + validity, *(spatial + 2 * padding), Cw]``.
+
+    Without padding and validity this is the layout of :func:`pack_planes`. Spatial
+    ``padding`` is written here, in the value domain (each plane holds the encoding's
+    :meth:`~tvm_ternary.encodings.Encoding.pad_bit`), so kernels read pre-padded planes. With
+    ``validity``, a last plane has a 1 for every existing tap (0 in padding and word tails),
+    which bipolar kernels need because no bipolar value is the zero pattern.
+    """
     a, c, *spatial = (int(d) for d in x.shape)
-    shape = (a, encoding.num_planes, *spatial, num_words(c))
+    padding = tuple(padding) or (0,) * len(spatial)
+    stored = encoding.num_planes
+    shape = (a, stored + int(validity), *(s + 2 * p for s, p in zip(spatial, padding)), num_words(c))
 
     def bit(i, plane, *rest):
         *pos, element = rest
-        return encoding.plane_bit_te(x[(i, element, *pos)].astype("int32"), plane)
+        src = [q - p for q, p in zip(pos, padding)]
+        inside = within_bounds(src, spatial) if src else None
+        value = encoding.plane_bit_te(x[(i, element, *src)].astype("int32"), plane)
+        if validity:
+            value = tirx.if_then_else(plane == stored, 1, value)
+        if inside is None:
+            return value
+        pad = tirx.const(0, "int32")
+        for p in range(stored):
+            if encoding.pad_bit(p):
+                pad = tirx.if_then_else(plane == p, 1, pad)
+        return tirx.if_then_else(inside, value, pad)
 
     return pack_words_te(shape, c, bit, name)
 

@@ -17,7 +17,7 @@ from tvm import te, tirx
 from .. import reference
 from ..packing import block_channels, pack_planes
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import fgq_correlation, layout_fgq_data, pack_data, packed_correlation, padded_planes
+from .compute import fgq_correlation, layout_fgq_data, pack_data, packed_correlation
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -119,8 +119,8 @@ class OperatorSpec:
 
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
         if isinstance(self.scheme, FgqScheme):
-            return layout_fgq_data(x, self.scheme)
-        return pack_data(x, self.scheme)
+            return layout_fgq_data(x, self.scheme, self.padding)
+        return pack_data(x, self.scheme, self.padding)
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
@@ -140,11 +140,10 @@ class OperatorSpec:
                        for name, a in zip(("weight", "extra"), self._weight_arg_templates())]
         out_spatial = self.out_shape[2:]
         if isinstance(self.scheme, FgqScheme):
-            out = fgq_correlation(data, *weight_args, self.scheme, self.padding, out_spatial, self.stride)
+            out = fgq_correlation(data, *weight_args, self.scheme, out_spatial, self.stride)
         else:
-            xpad = padded_planes(data, self.scheme, self.data_shape[1], self.padding)
             correction = weight_args[1] if len(weight_args) > 1 else None
-            out = packed_correlation(xpad, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
+            out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
                                      self.stride, correction)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
