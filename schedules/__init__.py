@@ -14,13 +14,20 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .generic import GenericCPU
+from .isa import Isa, isa_of
+from .popcount import PopcountKernel
 
 
 def rules_for(target: Target) -> list[ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if target.kind.name != "llvm":
         raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
-    return [GenericCPU()]
+    return [PopcountKernel(), GenericCPU()]
+
+
+def weight_block(target: Target) -> int:
+    """Output-channel block ``V`` of the kernels' weight layout for ``target``."""
+    return isa_of(target).lanes
 
 
 def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
@@ -33,4 +40,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["GenericCPU", "rules_for", "schedule"]
+__all__ = ["GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block"]

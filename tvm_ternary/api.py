@@ -109,6 +109,7 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     Raises:
         ValueError / TypeError naming the operator and the violated constraint.
     """
+    target = resolve_target(target)
     spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params),
-                               data_shape, weight_shape, stride, padding)
-    return CompiledOperator(spec, resolve_target(target))
+                               data_shape, weight_shape, stride, padding, schedules.weight_block(target))
+    return CompiledOperator(spec, target)

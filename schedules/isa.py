@@ -1,0 +1,54 @@
+"""What a target's vector unit offers the popcount kernels.
+
+:func:`isa_of` reads the CPU features LLVM reports for the target (``mcpu``/``mattr``),
+so pinned targets give the same answer on every machine:
+
+==========  ===========================================  ==========  =========
+name        features                                      words/vec   registers
+==========  ===========================================  ==========  =========
+avx512      avx512f + avx512vl + avx512vpopcntdq          16 (zmm)    32
+avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    8 (ymm)     16
+neon        aarch64 neon (``cnt`` + pairwise adds)        4 (q)       32
+baseline    anything else LLVM targets (e.g. SSE2)        4           16
+==========  ===========================================  ==========  =========
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.target import Target, codegen
+
+
+@dataclass(frozen=True)
+class Isa:
+    """A vector instruction set, as the schedules see it."""
+
+    name: str
+    lanes: int
+    """uint32 words per vector register: the output-channel block ``V``."""
+    registers: int
+    """Vector registers; a register tile keeps its accumulators below this."""
+
+    @property
+    def accumulator_budget(self) -> int:
+        """Accumulator registers a tile may use, leaving room for operands and temporaries."""
+        return self.registers - 4 if self.registers > 16 else self.registers - 5
+
+
+AVX512 = Isa("avx512", 16, 32)
+AVX2 = Isa("avx2", 8, 16)
+NEON = Isa("neon", 4, 32)
+BASELINE = Isa("baseline", 4, 16)
+
+
+def isa_of(target: Target) -> Isa:
+    """The best ISA the target's CPU features allow."""
+    features = set(codegen.llvm_get_cpu_features(target))
+    if {"avx512f", "avx512vl", "avx512vpopcntdq"} <= features:
+        return AVX512
+    if "avx2" in features:
+        return AVX2
+    if "neon" in features or "feature.has_asimd" in str(target):
+        return NEON
+    return BASELINE

@@ -1,0 +1,109 @@
+"""Register-tiled popcount kernels (ternary, fatnn, bitserial) for conv2d and dense.
+
+The kernel PrimFunc has two blocks (see ``tvm_ternary.operators.compute``): ``acc``, the
+popcount reduction with one accumulator per term ``G`` and ``V`` output-channel lanes, and
+``out``, which combines the terms (the epilogue). The schedule:
+
+* splits the output channels by ``V`` (the weight block = one vector register of words);
+* tiles output pixels (conv2d: along the row) or output-channel blocks and batch rows
+  (dense) so that ``tile x G`` accumulators stay in registers;
+* computes ``acc`` inside that tile with the reductions (kernel taps, words) outside the
+  unrolled tile, so each weight vector is loaded once and each input word is broadcast
+  (folded into the instruction where the ISA allows) for ``G`` popcount terms;
+* keeps the accumulators in registers (``local`` scope), combines and stores them right
+  after the reduction (the epilogue never round-trips int32 through memory);
+* runs the outer tile loops in parallel.
+
+With ``tunable`` the tile size, the number of loops fused into the parallel loop and the
+unroll depth of the reduction are sampled, so MetaSchedule searches this same space.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+from .isa import isa_of
+from .tiling import divisors, loops_by_extent, pick_tile
+
+REDUCE = 2  # IterVar type of a commutative reduction
+
+
+def _blocks(sch: s_tir.Schedule) -> dict:
+    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+
+
+class PopcountKernel(ScheduleRule):
+    """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        blocks = _blocks(sch)
+        if set(blocks) != {"acc", "out"}:
+            return None
+        acc, out = blocks["acc"], blocks["out"]
+        acc_block = sch.get(acc)
+        spatial_extents = [int(iv.dom.extent) for iv in acc_block.iter_vars if int(iv.iter_type) != REDUCE]
+        reduce_extents = [int(iv.dom.extent) for iv in acc_block.iter_vars if int(iv.iter_type) == REDUCE]
+        groups, lanes = spatial_extents[-2:]           # acc is [N, Kb, *out, G, V]
+        budget = isa_of(target).accumulator_budget
+        n, k, *spatial = sch.get_loops(out)
+        ko, ki = sch.split(k, [None, lanes])
+        if spatial:
+            tile_names, parallel = self._tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable)
+        else:
+            tile_names, parallel = self._tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable)
+        named = [*tile_names, ("group", groups), ("lane", lanes),
+                 *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
+        loops = loops_by_extent(sch, acc, named)
+        tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
+        reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
+        if reduce:
+            sch.reorder(*reduce, *tile)
+        sch.set_scope(acc, 0, "local")
+        sch.parallel(parallel)
+        if "lane" in loops:
+            sch.vectorize(loops["lane"])
+        for name in ("pixel", "batch", "block", "group"):
+            if name in loops:
+                sch.unroll(loops[name])
+        if reduce:
+            if tunable:
+                step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
+                sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+            sch.decompose_reduction(acc, reduce[0])
+        return sch
+
+    @staticmethod
+    def _tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable):
+        oh, ow = spatial
+        width = int(sch.get(ow).extent)
+        if tunable:
+            factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
+        else:
+            factors = [None, pick_tile(width, groups, budget)]
+        owo, owi = sch.split(ow, factors)
+        sch.reorder(n, ko, oh, owo, owi, ki)
+        sch.compute_at(sch.get_sblock("acc"), owo)
+        tile = int(sch.get(owi).extent)
+        fused = 3 if not tunable else 2 + int(sch.sample_categorical([0, 1], [0.3, 0.7]) == 1)
+        parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
+        return [("pixel", tile)], parallel
+
+    @staticmethod
+    def _tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable):
+        batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
+        if tunable:
+            nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+            kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
+        else:
+            nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
+            nf = [None, nt]
+            kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
+        no, ni = sch.split(n, nf)
+        kso, ksi = sch.split(ko, kf)
+        sch.reorder(kso, no, ni, ksi, ki)
+        sch.compute_at(sch.get_sblock("acc"), no)
+        tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
+        return tile, sch.fuse(kso, no)
