@@ -3,14 +3,18 @@
 :func:`isa_of` reads the CPU features LLVM reports for the target (``mcpu``/``mattr``),
 so pinned targets give the same answer on every machine:
 
-==========  ===========================================  ==========  =========
-name        features                                      words/vec   registers
-==========  ===========================================  ==========  =========
-avx512      avx512f + avx512vl + avx512vpopcntdq          16 (zmm)    32
-avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    8 (ymm)     16
-neon        aarch64 neon (``cnt`` + pairwise adds)        4 (q)       32
-baseline    anything else LLVM targets (e.g. SSE2)        4           16
-==========  ===========================================  ==========  =========
+==========  ===========================================  ==========  ============
+name        features                                      words/vec   accumulators
+==========  ===========================================  ==========  ============
+avx512      avx512f + avx512vl + avx512vpopcntdq          16 (zmm)    28 of 32
+avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    8 (ymm)     10 of 16
+neon        aarch64 neon (``cnt`` + pairwise adds)        4 (q)       20 of 32
+baseline    anything else LLVM targets (e.g. SSE2)        4           10 of 16
+==========  ===========================================  ==========  ============
+
+The accumulator budget leaves registers for the weight vectors, broadcast inputs and the
+popcount's temporaries (the AVX2 nibble lookup needs its tables and masks; NEON's
+``cnt``/``uaddlp`` chain needs two).
 """
 
 from __future__ import annotations
@@ -27,19 +31,14 @@ class Isa:
     name: str
     lanes: int
     """uint32 words per vector register: the output-channel block ``V``."""
-    registers: int
-    """Vector registers; a register tile keeps its accumulators below this."""
-
-    @property
-    def accumulator_budget(self) -> int:
-        """Accumulator registers a tile may use, leaving room for operands and temporaries."""
-        return self.registers - 4 if self.registers > 16 else self.registers - 5
+    accumulator_budget: int
+    """Vector registers a register tile may fill with accumulators."""
 
 
-AVX512 = Isa("avx512", 16, 32)
-AVX2 = Isa("avx2", 8, 16)
-NEON = Isa("neon", 4, 32)
-BASELINE = Isa("baseline", 4, 16)
+AVX512 = Isa("avx512", 16, 28)
+AVX2 = Isa("avx2", 8, 10)
+NEON = Isa("neon", 4, 20)
+BASELINE = Isa("baseline", 4, 10)
 
 
 def isa_of(target: Target) -> Isa:

@@ -87,7 +87,7 @@ class PopcountKernel(ScheduleRule):
         sch.reorder(n, ko, oh, owo, owi, ki)
         sch.compute_at(sch.get_sblock("acc"), owo)
         tile = int(sch.get(owi).extent)
-        fused = 3 if not tunable else 2 + int(sch.sample_categorical([0, 1], [0.3, 0.7]) == 1)
+        fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
         parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
         return [("pixel", tile)], parallel
 

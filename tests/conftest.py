@@ -11,7 +11,20 @@ import pytest
 AVX2 = {"kind": "llvm", "mcpu": "haswell"}
 """x86 target pinned to AVX2 so results and asm do not depend on the test machine."""
 
+AVX512 = {"kind": "llvm", "mcpu": "znver4"}
+"""x86 target with AVX-512 VPOPCNTDQ (Zen 4; Ice Lake and later have it too)."""
+
 RASP4 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "cortex-a72"}
+
+
+def host_has_avx512_popcount() -> bool:
+    """True when this CPU can run the AVX512 target's kernels (flags read from /proc/cpuinfo)."""
+    try:
+        flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags")
+                 for f in line.split(":", 1)[1].split()}
+    except OSError:
+        return False
+    return {"avx512f", "avx512vl", "avx512_vpopcntdq"} <= flags
 
 
 @pytest.fixture

@@ -1,30 +1,87 @@
 """Schedule rule dispatch (the per-target fast rules come with their own tests)."""
 
+import platform
+
 import pytest
 import tvm
 from tvm import te
 
+import tvm_ternary
 from tvm_ternary import schedules
 from tvm_ternary.operators import OperatorSpec
 from tvm_ternary.schemes import make_scheme
+from tvm_ternary.target import resolve_target
 
-from .conftest import AVX2
+from .asm import count, function_asm
+from .conftest import AVX2, AVX512, RASP4, host_has_avx512_popcount
+
+KERNELS = [("conv2d", "ternary", {}), ("conv2d", "fatnn", {}), ("conv2d", "bitserial", dict(abits=2, wbits=2)),
+           ("conv2d", "bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),
+           ("dense", "ternary", {}), ("dense", "bitserial", dict(abits=2, wbits=2))]
+KERNEL_IDS = ["conv-ternary", "conv-fatnn", "conv-w2a2", "conv-w1a1", "dense-ternary", "dense-w2a2"]
+
+
+def kernel_asm(op, scheme, params, target):
+    shapes = ((1, 128, 14, 14), (128, 128, 3, 3)) if op == "conv2d" else ((1, 512), (256, 512))
+    f = tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target, **params)
+    return function_asm(f.lib, f.spec.symbol)
+
+
+@pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
+def test_avx2_kernels_use_the_vpshufb_lookup_not_scalar_popcnt(op, scheme, params):
+    asm = kernel_asm(op, scheme, params, AVX2)
+    assert count(asm, "vpshufb") >= 2 and count(asm, "vpsadbw") + count(asm, "vpaddb") >= 1
+    assert count(asm, "popcntl") + count(asm, "popcntq") + count(asm, "popcnt") == 0
+
+
+@pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
+def test_avx512_kernels_use_vpopcnt(op, scheme, params):
+    asm = kernel_asm(op, scheme, params, AVX512)
+    assert count(asm, "vpopcntd") + count(asm, "vpopcntq") >= 2
+    assert "zmm" in asm                                  # 16 words per vector
+    assert count(asm, "popcntl") + count(asm, "popcntq") == 0
+
+
+@pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
+def test_neon_kernels_use_cnt_and_pairwise_accumulation(op, scheme, params):
+    asm = kernel_asm(op, scheme, params, RASP4)
+    assert count(asm, "cnt") >= 2
+    assert count(asm, "uadalp") + count(asm, "uaddlp") >= 2
+
+
+def test_isa_of_pinned_targets():
+    assert schedules.isa_of(tvm.target.Target(AVX2)).name == "avx2"
+    assert schedules.isa_of(tvm.target.Target(AVX512)).name == "avx512"
+    assert schedules.isa_of(tvm.target.Target(RASP4)).name == "neon"
+    assert schedules.isa_of(tvm.target.Target("llvm")).name == "baseline"
+    assert schedules.weight_block(tvm.target.Target(AVX512)) == 16
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")
+def test_host_preset_picks_the_best_isa_this_cpu_has():
+    expected = "avx512" if host_has_avx512_popcount() else "avx2"
+    assert schedules.isa_of(resolve_target("host")).name == expected
 
 
 def spec(scheme="ternary", padding=1, **params):
     return OperatorSpec.create("conv2d", make_scheme("conv2d", scheme, **params), (1, 33, 6, 6),
-                               (4, 33, 3, 3), 1, padding)
+                               (4, 33, 3, 3), 1, padding, 8)
 
 
-@pytest.mark.parametrize("func", [spec().data_prim_func(), spec().kernel_prim_func(),
-                                  spec("fatnn").kernel_prim_func(),
-                                  spec("fgq", group_size=4, abits=4).kernel_prim_func()],
-                         ids=["pack", "ternary", "fatnn", "fgq"])
-def test_generic_rule_parallelizes_and_inlines_padding(func):
-    sch = schedules.schedule(func, tvm.target.Target(AVX2))
+@pytest.mark.parametrize("tunable", [False, True])
+def test_popcount_rule_tiles_registers_and_vectorizes(tunable):
+    sch = schedules.PopcountKernel().apply(spec().kernel_prim_func(), tvm.target.Target(AVX2), tunable)
     script = sch.mod.script()
-    assert "T.parallel" in script
-    assert 'T.sblock("pad")' not in script
+    assert "T.parallel" in script and "T.vectorized(8)" in script
+    assert 'scope="local"' in script                     # accumulators in registers
+    sampled = [inst.kind.name for inst in sch.trace.insts if inst.kind.name.startswith("Sample")]
+    assert bool(sampled) == tunable
+
+
+@pytest.mark.parametrize("func", [spec().data_prim_func(), spec("fgq", group_size=4, abits=4).kernel_prim_func()],
+                         ids=["pack", "fgq"])
+def test_generic_rule_parallelizes(func):
+    assert "T.parallel" in schedules.schedule(func, tvm.target.Target(AVX2)).mod.script()
 
 
 def test_rule_declines_foreign_functions():

@@ -21,7 +21,7 @@ from tvm.target import Target
 from . import schedules
 from .operators.spec import OperatorSpec
 from .schemes import make_scheme
-from .target import TargetLike, host_cannot_run, resolve_target, target_key
+from .target import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
 
 @lru_cache(maxsize=None)
@@ -85,7 +85,7 @@ class CompiledOperator:
     def __repr__(self) -> str:
         s = self.spec
         return (f"CompiledOperator({s.where}, data={s.data_shape}, weight={s.weight_shape}, "
-                f"stride={s.stride}, padding={s.padding}, target={self.target})")
+                f"stride={s.stride}, padding={s.padding}, target={describe(self.target)})")
 
 
 def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],

@@ -125,6 +125,12 @@ class PackedScheme(Scheme):
         """Per-output-channel int32 constant added to every output, or None."""
         return None
 
+    @property
+    def valid_tap_coefficient(self) -> int:
+        """Coefficient of the number of valid (non-padding) taps of an output, a term that
+        depends on neither weights nor data, so the epilogue adds it in closed form."""
+        return 0
+
 
 @dataclass(frozen=True)
 class TernaryScheme(PackedScheme):
@@ -190,10 +196,9 @@ class BitSerialScheme(PackedScheme):
         a_bipolar = isinstance(self.activation, BipolarEncoding)
         w_bipolar = isinstance(self.weight, BipolarEncoding)
         and_ = tirx.bitwise_and
-        if a_bipolar and w_bipolar:   # (2x-1)(2w-1) on valid taps: popc(v) - 2 popc((x ^ w) & v)
+        if a_bipolar and w_bipolar:   # (2x-1)(2w-1) on valid taps: [n_valid] - 2 popc((x ^ w) & v)
             valid = x(self.validity_plane)
-            return [((2**a - 1) * (2**b - 1), valid)] + [
-                (-(2 ** (i + j + 1)), and_(tirx.bitwise_xor(x(i), w(j)), valid)) for i, j in pairs]
+            return [(-(2 ** (i + j + 1)), and_(tirx.bitwise_xor(x(i), w(j)), valid)) for i, j in pairs]
         if a_bipolar:                 # (2x-1) w on valid taps: 2 popc(x & w) - popc(v & w)
             valid = x(self.validity_plane)
             return [(2 ** (i + j + 1), and_(x(i), w(j))) for i, j in pairs] + [
@@ -202,6 +207,11 @@ class BitSerialScheme(PackedScheme):
             return [(2 ** (i + j + 1), and_(x(i), w(j))) for i, j in pairs] + [
                 (-(2**b - 1) * 2**i, x(i)) for i in range(a)]
         return [(2 ** (i + j), and_(x(i), w(j))) for i, j in pairs]
+
+    @property
+    def valid_tap_coefficient(self):
+        both = self.activation_encoding == self.weight_encoding == "bipolar"
+        return (2**self.abits - 1) * (2**self.wbits - 1) if both else 0
 
 
 @dataclass(frozen=True)

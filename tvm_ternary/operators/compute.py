@@ -53,9 +53,23 @@ def _popc(word: PrimExpr) -> PrimExpr:
     return tirx.popcount(word).astype("int32")
 
 
+def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[int],
+               padding: Sequence[int], spatial: Sequence[int]) -> PrimExpr:
+    """Number of kernel positions of output ``o`` that fall inside the unpadded input:
+    per axis ``#{t < k : 0 <= o*s + t - p < size}``, multiplied over the axes."""
+    count = tirx.const(1, "int32")
+    for oi, k, s, p, size in zip(o, kernel, stride, padding, spatial):
+        first = oi * s - p
+        lo = tirx.max(first, 0)
+        hi = tirx.min(first + k, size)
+        count = count * tirx.max(hi - lo, 0)
+    return count
+
+
 def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_channels: int,
                        out_spatial: Sequence[int], stride: Sequence[int],
-                       correction: te.Tensor | None = None) -> te.Tensor:
+                       correction: te.Tensor | None = None, channels: int = 0,
+                       padding: Sequence[int] = (), spatial: Sequence[int] = ()) -> te.Tensor:
     """Popcount correlation in two stages.
 
     ``acc`` ``[N, Kb, *out_spatial, G, V]`` int32: for output channel ``ko * V + ki``, the
@@ -65,7 +79,9 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     ``[Kb, Pw, *kernel, Cw, V]``.
 
     ``out`` ``[N, K, *out_spatial]`` int32: the terms combined with their coefficients, plus
-    ``correction[k]`` when given; the epilogue stage that schedules fuse into the tile.
+    ``correction[k]`` when given, plus the scheme's valid-tap term (``channels`` times
+    :func:`valid_taps`, from the unpadded ``spatial`` size and ``padding``); the epilogue
+    stage that schedules fuse into the tile.
     """
     n = int(xp.shape[0])
     kb, _, *kernel, cw, v = (int(d) for d in wp.shape)
@@ -92,6 +108,9 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
 
     def out(i, oc, *o):
         value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)] for g, c in enumerate(weights))
+        if scheme.valid_tap_coefficient:
+            taps = valid_taps(o, kernel, stride, padding, spatial)
+            value = value + scheme.valid_tap_coefficient * channels * taps
         return value + correction[oc] if correction is not None else value
 
     return te.compute((n, out_channels, *out_spatial), out, name="out")

@@ -144,7 +144,8 @@ class OperatorSpec:
         else:
             correction = weight_args[1] if len(weight_args) > 1 else None
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
-                                     self.stride, correction)
+                                     self.stride, correction, self.data_shape[1], self.padding,
+                                     self.data_shape[2:])
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
     def _weight_arg_templates(self) -> list[np.ndarray]:
