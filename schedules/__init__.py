@@ -14,6 +14,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .data import ActivationPack
+from .fgq import FgqKernel
 from .generic import GenericCPU
 from .isa import Isa, isa_of
 from .popcount import PopcountKernel
@@ -23,7 +24,7 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if target.kind.name != "llvm":
         raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
-    return [PopcountKernel(), ActivationPack(), GenericCPU()]
+    return [PopcountKernel(), FgqKernel(), ActivationPack(), GenericCPU()]
 
 
 def weight_block(target: Target) -> int:
@@ -41,4 +42,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block"]
+__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block"]

@@ -18,7 +18,8 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 * data   ``xb`` uint8 ``[N, *(spatial + 2 pad), Cg*G]`` (channels last, zero-padded, zero
   tail; :func:`layout_fgq_data`)
 * weight ``wb`` int8  ``[K, *kernel, Cg*G]``; ``scales`` float32 ``[K, Cg, *kernel]``
-* output float32 ``[N, K, *out_spatial]``; stages ``layout`` (data function) and ``acc``.
+* output float32 ``[N, K, *out_spatial]``; stages ``layout`` (data function), ``group``
+  (integer dot product of one group) and ``acc`` (scaled sum over groups and taps).
 """
 
 from __future__ import annotations
@@ -134,20 +135,32 @@ def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,
                     out_spatial: Sequence[int], stride: Sequence[int]) -> te.Tensor:
-    """``out[n, k, *o] = sum_{taps, g, i} scales[k, g, *taps] * x[.., g*G+i] * w[k, *taps, g*G+i]``
-    over pre-padded ``xb``, accumulated in float32 (stage ``acc``)."""
+    """FGQ in two stages over pre-padded ``xb``:
+
+    ``group`` ``[N, K, *out, *kernel, Cg]`` int32: the exact integer dot product of one
+    group, ``sum_i x[.., g*G+i] * w[k, *taps, g*G+i]`` (schedules compute it inside
+    ``acc``'s loop, never whole in memory);
+    ``acc`` ``[N, K, *out]`` float32: ``sum_{taps, g} scales[k, g, *taps] * group``.
+    """
     n = int(xb.shape[0])
     padded_c = int(xb.shape[-1])
     k, *kernel, _ = (int(d) for d in wb.shape)
     size = scheme.group_size
-    taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
-    group = te.reduce_axis((0, padded_c // size), name="rg")
+    groups = padded_c // size
     lane = te.reduce_axis((0, size), name="ri")
 
-    def acc(i, oc, *o):
+    def group_sum(i, oc, *rest):
+        o, taps, g = rest[:len(kernel)], rest[len(kernel):-1], rest[-1]
         pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
-        ch = group * size + lane
-        product = xb[(i, *pos, ch)].astype("int32") * wb[(oc, *taps, ch)].astype("int32")
-        return te.sum(scales[(oc, group, *taps)] * product.astype("float32"), axis=[*taps, group, lane])
+        ch = g * size + lane
+        return te.sum(xb[(i, *pos, ch)].astype("int32") * wb[(oc, *taps, ch)].astype("int32"), axis=lane)
+
+    grouped = te.compute((n, k, *out_spatial, *kernel, groups), group_sum, name="group")
+    taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
+    group = te.reduce_axis((0, groups), name="rg")
+
+    def acc(i, oc, *o):
+        return te.sum(scales[(oc, group, *taps)] * grouped[(i, oc, *o, *taps, group)].astype("float32"),
+                      axis=[*taps, group])
 
     return te.compute((n, k, *out_spatial), acc, name="acc")
