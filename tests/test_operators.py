@@ -40,7 +40,7 @@ def test_stages():
     bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
     assert bnn.kernel_input_shape() == ((1, 2, 1), "uint32")              # 1 plane + validity plane
     fgq = create("conv2d", "fgq", (1, 8, 5, 5), (2, 8, 3, 3), padding=2, group_size=4, abits=4)
-    assert block_names(fgq.data_prim_func()) == ["layout"] and block_names(fgq.kernel_prim_func()) == ["acc"]
+    assert block_names(fgq.data_prim_func()) == ["layout"] and block_names(fgq.kernel_prim_func()) == ["group", "acc"]
 
 
 def test_weight_args():
