@@ -14,6 +14,12 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
   after the reduction (the epilogue never round-trips int32 through memory);
 * runs the outer tile loops in parallel.
 
+With the requantize epilogue (blocks ``requant``, ``pack``, ``repad`` after ``out``), the
+tile is driven by the packing of the next layer's words instead: for each 32-channel
+output word, row and pixel tile, the word's ``V``-channel blocks are reduced one after
+another, each computing its ``acc`` tile in registers, thresholding it and or-ing its bits
+into the word, which is stored once; ``repad`` writes the border afterwards.
+
 With ``tunable`` the tile size, the number of loops fused into the parallel loop and the
 unroll depth of the reduction are sampled, so MetaSchedule searches this same space.
 """
@@ -28,6 +34,9 @@ from .isa import isa_of
 from .tiling import divisors, loops_by_extent, pick_tile
 
 REDUCE = 2  # IterVar type of a commutative reduction
+MAX_EPILOGUE_TILE = 8
+"""Pixels per tile with the requantize epilogue: its unrolled per-lane packing adds code
+and registers, and larger tiles measured slower."""
 
 
 def _blocks(sch: s_tir.Schedule) -> dict:
@@ -40,13 +49,12 @@ class PopcountKernel(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         blocks = _blocks(sch)
+        if set(blocks) - {"repad"} == {"acc", "out", "requant", "pack"}:
+            return self._requantize(sch, blocks, target, tunable)
         if set(blocks) != {"acc", "out"}:
             return None
         acc, out = blocks["acc"], blocks["out"]
-        acc_block = sch.get(acc)
-        spatial_extents = [int(iv.dom.extent) for iv in acc_block.iter_vars if int(iv.iter_type) != REDUCE]
-        reduce_extents = [int(iv.dom.extent) for iv in acc_block.iter_vars if int(iv.iter_type) == REDUCE]
-        groups, lanes = spatial_extents[-2:]           # acc is [N, Kb, *out, G, V]
+        groups, lanes, reduce_extents = self._acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
         n, k, *spatial = sch.get_loops(out)
         ko, ki = sch.split(k, [None, lanes])
@@ -54,6 +62,22 @@ class PopcountKernel(ScheduleRule):
             tile_names, parallel = self._tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable)
         else:
             tile_names, parallel = self._tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable)
+        reduce = self._register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
+        if reduce:
+            sch.decompose_reduction(acc, reduce[0])
+        return sch
+
+    @staticmethod
+    def _acc_shape(sch, acc):
+        """(G terms, V lanes, reduction extents) of the ``acc`` block ``[N, Kb, *out, G, V]``."""
+        iters = sch.get(acc).iter_vars
+        spatial = [int(iv.dom.extent) for iv in iters if int(iv.iter_type) != REDUCE]
+        return spatial[-2], spatial[-1], [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
+
+    @staticmethod
+    def _register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable):
+        """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
+        accumulators in registers; parallelizes ``parallel``. Returns the reduction loops."""
         named = [*tile_names, ("group", groups), ("lane", lanes),
                  *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
         loops = loops_by_extent(sch, acc, named)
@@ -68,11 +92,53 @@ class PopcountKernel(ScheduleRule):
         for name in ("pixel", "batch", "block", "group"):
             if name in loops:
                 sch.unroll(loops[name])
-        if reduce:
+        if reduce and tunable:
+            step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
+            sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+        return reduce
+
+    def _requantize(self, sch, blocks, target, tunable):
+        acc, pack = blocks["acc"], blocks["pack"]
+        groups, lanes, reduce_extents = self._acc_shape(sch, acc)
+        budget = isa_of(target).accumulator_budget
+        sch.compute_inline(blocks["requant"])
+        sch.compute_inline(blocks["out"])
+        n, plane, *spatial, word, bit = sch.get_loops(pack)
+        block, lane = sch.split(bit, [None, lanes])
+        if spatial:                     # conv2d: a word's channel blocks, one at a time, per pixel tile
+            oh, ow = spatial
+            width = int(sch.get(ow).extent)
             if tunable:
-                step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
-                sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+                factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_EPILOGUE_TILE)
+            else:
+                factors = [None, min(pick_tile(width, groups, budget),
+                                     max(d for d in divisors(width) if d <= MAX_EPILOGUE_TILE))]
+            owo, owi = sch.split(ow, factors)
+            sch.reorder(n, word, oh, owo, block, owi, plane, lane)
+            sch.compute_at(acc, block)
+            tile, at, parallel_loops = [("pixel", int(sch.get(owi).extent))], owo, (n, word, oh)
+            inner = (owi, plane, lane)
+        else:                           # dense: all blocks of a word at once, per batch tile
+            batch = int(sch.get(n).extent)
+            nt = max(d for d in divisors(batch) if d <= 4 and d * groups * (32 // lanes) <= budget) \
+                if not tunable else None
+            no, ni = sch.split(n, sch.sample_perfect_tile(n, n=2, max_innermost_factor=4) if tunable else [None, nt])
+            sch.reorder(word, no, block, ni, plane, lane)
+            sch.compute_at(acc, no)
+            tile = [("batch", int(sch.get(ni).extent)), ("block", 32 // lanes)]
+            at, parallel_loops, inner = no, (word, no), (ni, plane, lane)
+        local = sch.cache_write(pack, 0, "local")
+        sch.reverse_compute_at(local, at)
+        reduce = self._register_tile(sch, acc, tile, groups, lanes, reduce_extents,
+                                     sch.fuse(*parallel_loops), tunable)
+        for loop in inner:
+            sch.unroll(loop)
+        if "repad" in blocks:
+            loops = sch.get_loops(blocks["repad"])
+            sch.parallel(sch.fuse(*loops[:3]))
+        if reduce:
             sch.decompose_reduction(acc, reduce[0])
+        sch.decompose_reduction(pack, block)
         return sch
 
     @staticmethod

@@ -205,3 +205,51 @@ def test_fgq_scales_are_checked():
         f(x, w, scales=np.ones((3, 1, 3, 3)))
     with pytest.raises(TypeError, match=r"scales must be a float array"):
         f(x, w, scales=np.full((3, 2, 3, 3), "a"))
+
+
+REQUANTIZE = [  # scheme, params, op, data, weight, padding, next_padding
+    ("ternary", {}, "conv2d", (2, 33, 7, 9), (40, 33, 3, 3), 1, 1),
+    ("fatnn", {}, "conv2d", (1, 64, 6, 6), (32, 64, 3, 3), 1, 2),      # pads with t = -1
+    ("bitserial", dict(abits=2, wbits=2), "conv2d", (1, 20, 5, 7), (70, 20, 1, 1), 0, 1),
+    ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar"),
+     "conv2d", (1, 40, 8, 8), (48, 40, 3, 3), 1, 1),                      # validity plane out
+    ("ternary", {}, "dense", (3, 100), (70, 100), 0, 0),
+    ("bitserial", dict(abits=3, wbits=2), "dense", (1, 64), (96, 64), 0, 0),
+]
+
+
+@pytest.mark.parametrize("target", [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512")])
+@pytest.mark.parametrize("scheme,params,op,data_shape,weight_shape,padding,next_padding", REQUANTIZE,
+                         ids=["ternary", "fatnn", "w2a2-1x1", "w1a1", "dense-ternary", "dense-a3w2"])
+def test_requantize_epilogue_writes_the_next_layers_planes(scheme, params, op, data_shape, weight_shape,
+                                                          padding, next_padding, target, rng):
+    f = tvm_ternary.op(op, scheme, data_shape, weight_shape, padding=padding, target=target,
+                       epilogue="requantize", next_padding=next_padding, **params)
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    y = s.reference(x, w)
+    levels = np.quantile(y, np.linspace(0.1, 0.9, s.threshold_count), axis=None)    # every level occurs
+    thresholds = np.tile(np.round(levels).astype(np.int64), (s.weight_shape[0], 1))
+    thresholds += rng.integers(-2, 3, thresholds.shape)
+    thresholds.sort(axis=1)
+    if host_cannot_run(f.target):
+        warnings.warn(f"not run here ({host_cannot_run(f.target)}): {f!r} compiled only")
+        return
+    out = f(x, w, thresholds=thresholds)
+    assert out.dtype == np.uint32 and out.shape == s.kernel_output()[0]
+    np.testing.assert_array_equal(out, f.reference(x, w, thresholds=thresholds))
+
+
+def test_requantize_errors():
+    with pytest.raises(ValueError, match=r"conv2d\[fgq\(g64,a8\)\]: the requantize epilogue needs a bit-packed scheme"):
+        tvm_ternary.op("conv2d", "fgq", (1, 8, 4, 4), (8, 8, 1, 1), epilogue="requantize")
+    with pytest.raises(ValueError, match=r"conv2d\[ternary\]: epilogue must be one of"):
+        tvm_ternary.op("conv2d", "ternary", (1, 8, 4, 4), (8, 8, 1, 1), epilogue="relu")
+    f = tvm_ternary.op("conv2d", "ternary", (1, 8, 4, 4), (8, 8, 1, 1), epilogue="requantize", target=AVX2)
+    x, w = np.zeros((1, 8, 4, 4), np.int32), np.zeros((8, 8, 1, 1), np.int32)
+    with pytest.raises(ValueError, match=r"needs thresholds of shape \(8, 2\)"):
+        f(x, w)
+    with pytest.raises(ValueError, match=r"thresholds must ascend"):
+        f(x, w, thresholds=np.tile([1, 0], (8, 1)))
+    with pytest.raises(TypeError, match=r"thresholds must be integers"):
+        f(x, w, thresholds=np.zeros((8, 2)))

@@ -57,29 +57,44 @@ class CompiledOperator:
         """Shape of the result."""
         return self.spec.out_shape
 
-    def prepare(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> list:
-        """Validate inputs and return the device tensors ``[packed data, *weights, out]``."""
+    def prepare(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
+                thresholds: np.ndarray | None = None) -> list:
+        """Validate inputs and return the device tensors ``[packed data, *weights, out]``
+        (plus ``thresholds`` before ``out`` with the requantize epilogue)."""
         reason = host_cannot_run(self.target)
         if reason:
             raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} "
                                f"(the module compiled; inspect it with .lib.inspect_source('asm'))")
         values = self.spec.check_data(x)
         weight_args = self.spec.weight_args(w, scales)
+        if self.spec.epilogue == "requantize":
+            if thresholds is None:
+                raise ValueError(f"{self.spec.where}: the requantize epilogue needs thresholds of shape "
+                                 f"{(self.spec.weight_shape[0], self.spec.threshold_count)}")
+            weight_args.append(self.spec.check_thresholds(thresholds))
+        elif thresholds is not None:
+            raise ValueError(f"{self.spec.where}: thresholds apply only to the requantize epilogue")
         dev = tvm.cpu()
         packed_shape, packed_dtype = self.spec.kernel_input_shape()
         packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)
         self.lib[self.spec.symbol + "_data"](tvm.runtime.tensor(values, dev), packed)
-        out = tvm.runtime.empty(self.spec.out_shape, self.spec.scheme.out_dtype, dev)
+        out = tvm.runtime.empty(*self.spec.kernel_output(), dev)
         return [packed, *(tvm.runtime.tensor(a, dev) for a in weight_args), out]
 
-    def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
-        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq ``scales``."""
-        args = self.prepare(x, w, scales)
+    def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
+                 thresholds: np.ndarray | None = None) -> np.ndarray:
+        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq ``scales``; with the
+        requantize epilogue, ``thresholds`` ``(K, L)`` and the result is the next layer's
+        packed planes (``uint32``, see :meth:`OperatorSpec.kernel_output`)."""
+        args = self.prepare(x, w, scales, thresholds)
         self.lib[self.spec.symbol](*args)
         return args[-1].numpy()
 
-    def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
+    def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
+                  thresholds: np.ndarray | None = None) -> np.ndarray:
         """The numpy reference result for the same inputs."""
+        if self.spec.epilogue == "requantize":
+            return self.spec.reference_requantized(x, w, thresholds)
         return self.spec.reference(x, w, scales)
 
     def __repr__(self) -> str:
@@ -90,7 +105,8 @@ class CompiledOperator:
 
 def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
        stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-       target: TargetLike = "llvm", **scheme_params) -> CompiledOperator:
+       target: TargetLike = "llvm", epilogue: str = "int32",
+       next_padding: int | Sequence[int] | None = None, **scheme_params) -> CompiledOperator:
     """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
 
     Args:
@@ -99,6 +115,10 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
         stride, padding: an int or one int per spatial axis (conv2d only).
         target: a kind string ("llvm"), "host", a dict or a ``tvm.target.Target``.
+        epilogue: "int32" (the integer result) or "requantize": per-channel integer
+            thresholds turn the result into the next layer's values (same encoding as this
+            layer's activations), packed and padded by ``next_padding`` (default: ``padding``)
+            for the next layer's kernel; the int32 result never reaches memory.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
 
@@ -110,6 +130,6 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         ValueError / TypeError naming the operator and the violated constraint.
     """
     target = resolve_target(target)
-    spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params),
-                               data_shape, weight_shape, stride, padding, schedules.weight_block(target))
+    spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
+                               stride, padding, schedules.weight_block(target), epilogue, next_padding)
     return CompiledOperator(spec, target)

@@ -65,6 +65,15 @@ def tail_mask(n: int) -> int:
     return _FULL_WORD if rem == 0 else (1 << rem) - 1
 
 
+def valid_word_te(word_index: PrimExpr, n: int) -> PrimExpr:
+    """TE expression: the mask of existing elements in word ``word_index`` of an
+    ``n``-element packed axis (all ones except for the tail word)."""
+    full = tirx.const(_FULL_WORD, WORD_DTYPE)
+    if tail_mask(n) == _FULL_WORD:
+        return full
+    return tirx.Select(word_index == num_words(n) - 1, tirx.const(tail_mask(n), WORD_DTYPE), full)
+
+
 def pack_bits(bits: np.ndarray) -> np.ndarray:
     """Pack 0/1 values along the last axis into ``uint32`` words (LSB first).
 
@@ -165,11 +174,35 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
     return pack_words_te(shape, c, bit, name)
 
 
-def block_channels(packed: np.ndarray, block: int) -> np.ndarray:
-    """``[K, ...]`` -> ``[ceil(K/block), ..., block]``: output channels blocked, block innermost,
-    zero-padded to a whole number of blocks."""
+def pack_planes_padded(values: np.ndarray, encoding: "Encoding", padding: Sequence[int] = (),
+                       validity: bool = False) -> np.ndarray:
+    """Host version of :func:`pack_planes_te`: packed planes with value-domain padding and,
+    with ``validity``, the validity plane: ``[A, P + validity, *(spatial + 2 pad), Cw]``."""
+    values = np.asarray(values)
+    planes = [pack_planes(values, encoding)]
+    if validity:
+        planes.append(pack_bits(np.ones(np.moveaxis(values, 1, -1).shape, np.uint8))[:, None])
+    packed = np.concatenate(planes, axis=1)
+    padding = tuple(padding) or (0,) * (values.ndim - 2)
+    if not any(padding):
+        return packed
+    full = pack_bits(np.ones(values.shape[1], np.uint8))          # valid bits of each word
+    pad_words = np.array([full if p < encoding.num_planes and encoding.pad_bit(p) else 0 * full
+                          for p in range(packed.shape[1])], np.uint32)
+    shape = (packed.shape[0], packed.shape[1], *(s + 2 * p for s, p in zip(values.shape[2:], padding)),
+             packed.shape[-1])
+    out = np.broadcast_to(pad_words.reshape(1, -1, *([1] * len(padding)), packed.shape[-1]), shape).copy()
+    out[(slice(None), slice(None), *(slice(p, p + s) for p, s in zip(padding, values.shape[2:])))] = packed
+    return out
+
+
+def block_channels(packed: np.ndarray, block: int, multiple: int = 1) -> np.ndarray:
+    """``[K, ...]`` -> ``[Kb, ..., block]``: output channels blocked, block innermost, zero-padded
+    to a whole number of blocks covering a multiple of ``multiple`` channels (32 when an
+    epilogue packs whole output words)."""
     k = packed.shape[0]
-    blocks = -(-k // block)
+    step = block * multiple // np.gcd(block, multiple)
+    blocks = -(-k // step) * step // block
     padded = np.zeros((blocks * block, *packed.shape[1:]), packed.dtype)
     padded[:k] = packed
     blocked = padded.reshape(blocks, block, *packed.shape[1:])

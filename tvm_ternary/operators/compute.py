@@ -11,7 +11,9 @@ Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packi
 
 Stages (block names, which schedules refer to): ``pack`` (values -> padded planes, the
 data function), ``acc`` (the popcount reduction over kernel taps and words, one accumulator per popcount
-term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue).
+term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue). With the
+requantize epilogue (:func:`requantize_pack`), ``requant``, ``pack`` and ``repad`` follow
+and the kernel writes the next layer's packed planes instead of int32.
 
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
@@ -29,7 +31,8 @@ from typing import Sequence
 from tvm.ir import Expr as PrimExpr
 from tvm import te, tirx
 
-from ..packing import pack_planes_te, within_bounds
+from ..packing import WORD_DTYPE, pack_planes_te, valid_word_te, within_bounds
+from ..encodings import BipolarEncoding, Encoding
 from ..schemes import FgqScheme, PackedScheme
 
 
@@ -115,6 +118,53 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
         return value + correction[oc] if correction is not None else value
 
     return te.compute((n, out_channels, *out_spatial), out, name="out")
+
+
+def threshold_count(encoding: Encoding) -> int:
+    """Thresholds that requantize to ``encoding``: one fewer than its number of levels."""
+    lo, hi = encoding.value_range
+    return (hi - lo) // level_step(encoding)
+
+
+def level_step(encoding: Encoding) -> int:
+    """Distance between consecutive values of ``encoding`` (2 for bipolar's odd values)."""
+    return 2 if isinstance(encoding, BipolarEncoding) else 1
+
+
+def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
+                    padding: Sequence[int]) -> te.Tensor:
+    """Epilogue for a quantized next layer: int32 ``y`` ``[N, K, *o]`` -> its packed,
+    pre-padded planes ``[N, P', *(o + 2 pad), Kw]`` (what :func:`pack_data` would produce).
+
+    ``requant``: ``q = lo + step * #{l : y >= thresholds[l, k]}`` with ``thresholds``
+    ``[L, K]`` int32 ascending per channel (per-channel scale, bias, BatchNorm and the next
+    quantizer fold into them; a channel with a negative scale is handled by negating its
+    weights). ``pack``: ``q``'s planes along channels (plus the validity plane for bipolar
+    encodings). ``repad``: the next layer's value-domain padding, when it has any.
+    """
+    n, k, *o = (int(d) for d in y.shape)
+    lo = encoding.value_range[0]
+    step = level_step(encoding)
+    levels = int(thresholds.shape[0])
+    q = te.compute(y.shape, lambda i, oc, *pos: lo + step * sum(
+        (y[(i, oc, *pos)] >= thresholds[l, oc]).astype("int32") for l in range(levels)), name="requant")
+    validity = encoding.needs_validity_plane
+    packed = pack_planes_te(q, encoding, (), validity, name="pack")
+    if not any(padding):
+        return packed
+    planes, words = int(packed.shape[1]), int(packed.shape[-1])
+    shape = (n, planes, *(s + 2 * p for s, p in zip(o, padding)), words)
+
+    def word(i, plane, *rest):
+        *pos, w = rest
+        src = [q_ - p for q_, p in zip(pos, padding)]
+        pad = tirx.const(0, WORD_DTYPE)
+        for p in range(encoding.num_planes):
+            if encoding.pad_bit(p):
+                pad = tirx.if_then_else(plane == p, valid_word_te(w, k), pad)
+        return tirx.if_then_else(within_bounds(src, o), packed[(i, plane, *src, w)], pad)
+
+    return te.compute(shape, word, name="repad")
 
 
 def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> te.Tensor:

@@ -15,15 +15,18 @@ import numpy as np
 from tvm import te, tirx
 
 from .. import reference
-from ..packing import block_channels, pack_planes
+from ..packing import block_channels, num_words, pack_planes, pack_planes_padded
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import fgq_correlation, layout_fgq_data, pack_data, packed_correlation
+from .compute import (fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
+                      requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
 
 DATA_DTYPE = "int32"
 """dtype of the value tensors the data stage reads."""
+
+EPILOGUES = ("int32", "requantize")
 
 
 def _as_shape(where: str, what: str, shape: Any, rank: int) -> tuple[int, ...]:
@@ -62,15 +65,21 @@ class OperatorSpec:
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     block: int = 1
+    epilogue: str = "int32"
+    next_padding: tuple[int, ...] = ()
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-               block: int = 1) -> "OperatorSpec":
+               block: int = 1, epilogue: str = "int32",
+               next_padding: int | Sequence[int] | None = None) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
-        schemes), a property of the target's schedule rather than of the request."""
+        schemes), a property of the target's schedule rather than of the request.
+        ``epilogue`` is ``"int32"`` (the integer result, NCHW) or ``"requantize"`` (per-channel
+        thresholds, then the next layer's packed planes with ``next_padding``, by default this
+        layer's padding; packed schemes only)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -87,7 +96,14 @@ class OperatorSpec:
             axis = "channels" if rank else "features"
             raise ValueError(f"{where}: data has {data_shape[1]} input {axis} but the weight expects "
                              f"{weight_shape[1]} (weight_shape[1])")
-        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block)
+        if epilogue not in EPILOGUES:
+            raise ValueError(f"{where}: epilogue must be one of {EPILOGUES}, got {epilogue!r}")
+        if epilogue == "requantize" and not isinstance(scheme, PackedScheme):
+            raise ValueError(f"{where}: the requantize epilogue needs a bit-packed scheme "
+                             f"(ternary, fatnn, bitserial), not {scheme.name}")
+        next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
+                                rank, 0) if epilogue == "requantize" else ()
+        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding)
         if any(o < 1 for o in spec.out_shape[2:]):
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
                              f"with padding {padding}")
@@ -100,7 +116,8 @@ class OperatorSpec:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Output shape: ``(N, K, OH, OW)`` for conv2d, ``(N, M)`` for dense."""
+        """Shape of the integer result: ``(N, K, OH, OW)`` for conv2d, ``(N, M)`` for dense
+        (with the requantize epilogue the kernel returns :meth:`kernel_output` instead)."""
         n, k = self.data_shape[0], self.weight_shape[0]
         sizes = [(s + 2 * p - w) // st + 1 for s, w, st, p in
                  zip(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding)]
@@ -132,8 +149,23 @@ class OperatorSpec:
         staged = self._data_stage(te.placeholder(self.data_shape, DATA_DTYPE, name="x"))
         return tuple(int(d) for d in staged.shape), str(staged.dtype)
 
+    def kernel_output(self) -> tuple[tuple[int, ...], str]:
+        """Shape and dtype of what the kernel writes: the int32/float32 result, or with the
+        requantize epilogue the next layer's packed planes."""
+        if self.epilogue == "int32":
+            return self.out_shape, self.scheme.out_dtype
+        enc = self.scheme.activation
+        spatial = [o + 2 * p for o, p in zip(self.out_shape[2:], self.next_padding)]
+        planes = enc.num_planes + int(enc.needs_validity_plane)
+        return (self.out_shape[0], planes, *spatial, num_words(self.weight_shape[0])), "uint32"
+
+    @property
+    def threshold_count(self) -> int:
+        """Thresholds per output channel of the requantize epilogue."""
+        return threshold_count(self.scheme.activation)
+
     def kernel_prim_func(self) -> tirx.PrimFunc:
-        """PrimFunc of the kernel: ``(data, *weight_args) -> out``, see :mod:`.compute`."""
+        """PrimFunc of the kernel: ``(data, *weight_args[, thresholds]) -> out``, see :mod:`.compute`."""
         shape, dtype = self.kernel_input_shape()
         data = te.placeholder(shape, dtype, name="data")
         weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
@@ -146,7 +178,33 @@ class OperatorSpec:
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
                                      self.stride, correction, self.data_shape[1], self.padding,
                                      self.data_shape[2:])
+        if self.epilogue == "requantize":
+            thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
+            out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding)
+            weight_args.append(thresholds)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
+
+    def check_thresholds(self, thresholds: np.ndarray) -> np.ndarray:
+        """Validate ``(K, L)`` per-channel ascending integer thresholds; returns the kernel's
+        ``[L, K]`` int32 layout."""
+        t = np.asarray(thresholds)
+        expected = (self.weight_shape[0], self.threshold_count)
+        if t.shape != expected:
+            raise ValueError(f"{self.where}: thresholds have shape {t.shape}, expected {expected} "
+                             f"(output channels, levels - 1 of {self.scheme.activation.describe()})")
+        if not np.issubdtype(t.dtype, np.integer):
+            raise TypeError(f"{self.where}: thresholds must be integers (they compare int32 sums), got {t.dtype}")
+        if np.any(np.diff(t, axis=1) < 0):
+            raise ValueError(f"{self.where}: thresholds must ascend along each channel")
+        return np.ascontiguousarray(t.T, np.int32)
+
+    def reference_requantized(self, x: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+        """Reference of the requantize epilogue: the next layer's packed, padded planes."""
+        y = self.reference(x, w).astype(np.int64)
+        enc = self.scheme.activation
+        q = enc.value_range[0] + level_step(enc) * (y[..., None] >= np.asarray(thresholds)[
+            (slice(None),) + (None,) * (y.ndim - 2)]).sum(-1)
+        return pack_planes_padded(q, enc, self.next_padding, enc.needs_validity_plane)
 
     def _weight_arg_templates(self) -> list[np.ndarray]:
         zeros = np.zeros(self.weight_shape, np.int32)
@@ -187,7 +245,8 @@ class OperatorSpec:
             wb[..., : w.shape[1]] = channels_last
             return [wb, np.ascontiguousarray(scales, np.float32)]
         assert isinstance(self.scheme, PackedScheme)
-        args = [block_channels(pack_planes(w, self.scheme.weight), self.block)]
+        whole = 32 if self.epilogue == "requantize" else 1   # the epilogue packs whole words
+        args = [block_channels(pack_planes(w, self.scheme.weight), self.block, whole)]
         correction = self.scheme.weight_correction(w)
         return args if correction is None else [*args, correction]
 
