@@ -9,8 +9,9 @@ measures only what a network would run per layer:
   quint8 input and output, quantize/dequantize outside the timed call.
 * ``tvm_fp32``: the same layer through TVM's default Relax pipeline, untuned.
 * ours (``w1a1``, ``w2a2``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``): the kernel of
-  :func:`tvm_ternary.op` on already packed input; the stand-alone packing of the layer's
-  input is timed separately (``impl="pack"`` rows).
+  :func:`tvm_ternary.op` on already packed input with the fused requantize epilogue that
+  writes the next layer's packed input (``impl="hand"``), the same kernel writing int32
+  (``hand-int32``), and the stand-alone packing of the layer's input (``pack``).
 """
 
 from __future__ import annotations
@@ -172,28 +173,46 @@ OURS = {
 }
 
 
+def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-channel thresholds at quantiles of the layer's own output, so that every level of
+    the next layer's values occurs (a realistic requantization, not a constant output)."""
+    levels = np.quantile(y, np.linspace(0.15, 0.85, spec.threshold_count))
+    t = np.tile(np.round(levels).astype(np.int64), (spec.weight_shape[0], 1)) + \
+        rng.integers(-1, 2, (spec.weight_shape[0], spec.threshold_count))
+    return np.sort(t, axis=1)
+
+
 def ours(precision: str, fgq_group: int):
-    """Factory for one of our precisions; returns (kernel runner, packing runner)."""
+    """Factory for one of our precisions: runners for the kernel as it runs in a network
+    (``hand``: packed, pre-padded input, fused requantize epilogue writing the next layer's
+    packed planes; FGQ has no packed next layer and writes float32), the same kernel with
+    the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``)."""
     scheme, params = OURS[precision]
     if scheme == "fgq":
         params = dict(params, group_size=fgq_group)
 
     def make(layer: Layer, target, rng):
-        f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
-                           **layer.conv_kwargs(), **params)
-        x = f.spec.scheme.activation.sample(rng, layer.data_shape)
-        w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
-        scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
-        args = f.prepare(x, w, scales)
-        f.lib[f.spec.symbol](*args)
-        got, expected = args[-1].numpy(), f.reference(x, w, scales)
-        if scheme == "fgq":
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
-        else:
-            np.testing.assert_array_equal(got, expected)
+        runners = []
+        epilogues = ["int32"] if scheme == "fgq" else ["requantize", "int32"]
+        for epilogue in epilogues:
+            f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
+                               epilogue=epilogue, **layer.conv_kwargs(), **params)
+            x = f.spec.scheme.activation.sample(rng, layer.data_shape)
+            w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
+            scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
+            thresholds = thresholds_for(f.spec, f.spec.reference(x, w), rng) if epilogue == "requantize" else None
+            args = f.prepare(x, w, scales, thresholds)
+            f.lib[f.spec.symbol](*args)
+            got, expected = args[-1].numpy(), f.reference(x, w, scales, thresholds)
+            if scheme == "fgq":
+                np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
+            else:
+                np.testing.assert_array_equal(got, expected)
+            impl = "hand" if epilogue == epilogues[0] else "hand-int32"
+            runners.append(Runner(impl, lambda repeat, f=f, args=args: time_tvm(f.lib, f.spec.symbol, args, repeat)))
         values = tvm.runtime.tensor(x.astype(np.int32))
-        kernel = Runner("generic", lambda repeat: time_tvm(f.lib, f.spec.symbol, args, repeat))
-        pack = Runner("pack", lambda repeat: time_tvm(f.lib, f.spec.symbol + "_data", [values, args[0]], repeat))
-        return kernel, pack
+        runners.append(Runner("pack", lambda repeat: time_tvm(f.lib, f.spec.symbol + "_data", [values, args[0]],
+                                                            repeat)))
+        return tuple(runners)
 
     return make

@@ -25,6 +25,7 @@ import tvm
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
 
 import tvm_ternary  # noqa: E402
@@ -40,6 +41,8 @@ LAYERS = [
 ]
 BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "tvm_fp32": tvm_fp32}
 PRECISIONS = [*BASELINES, *OURS]
+MAIN_IMPLS = ("torch", "relax-default", "hand", "tuned")
+"""Implementations that stand for a precision in speedup columns and summaries."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
            "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated"]
 
@@ -117,7 +120,7 @@ def measure(args) -> list[dict]:
 
 def add_speedups(rows: list[dict]) -> None:
     """Fill speedup columns: baseline time / this time, for rows measured at the same threads."""
-    main = {(r["threads"], r["layer"], r["precision"]): r["median_ms"] for r in rows if r["impl"] != "pack"}
+    main = {(r["threads"], r["layer"], r["precision"]): r["median_ms"] for r in rows if r["impl"] in MAIN_IMPLS}
     for r in rows:
         for column, base in (("speedup_vs_fp32", "torch_fp32"), ("speedup_vs_int8", "torch_int8"),
                              ("speedup_vs_w2a2", "w2a2")):
@@ -139,11 +142,28 @@ def print_table(rows: list[dict]) -> None:
             summary = []
             for precision in OURS:
                 values = [r[column] for r in rows if r["threads"] == threads and r["precision"] == precision
-                          and r["layer"] in convs and r["impl"] != "pack" and r[column] != ""]
+                          and r["layer"] in convs and r["impl"] in MAIN_IMPLS and r[column] != ""]
                 if len(values) == len(convs):
                     summary.append(f"{precision} {np.exp(np.mean(np.log(values))):.2f}")
             if summary:
                 print(f"geomean {column} over the 3x3 convs, {threads} thread(s): " + ", ".join(summary))
+
+
+def print_bounds(rows: list[dict]) -> None:
+    """The popcount-throughput bound per core and each 1-thread conv kernel's share of it."""
+    bounds = measure_bounds()
+    if bounds is None:
+        print("bound: not measured (needs a CPU with AVX-512 VPOPCNTDQ and gcc)")
+        return
+    print("bound (register-only instruction mix, 1 core): " +
+          ", ".join(f"{name} {rate / 1e9:.0f} G MAC/s" for name, rate in bounds.items()))
+    for precision, bound in bounds.items():
+        for impl in ("hand", "hand-int32"):
+            shares = [r["gops"] / 2 * 1e9 / bound for r in rows if r["precision"] == precision
+                      and r["impl"] == impl and r["threads"] == 1 and r["layer"].startswith("conv")]
+            if shares:
+                print(f"  {precision} {impl}: {', '.join(f'{x:.0%}' for x in shares)} of the bound "
+                      f"(conv layers in order, 1 thread)")
 
 
 def write_csv(rows: list[dict], path: str) -> None:
@@ -161,7 +181,7 @@ def plot(rows: list[dict], path: str) -> None:
     threads = sorted({r["threads"] for r in rows})
     fig, axes = plt.subplots(1, len(threads), figsize=(7 * len(threads), 4.5), squeeze=False)
     for ax, t in zip(axes[0], threads):
-        main = [r for r in rows if r["threads"] == t and r["impl"] != "pack" and r["speedup_vs_fp32"] != ""]
+        main = [r for r in rows if r["threads"] == t and r["impl"] in MAIN_IMPLS and r["speedup_vs_fp32"] != ""]
         layers = list(dict.fromkeys(r["layer"] for r in main))
         precisions = list(dict.fromkeys(r["precision"] for r in main))
         width = 0.8 / max(len(precisions), 1)
@@ -184,6 +204,8 @@ def main(argv=None) -> None:
         print("note: torch_fp32 not measured, so speedup_vs_fp32 stays empty")
     rows = measure(args)
     print_table(rows)
+    if any(r["threads"] == 1 for r in rows):
+        print_bounds(rows)
     write_csv(rows, args.csv)
     print(f"wrote {args.csv}")
     if args.plot:
