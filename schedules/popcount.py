@@ -14,11 +14,13 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
   after the reduction (the epilogue never round-trips int32 through memory);
 * runs the outer tile loops in parallel.
 
-With the requantize epilogue (blocks ``requant``, ``pack``, ``repad`` after ``out``), the
-tile is driven by the packing of the next layer's words instead: for each 32-channel
-output word, row and pixel tile, the word's ``V``-channel blocks are reduced one after
-another, each computing its ``acc`` tile in registers, thresholding it and or-ing its bits
-into the word, which is stored once; ``repad`` writes the border afterwards.
+With the requantize epilogue (blocks ``requant``, ``bits``, ``chunk``, ``pack``, ``repad``
+after ``out``), the tile is driven by the packing of the next layer's words instead: for
+each 32-channel output word, row and pixel tile, the word's ``V``-channel blocks are
+handled one after another (conv2d; dense keeps the whole word's accumulators): the
+``acc`` tile in registers, thresholds compared on ``V`` lanes at once (``bits``), the lanes
+turned into ``V`` bits by the movemask intrinsic (``chunk``) and or-ed into the word,
+which is stored once; ``repad`` writes the border afterwards.
 
 With ``tunable`` the tile size, the number of loops fused into the parallel loop and the
 unroll depth of the reduction are sampled, so MetaSchedule searches this same space.
@@ -30,6 +32,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from ..packing import WORD_BITS
+from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
 from .tiling import divisors, loops_by_extent, pick_tile
 
@@ -49,7 +53,7 @@ class PopcountKernel(ScheduleRule):
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         blocks = _blocks(sch)
-        if set(blocks) - {"repad"} == {"acc", "out", "requant", "pack"}:
+        if set(blocks) - {"repad"} == {"acc", "out", "requant", "bits", "chunk", "pack"}:
             return self._requantize(sch, blocks, target, tunable)
         if set(blocks) != {"acc", "out"}:
             return None
@@ -98,14 +102,13 @@ class PopcountKernel(ScheduleRule):
         return reduce
 
     def _requantize(self, sch, blocks, target, tunable):
-        acc, pack = blocks["acc"], blocks["pack"]
+        acc, pack, chunk, bits = blocks["acc"], blocks["pack"], blocks["chunk"], blocks["bits"]
         groups, lanes, reduce_extents = self._acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
         sch.compute_inline(blocks["requant"])
         sch.compute_inline(blocks["out"])
-        n, plane, *spatial, word, bit = sch.get_loops(pack)
-        block, lane = sch.split(bit, [None, lanes])
-        if spatial:                     # conv2d: a word's channel blocks, one at a time, per pixel tile
+        n, plane, *spatial, word, part = sch.get_loops(pack)
+        if spatial:                     # conv2d: a word's channel blocks one at a time, per pixel tile
             oh, ow = spatial
             width = int(sch.get(ow).extent)
             if tunable:
@@ -114,23 +117,31 @@ class PopcountKernel(ScheduleRule):
                 factors = [None, min(pick_tile(width, groups, budget),
                                      max(d for d in divisors(width) if d <= MAX_EPILOGUE_TILE))]
             owo, owi = sch.split(ow, factors)
-            sch.reorder(n, word, oh, owo, block, owi, plane, lane)
-            sch.compute_at(acc, block)
-            tile, at, parallel_loops = [("pixel", int(sch.get(owi).extent))], owo, (n, word, oh)
-            inner = (owi, plane, lane)
+            sch.reorder(n, word, oh, owo, part, owi, plane)
+            at, acc_at, parallel_loops, inner = owo, part, (n, word, oh), (owi, plane)
         else:                           # dense: all blocks of a word at once, per batch tile
             batch = int(sch.get(n).extent)
-            nt = max(d for d in divisors(batch) if d <= 4 and d * groups * (32 // lanes) <= budget) \
-                if not tunable else None
-            no, ni = sch.split(n, sch.sample_perfect_tile(n, n=2, max_innermost_factor=4) if tunable else [None, nt])
-            sch.reorder(word, no, block, ni, plane, lane)
-            sch.compute_at(acc, no)
-            tile = [("batch", int(sch.get(ni).extent)), ("block", 32 // lanes)]
-            at, parallel_loops, inner = no, (word, no), (ni, plane, lane)
+            if tunable:
+                nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+            else:
+                nf = [None, max(d for d in divisors(batch) if d <= 4 and d * groups * (32 // lanes) <= budget)]
+            no, ni = sch.split(n, nf)
+            sch.reorder(word, no, part, ni, plane)
+            at, acc_at, parallel_loops, inner = no, no, (word, no), (ni, plane)
+        sch.compute_at(chunk, part)
+        sch.compute_at(bits, part)
+        sch.compute_at(acc, acc_at)
+        if spatial:
+            tile = [("pixel", int(sch.get(owi).extent))]
+        else:
+            tile = [("batch", int(sch.get(ni).extent)), ("block", WORD_BITS // lanes)]
+        sch.set_scope(bits, 0, "local")
+        sch.set_scope(chunk, 0, "local")
         local = sch.cache_write(pack, 0, "local")
         sch.reverse_compute_at(local, at)
         reduce = self._register_tile(sch, acc, tile, groups, lanes, reduce_extents,
                                      sch.fuse(*parallel_loops), tunable)
+        sch.vectorize(sch.get_loops(bits)[-1])
         for loop in inner:
             sch.unroll(loop)
         if "repad" in blocks:
@@ -138,38 +149,8 @@ class PopcountKernel(ScheduleRule):
             sch.parallel(sch.fuse(*loops[:3]))
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
-        sch.decompose_reduction(pack, block)
+        sch.decompose_reduction(pack, part)
+        sch.decompose_reduction(chunk, sch.get_loops(chunk)[-1])
+        if lanes in MOVEMASK_LANES:
+            sch.tensorize(sch.get_loops(sch.get_sblock("chunk_update"))[-1], movemask_name(lanes))
         return sch
-
-    @staticmethod
-    def _tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable):
-        oh, ow = spatial
-        width = int(sch.get(ow).extent)
-        if tunable:
-            factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
-        else:
-            factors = [None, pick_tile(width, groups, budget)]
-        owo, owi = sch.split(ow, factors)
-        sch.reorder(n, ko, oh, owo, owi, ki)
-        sch.compute_at(sch.get_sblock("acc"), owo)
-        tile = int(sch.get(owi).extent)
-        fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
-        parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
-        return [("pixel", tile)], parallel
-
-    @staticmethod
-    def _tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable):
-        batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
-        if tunable:
-            nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
-            kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
-        else:
-            nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
-            nf = [None, nt]
-            kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
-        no, ni = sch.split(n, nf)
-        kso, ksi = sch.split(ko, kf)
-        sch.reorder(kso, no, ni, ksi, ki)
-        sch.compute_at(sch.get_sblock("acc"), no)
-        tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
-        return tile, sch.fuse(kso, no)

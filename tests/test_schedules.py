@@ -78,6 +78,17 @@ def test_popcount_rule_tiles_registers_and_vectorizes(tunable):
     assert bool(sampled) == tunable
 
 
+@pytest.mark.parametrize("target,lanes", [(AVX2, 8), (AVX512, 16), (RASP4, 4)], ids=["avx2", "avx512", "neon"])
+def test_requantize_epilogue_is_fused_and_tensorized(target, lanes):
+    fused = OperatorSpec.create("conv2d", make_scheme("conv2d", "ternary"), (1, 64, 8, 8), (64, 64, 3, 3), 1, 1,
+                                lanes, "requantize")
+    script = schedules.schedule(fused.kernel_prim_func(), tvm.target.Target(target)).mod.script()
+    assert "llvm.vector.reduce.or" in script                  # movemask over the V lanes
+    assert f"T.vectorized({lanes})" in script
+    assert script.count("T.parallel") == 2                     # the tile loop nest and repad
+    assert 'acc_local = T.sblock_alloc_buffer' in script or 'scope="local"' in script
+
+
 @pytest.mark.parametrize("func", [spec().data_prim_func(), spec("fgq", group_size=4, abits=4).kernel_prim_func()],
                          ids=["pack", "fgq"])
 def test_generic_rule_parallelizes(func):

@@ -12,8 +12,8 @@ Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packi
 Stages (block names, which schedules refer to): ``pack`` (values -> padded planes, the
 data function), ``acc`` (the popcount reduction over kernel taps and words, one accumulator per popcount
 term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue). With the
-requantize epilogue (:func:`requantize_pack`), ``requant``, ``pack`` and ``repad`` follow
-and the kernel writes the next layer's packed planes instead of int32.
+requantize epilogue (:func:`requantize_pack`), ``requant``, ``bits``, ``chunk``, ``pack``
+and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32.
 
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
@@ -31,7 +31,7 @@ from typing import Sequence
 from tvm.ir import Expr as PrimExpr
 from tvm import te, tirx
 
-from ..packing import WORD_DTYPE, pack_planes_te, valid_word_te, within_bounds
+from ..packing import WORD_BITS, WORD_DTYPE, num_words, pack_planes_te, valid_word_te, within_bounds
 from ..encodings import BipolarEncoding, Encoding
 from ..schemes import FgqScheme, PackedScheme
 
@@ -132,15 +132,17 @@ def level_step(encoding: Encoding) -> int:
 
 
 def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
-                    padding: Sequence[int]) -> te.Tensor:
+                    padding: Sequence[int], lanes: int) -> te.Tensor:
     """Epilogue for a quantized next layer: int32 ``y`` ``[N, K, *o]`` -> its packed,
     pre-padded planes ``[N, P', *(o + 2 pad), Kw]`` (what :func:`pack_data` would produce).
 
     ``requant``: ``q = lo + step * #{l : y >= thresholds[l, k]}`` with ``thresholds``
     ``[L, K]`` int32 ascending per channel (per-channel scale, bias, BatchNorm and the next
     quantizer fold into them; a channel with a negative scale is handled by negating its
-    weights). ``pack``: ``q``'s planes along channels (plus the validity plane for bipolar
-    encodings). ``repad``: the next layer's value-domain padding, when it has any.
+    weights). ``bits``: each plane's 0/1 per channel (channels padded to whole words; the
+    validity plane for bipolar encodings). ``chunk``: ``lanes`` consecutive bits as one
+    integer (a movemask, which schedules tensorize). ``pack``: the chunks of a word.
+    ``repad``: the next layer's value-domain padding, when it has any.
     """
     n, k, *o = (int(d) for d in y.shape)
     lo = encoding.value_range[0]
@@ -148,11 +150,28 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     levels = int(thresholds.shape[0])
     q = te.compute(y.shape, lambda i, oc, *pos: lo + step * sum(
         (y[(i, oc, *pos)] >= thresholds[l, oc]).astype("int32") for l in range(levels)), name="requant")
-    validity = encoding.needs_validity_plane
-    packed = pack_planes_te(q, encoding, (), validity, name="pack")
+    stored = encoding.num_planes
+    planes = stored + int(encoding.needs_validity_plane)
+    words = num_words(k)
+
+    def bit(i, plane, *rest):
+        *pos, c = rest
+        value = encoding.plane_bit_te(q[(i, c, *pos)], plane)
+        if encoding.needs_validity_plane:
+            value = tirx.if_then_else(plane == stored, 1, value)
+        return tirx.if_then_else(c < k, value, 0)
+
+    bits = te.compute((n, planes, *o, words * WORD_BITS), bit, name="bits")
+    lane = te.reduce_axis((0, lanes), name="lane")
+    chunk = te.compute((n, planes, *o, words * WORD_BITS // lanes), lambda i, plane, *rest: te.sum(
+        tirx.shift_left(bits[(i, plane, *rest[:-1], rest[-1] * lanes + lane)].astype(WORD_DTYPE),
+                        lane.var.astype(WORD_DTYPE)), axis=lane), name="chunk")
+    part = te.reduce_axis((0, WORD_BITS // lanes), name="part")
+    packed = te.compute((n, planes, *o, words), lambda i, plane, *rest: te.sum(
+        tirx.shift_left(chunk[(i, plane, *rest[:-1], rest[-1] * (WORD_BITS // lanes) + part)],
+                        (part.var * lanes).astype(WORD_DTYPE)), axis=part), name="pack")
     if not any(padding):
         return packed
-    planes, words = int(packed.shape[1]), int(packed.shape[-1])
     shape = (n, planes, *(s + 2 * p for s, p in zip(o, padding)), words)
 
     def word(i, plane, *rest):

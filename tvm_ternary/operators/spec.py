@@ -180,7 +180,7 @@ class OperatorSpec:
                                      self.data_shape[2:])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
-            out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding)
+            out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block)
             weight_args.append(thresholds)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
