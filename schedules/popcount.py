@@ -154,3 +154,36 @@ class PopcountKernel(ScheduleRule):
         if lanes in MOVEMASK_LANES:
             sch.tensorize(sch.get_loops(sch.get_sblock("chunk_update"))[-1], movemask_name(lanes))
         return sch
+
+    @staticmethod
+    def _tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable):
+        oh, ow = spatial
+        width = int(sch.get(ow).extent)
+        if tunable:
+            factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
+        else:
+            factors = [None, pick_tile(width, groups, budget)]
+        owo, owi = sch.split(ow, factors)
+        sch.reorder(n, ko, oh, owo, owi, ki)
+        sch.compute_at(sch.get_sblock("acc"), owo)
+        tile = int(sch.get(owi).extent)
+        fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
+        parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
+        return [("pixel", tile)], parallel
+
+    @staticmethod
+    def _tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable):
+        batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
+        if tunable:
+            nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+            kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
+        else:
+            nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
+            nf = [None, nt]
+            kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
+        no, ni = sch.split(n, nf)
+        kso, ksi = sch.split(ko, kf)
+        sch.reorder(kso, no, ni, ksi, ki)
+        sch.compute_at(sch.get_sblock("acc"), no)
+        tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
+        return tile, sch.fuse(kso, no)
