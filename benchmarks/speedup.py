@@ -59,9 +59,13 @@ def cpu_model() -> str:
 
 
 def set_threads(n: int) -> None:
-    """Use ``n`` threads in both TVM's pool and PyTorch."""
+    """Use ``n`` threads in both TVM's pool and PyTorch; checks TVM took them (its pool can
+    only shrink below the size it started with, see ``tvm_ternary/__init__.py``)."""
     torch.set_num_threads(n)
     tvm.get_global_func("runtime.config_threadpool")(1, n)
+    got = tvm.get_global_func("runtime.NumThreads")()
+    if got != n:
+        raise SystemExit(f"speedup.py: TVM runs {got} threads, not {n}; set TVM_NUM_THREADS={n} or more")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -1,6 +1,7 @@
 """tvm_ternary.op: every scheme x conv2d/dense, exact against numpy on awkward shapes,
 and clear errors on bad input."""
 
+import os
 import warnings
 
 import numpy as np
@@ -101,6 +102,7 @@ def test_results_do_not_depend_on_thread_count(threads, rng):
     f = tvm_ternary.op("conv2d", "ternary", (2, 70, 9, 14), (40, 70, 3, 3), padding=1, target=AVX2)
     try:
         set_threads(1, threads)
+        assert tvm.get_global_func("runtime.NumThreads")() == min(threads, len(os.sched_getaffinity(0)))
         run_and_check(f, rng)
     finally:
         set_threads(1, 0)          # back to TVM's default (all cores)

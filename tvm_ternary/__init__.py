@@ -5,9 +5,16 @@ values are and how they are packed) -> :mod:`.operators` (TE compute) ->
 ``tvm_ternary.schedules`` (per target) -> :func:`op` (build and run).
 """
 
-from . import reference
-from .api import CompiledOperator, op
-from .schemes import SCHEME_NAMES, make_scheme
-from .target import resolve_target
+import os
+
+# TVM sizes its thread pool at half the CPUs it sees (it assumes hyperthreading), so on a
+# 2-core machine every parallel kernel ran on one core. Use every CPU this process may run
+# on unless the user chose (TVM_NUM_THREADS is read when the pool first starts).
+os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+from . import reference  # noqa: E402
+from .api import CompiledOperator, op  # noqa: E402
+from .schemes import SCHEME_NAMES, make_scheme  # noqa: E402
+from .target import resolve_target  # noqa: E402
 
 __all__ = ["op", "CompiledOperator", "make_scheme", "SCHEME_NAMES", "reference", "resolve_target"]
