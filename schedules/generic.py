@@ -1,8 +1,8 @@
 """Plain CPU schedule for every operator stage: a correct, portable default.
 
-Inlines the padding stage into the kernel and runs the two outermost spatial loops of
-each remaining stage (batch x output channels, batch x planes, ...) in parallel; LLVM
-vectorizes the rest on its own. It has no knobs, so ``tunable`` changes nothing. The
+Runs the two outermost loops of each stage (batch x output channels, batch x planes, ...)
+in parallel; LLVM vectorizes the rest on its own. In practice it schedules what the
+specific rules leave: dense packing and FGQ's byte layout. It has no knobs, so ``tunable`` changes nothing. The
 per-target rules (AVX2, AVX-512, NEON) are the fast path; this one is the fallback for
 any LLVM CPU target.
 """
@@ -13,20 +13,19 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-STAGES = ("pack", "layout", "pad", "acc", "out")
-"""Block names of the operator stages (see ``tvm_ternary.operators.compute``)."""
+STAGES = ("pack", "layout", "acc", "out")
+"""Block names of the operator stages it accepts (see ``tvm_ternary.operators.compute``);
+not FGQ's ``group`` stage, which must be computed inside ``acc``, never whole."""
 
 
 class GenericCPU(ScheduleRule):
-    """Parallel outer loops, padding inlined; applies to any PrimFunc built from our stages."""
+    """Parallel outer loops; applies to any PrimFunc made of the :data:`STAGES`."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if not blocks or any(name not in STAGES for name in blocks):
             return None
-        if "pad" in blocks:
-            sch.compute_inline(blocks.pop("pad"))
         for block in blocks.values():
             loops = sch.get_loops(block)
             sch.parallel(sch.fuse(*loops[:2]) if len(loops) > 1 else loops[0])

@@ -89,10 +89,23 @@ def test_requantize_epilogue_is_fused_and_tensorized(target, lanes):
     assert 'acc_local = T.sblock_alloc_buffer' in script or 'scope="local"' in script
 
 
-@pytest.mark.parametrize("func", [spec().data_prim_func(), spec("fgq", group_size=4, abits=4).kernel_prim_func()],
-                         ids=["pack", "fgq"])
-def test_generic_rule_parallelizes(func):
-    assert "T.parallel" in schedules.schedule(func, tvm.target.Target(AVX2)).mod.script()
+def dense_spec(scheme="ternary", **params):
+    return OperatorSpec.create("dense", make_scheme("dense", scheme, **params), (2, 70), (9, 70), block=8)
+
+
+@pytest.mark.parametrize("func", [dense_spec().data_prim_func(), dense_spec("fgq", group_size=4).data_prim_func()],
+                         ids=["dense-pack", "fgq-layout"])
+def test_generic_rule_parallelizes_what_the_specific_rules_leave(func):
+    target = tvm.target.Target(AVX2)
+    assert all(rule.apply(func, target, False) is None for rule in schedules.rules_for(target)[:-1])
+    assert "T.parallel" in schedules.schedule(func, target).mod.script()
+
+
+def test_fgq_rule_never_materializes_group_sums():
+    func = spec("fgq", group_size=4, abits=4).kernel_prim_func()
+    assert schedules.GenericCPU().apply(func, tvm.target.Target(AVX2), False) is None
+    script = schedules.schedule(func, tvm.target.Target(AVX2)).mod.script()
+    assert script.index('T.sblock("group")') > script.index("T.parallel")   # inside acc's loop nest
 
 
 def test_rule_declines_foreign_functions():
