@@ -1,9 +1,12 @@
 """FGQ kernels: an integer dot product per group of channels, scaled and summed in float.
 
-The ``group`` stage is computed inside ``acc``'s reduction over groups, one group at a
-time, so its int8 x uint8 dot product over ``G`` contiguous channels (bytes of data and
-weights, channels innermost) is the innermost loop for LLVM to vectorize, and only one
-float multiply-add per group remains. Output channels run in parallel.
+Weights and scales are blocked by ``V`` output channels, as for the popcount kernels, and
+the tiling is theirs (:mod:`.tiling`): a run of output pixels x ``V`` channel lanes with
+the float accumulators in registers and the reductions over kernel taps and groups
+outside. Inside the innermost reduction (over groups), the ``group`` stage computes the
+exact int32 dot product of one group for the whole tile: each activation byte broadcast
+against ``V`` weight bytes. What is left per group is one vector multiply-add with the
+group's ``V`` scales.
 """
 
 from __future__ import annotations
@@ -12,20 +15,47 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from .isa import isa_of
+from .tiling import REDUCE, loops_by_extent, register_tile, tile_conv, tile_dense
+
+ACCUMULATORS_PER_PIXEL = 2
+"""Per pixel and lane vector: the float sum and the int32 group sum."""
+
 
 class FgqKernel(ScheduleRule):
-    """Schedule rule for the ``group`` + ``acc`` FGQ kernel."""
+    """Schedule rule for the ``group`` + ``acc`` + ``out`` FGQ kernel."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-        if names != ["group", "acc"]:
+        if names != ["group", "acc", "out"]:
             return None
-        acc = sch.get_sblock("acc")
-        loops = sch.get_loops(acc)
-        sch.parallel(sch.fuse(*loops[:2]))                 # batch x output channels
-        sch.compute_at(sch.get_sblock("group"), sch.get_loops(acc)[-1])
-        if tunable:
-            step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
-            sch.annotate(sch.get_loops(acc)[0], "pragma_auto_unroll_max_step", step)
+        group, acc, out = (sch.get_sblock(name) for name in names)
+        acc_iters = sch.get(acc).iter_vars
+        lanes = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) != REDUCE][-1]
+        reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]
+        group_size = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
+        budget = isa_of(target).accumulator_budget
+        n, k, *spatial = sch.get_loops(out)
+        ko, ki = sch.split(k, [None, lanes])
+        if spatial:
+            tile, parallel = tile_conv(sch, n, ko, spatial, ki, ACCUMULATORS_PER_PIXEL, budget, tunable)
+        else:
+            tile, parallel = tile_dense(sch, n, ko, ki, ACCUMULATORS_PER_PIXEL, budget, tunable)
+        reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable)
+        if reduce:                        # inside the innermost reduction (over groups)
+            at = reduce[-1]
+        else:                             # 1x1 kernel, one group: at the tile's loop
+            at = sch.get_loops(acc)[-(1 + sum(e > 1 for _, e in tile) + (lanes > 1))]
+        sch.compute_at(group, at)
+        loops = loops_by_extent(sch, group, [*tile, ("lane", lanes), ("ri", group_size)])
+        inner = [loops[name] for name, _ in tile if name in loops]
+        sch.reorder(loops["ri"], *inner, loops["lane"])
+        sch.set_scope(group, 0, "local")
+        sch.vectorize(loops["lane"])
+        for loop in inner:
+            sch.unroll(loop)
+        sch.decompose_reduction(group, loops["ri"])
+        if reduce:
+            sch.decompose_reduction(acc, reduce[0])
         return sch

@@ -35,9 +35,8 @@ from tvm.target import Target
 from ..packing import WORD_BITS
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import divisors, loops_by_extent, pick_tile
+from .tiling import acc_shape, divisors, pick_tile, register_tile, tile_conv, tile_dense
 
-REDUCE = 2  # IterVar type of a commutative reduction
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue: its unrolled per-lane packing adds code
 and registers, and larger tiles measured slower."""
@@ -58,52 +57,24 @@ class PopcountKernel(ScheduleRule):
         if set(blocks) != {"acc", "out"}:
             return None
         acc, out = blocks["acc"], blocks["out"]
-        groups, lanes, reduce_extents = self._acc_shape(sch, acc)
+        groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
         n, k, *spatial = sch.get_loops(out)
         ko, ki = sch.split(k, [None, lanes])
         if spatial:
-            tile_names, parallel = self._tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable)
+            tile_names, parallel = tile_conv(sch, n, ko, spatial, ki, groups, budget, tunable)
         else:
-            tile_names, parallel = self._tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable)
-        reduce = self._register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
+            tile_names, parallel = tile_dense(sch, n, ko, ki, groups, budget, tunable)
+        reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
         return sch
 
-    @staticmethod
-    def _acc_shape(sch, acc):
-        """(G terms, V lanes, reduction extents) of the ``acc`` block ``[N, Kb, *out, G, V]``."""
-        iters = sch.get(acc).iter_vars
-        spatial = [int(iv.dom.extent) for iv in iters if int(iv.iter_type) != REDUCE]
-        return spatial[-2], spatial[-1], [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
 
-    @staticmethod
-    def _register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable):
-        """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
-        accumulators in registers; parallelizes ``parallel``. Returns the reduction loops."""
-        named = [*tile_names, ("group", groups), ("lane", lanes),
-                 *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
-        loops = loops_by_extent(sch, acc, named)
-        tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
-        reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
-        if reduce:
-            sch.reorder(*reduce, *tile)
-        sch.set_scope(acc, 0, "local")
-        sch.parallel(parallel)
-        if "lane" in loops:
-            sch.vectorize(loops["lane"])
-        for name in ("pixel", "batch", "block", "group"):
-            if name in loops:
-                sch.unroll(loops[name])
-        if reduce and tunable:
-            step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
-            sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
-        return reduce
 
     def _requantize(self, sch, blocks, target, tunable):
         acc, pack, chunk, bits = blocks["acc"], blocks["pack"], blocks["chunk"], blocks["bits"]
-        groups, lanes, reduce_extents = self._acc_shape(sch, acc)
+        groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
         sch.compute_inline(blocks["requant"])
         sch.compute_inline(blocks["out"])
@@ -139,7 +110,7 @@ class PopcountKernel(ScheduleRule):
         sch.set_scope(chunk, 0, "local")
         local = sch.cache_write(pack, 0, "local")
         sch.reverse_compute_at(local, at)
-        reduce = self._register_tile(sch, acc, tile, groups, lanes, reduce_extents,
+        reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents,
                                      sch.fuse(*parallel_loops), tunable)
         sch.vectorize(sch.get_loops(bits)[-1])
         for loop in inner:
@@ -154,36 +125,3 @@ class PopcountKernel(ScheduleRule):
         if lanes in MOVEMASK_LANES:
             sch.tensorize(sch.get_loops(sch.get_sblock("chunk_update"))[-1], movemask_name(lanes))
         return sch
-
-    @staticmethod
-    def _tile_conv(sch, out, n, ko, spatial, ki, groups, budget, tunable):
-        oh, ow = spatial
-        width = int(sch.get(ow).extent)
-        if tunable:
-            factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
-        else:
-            factors = [None, pick_tile(width, groups, budget)]
-        owo, owi = sch.split(ow, factors)
-        sch.reorder(n, ko, oh, owo, owi, ki)
-        sch.compute_at(sch.get_sblock("acc"), owo)
-        tile = int(sch.get(owi).extent)
-        fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
-        parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
-        return [("pixel", tile)], parallel
-
-    @staticmethod
-    def _tile_dense(sch, out, n, ko, ki, groups, lanes, budget, tunable):
-        batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
-        if tunable:
-            nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
-            kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
-        else:
-            nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
-            nf = [None, nt]
-            kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
-        no, ni = sch.split(n, nf)
-        kso, ksi = sch.split(ko, kf)
-        sch.reorder(kso, no, ni, ksi, ki)
-        sch.compute_at(sch.get_sblock("acc"), no)
-        tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
-        return tile, sch.fuse(kso, no)

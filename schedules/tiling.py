@@ -6,6 +6,8 @@ from typing import Sequence
 
 from tvm import s_tir
 
+REDUCE = 2  # IterVar type of a commutative reduction
+
 
 def divisors(n: int) -> list[int]:
     """Divisors of ``n`` in increasing order."""
@@ -42,3 +44,72 @@ def loops_by_extent(sch: s_tir.Schedule, block, named_extents: Sequence[tuple[st
             raise RuntimeError(f"schedules: loop for {name} has extent {actual}, expected {extent}")
         found[name] = loop
     return found
+
+
+def acc_shape(sch, acc):
+    """(G terms, V lanes, reduction extents) of the ``acc`` block ``[N, Kb, *out, G, V]``."""
+    iters = sch.get(acc).iter_vars
+    spatial = [int(iv.dom.extent) for iv in iters if int(iv.iter_type) != REDUCE]
+    return spatial[-2], spatial[-1], [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
+
+
+def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable):
+    """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
+    accumulators in registers; parallelizes ``parallel``. Returns the reduction loops."""
+    named = [*tile_names, ("group", groups), ("lane", lanes),
+             *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
+    loops = loops_by_extent(sch, acc, named)
+    tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
+    reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
+    if reduce:
+        sch.reorder(*reduce, *tile)
+    sch.set_scope(acc, 0, "local")
+    sch.parallel(parallel)
+    if "lane" in loops:
+        sch.vectorize(loops["lane"])
+    for name in ("pixel", "batch", "block", "group"):
+        if name in loops:
+            sch.unroll(loops[name])
+    if reduce and tunable:
+        step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
+        sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+    return reduce
+
+
+def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable):
+    """Tile an NCHW output (loops ``n, ko, oh, ow, ki``) by a pixel run of its rows, so that
+    ``tile x per_pixel`` accumulators fit the register budget, and compute ``acc`` there.
+    Returns the tile's names and the fused parallel loop."""
+    groups = per_pixel
+    oh, ow = spatial
+    width = int(sch.get(ow).extent)
+    if tunable:
+        factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
+    else:
+        factors = [None, pick_tile(width, groups, budget)]
+    owo, owi = sch.split(ow, factors)
+    sch.reorder(n, ko, oh, owo, owi, ki)
+    sch.compute_at(sch.get_sblock("acc"), owo)
+    tile = int(sch.get(owi).extent)
+    fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
+    parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
+    return [("pixel", tile)], parallel
+
+
+def tile_dense(sch, n, ko, ki, groups, budget, tunable):
+    """Tile a dense output (loops ``n, ko, ki``) by batch rows and output-channel blocks that
+    fit ``groups`` accumulators each in the register budget, and compute ``acc`` there."""
+    batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
+    if tunable:
+        nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+        kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
+    else:
+        nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
+        nf = [None, nt]
+        kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
+    no, ni = sch.split(n, nf)
+    kso, ksi = sch.split(ko, kf)
+    sch.reorder(kso, no, ni, ksi, ki)
+    sch.compute_at(sch.get_sblock("acc"), no)
+    tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
+    return tile, sch.fuse(kso, no)

@@ -40,7 +40,7 @@ def test_stages():
     bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
     assert bnn.kernel_input_shape() == ((1, 2, 1), "uint32")              # 1 plane + validity plane
     fgq = create("conv2d", "fgq", (1, 8, 5, 5), (2, 8, 3, 3), padding=2, group_size=4, abits=4)
-    assert block_names(fgq.data_prim_func()) == ["layout"] and block_names(fgq.kernel_prim_func()) == ["group", "acc"]
+    assert block_names(fgq.data_prim_func()) == ["layout"] and block_names(fgq.kernel_prim_func()) == ["group", "acc", "out"]
 
 
 def test_weight_args():
@@ -51,8 +51,8 @@ def test_weight_args():
     np.testing.assert_array_equal(correction, [360, 360, 360])
     fgq = create("dense", "fgq", (1, 70), (3, 70), group_size=4, abits=4)
     wb, scales = fgq.weight_args(np.ones((3, 70), np.int32), np.ones((3, 18)))
-    assert wb.shape == (3, 72) and wb.dtype == np.int8 and not wb[:, 70:].any()
-    assert scales.dtype == np.float32
+    assert wb.shape == (3, 72, 1) and wb.dtype == np.int8 and not wb[:, 70:].any()   # [Kb, C padded, V=1]
+    assert scales.shape == (3, 18, 1) and scales.dtype == np.float32
 
 
 def test_symbols():

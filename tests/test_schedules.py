@@ -105,7 +105,7 @@ def test_fgq_rule_never_materializes_group_sums():
     func = spec("fgq", group_size=4, abits=4).kernel_prim_func()
     assert schedules.GenericCPU().apply(func, tvm.target.Target(AVX2), False) is None
     script = schedules.schedule(func, tvm.target.Target(AVX2)).mod.script()
-    assert script.index('T.sblock("group")') > script.index("T.parallel")   # inside acc's loop nest
+    assert script.index('T.sblock("group_update")') > script.index("T.parallel")   # inside acc's loop nest
 
 
 def test_rule_declines_foreign_functions():

@@ -19,9 +19,11 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
 * data   ``xb`` uint8 ``[N, *(spatial + 2 pad), Cg*G]`` (channels last, zero-padded, zero
   tail; :func:`layout_fgq_data`)
-* weight ``wb`` int8  ``[K, *kernel, Cg*G]``; ``scales`` float32 ``[K, Cg, *kernel]``
+* weight ``wb`` int8 ``[Kb, *kernel, Cg*G, V]``; ``scales`` float32 ``[Kb, Cg, *kernel, V]``
+  (both blocked by ``V`` output channels, like the packed weights)
 * output float32 ``[N, K, *out_spatial]``; stages ``layout`` (data function), ``group``
-  (integer dot product of one group) and ``acc`` (scaled sum over groups and taps).
+  (integer dot product of one group), ``acc`` (scaled sum over groups and taps) and
+  ``out`` (NCHW).
 """
 
 from __future__ import annotations
@@ -203,33 +205,38 @@ def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> 
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,
-                    out_spatial: Sequence[int], stride: Sequence[int]) -> te.Tensor:
-    """FGQ in two stages over pre-padded ``xb``:
+                    out_channels: int, out_spatial: Sequence[int], stride: Sequence[int]) -> te.Tensor:
+    """FGQ in three stages over pre-padded ``xb``, weights blocked by ``V`` output channels
+    (``wb`` int8 ``[Kb, *kernel, Cg*G, V]``, ``scales`` float32 ``[Kb, Cg, *kernel, V]``):
 
-    ``group`` ``[N, K, *out, *kernel, Cg]`` int32: the exact integer dot product of one
-    group, ``sum_i x[.., g*G+i] * w[k, *taps, g*G+i]`` (schedules compute it inside
-    ``acc``'s loop, never whole in memory);
-    ``acc`` ``[N, K, *out]`` float32: ``sum_{taps, g} scales[k, g, *taps] * group``.
+    ``group`` ``[N, Kb, *out, *kernel, Cg, V]`` int32: the exact integer dot product of one
+    group, ``sum_i x[.., g*G+i] * w[.., g*G+i, v]`` (schedules compute it inside ``acc``'s
+    loop, never whole in memory);
+    ``acc`` ``[N, Kb, *out, V]`` float32: ``sum_{taps, g} scales[.., g, *taps, v] * group``;
+    ``out`` ``[N, K, *out]``: back to NCHW.
     """
     n = int(xb.shape[0])
     padded_c = int(xb.shape[-1])
-    k, *kernel, _ = (int(d) for d in wb.shape)
+    kb, *kernel, _, v = (int(d) for d in wb.shape)
     size = scheme.group_size
     groups = padded_c // size
     lane = te.reduce_axis((0, size), name="ri")
 
-    def group_sum(i, oc, *rest):
-        o, taps, g = rest[:len(kernel)], rest[len(kernel):-1], rest[-1]
+    def group_sum(i, ko, *rest):
+        o, taps, (g, vi) = rest[:len(kernel)], rest[len(kernel):-2], rest[-2:]
         pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
         ch = g * size + lane
-        return te.sum(xb[(i, *pos, ch)].astype("int32") * wb[(oc, *taps, ch)].astype("int32"), axis=lane)
+        return te.sum(xb[(i, *pos, ch)].astype("int32") * wb[(ko, *taps, ch, vi)].astype("int32"), axis=lane)
 
-    grouped = te.compute((n, k, *out_spatial, *kernel, groups), group_sum, name="group")
+    grouped = te.compute((n, kb, *out_spatial, *kernel, groups, v), group_sum, name="group")
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
     group = te.reduce_axis((0, groups), name="rg")
 
-    def acc(i, oc, *o):
-        return te.sum(scales[(oc, group, *taps)] * grouped[(i, oc, *o, *taps, group)].astype("float32"),
+    def acc(i, ko, *rest):
+        *o, vi = rest
+        return te.sum(scales[(ko, group, *taps, vi)] * grouped[(i, ko, *o, *taps, group, vi)].astype("float32"),
                       axis=[*taps, group])
 
-    return te.compute((n, k, *out_spatial), acc, name="acc")
+    accumulated = te.compute((n, kb, *out_spatial, v), acc, name="acc")
+    return te.compute((n, out_channels, *out_spatial),
+                      lambda i, oc, *o: accumulated[(i, oc // v, *o, oc % v)], name="out")

@@ -172,7 +172,7 @@ class OperatorSpec:
                        for name, a in zip(("weight", "extra"), self._weight_arg_templates())]
         out_spatial = self.out_shape[2:]
         if isinstance(self.scheme, FgqScheme):
-            out = fgq_correlation(data, *weight_args, self.scheme, out_spatial, self.stride)
+            out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride)
         else:
             correction = weight_args[1] if len(weight_args) > 1 else None
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
@@ -239,11 +239,11 @@ class OperatorSpec:
 
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
         if isinstance(self.scheme, FgqScheme):
-            channels_last = np.moveaxis(w, 1, -1)
+            channels_last = np.moveaxis(w, 1, -1)                      # [K, *kernel, C]
             padded = self.scheme.num_groups(w.shape[1]) * self.scheme.group_size
             wb = np.zeros(channels_last.shape[:-1] + (padded,), np.int8)
             wb[..., : w.shape[1]] = channels_last
-            return [wb, np.ascontiguousarray(scales, np.float32)]
+            return [block_channels(wb, self.block), block_channels(np.asarray(scales, np.float32), self.block)]
         assert isinstance(self.scheme, PackedScheme)
         whole = 32 if self.epilogue == "requantize" else 1   # the epilogue packs whole words
         args = [block_channels(pack_planes(w, self.scheme.weight), self.block, whole)]
