@@ -4,9 +4,10 @@ Weights and scales are blocked by ``V`` output channels, as for the popcount ker
 the tiling is theirs (:mod:`.tiling`): a run of output pixels x ``V`` channel lanes with
 the float accumulators in registers and the reductions over kernel taps and groups
 outside. Inside the innermost reduction (over groups), the ``group`` stage computes the
-exact int32 dot product of one group for the whole tile: each activation byte broadcast
-against ``V`` weight bytes. What is left per group is one vector multiply-add with the
-group's ``V`` scales.
+exact int32 dot product of one group for the whole tile: each quad of activation bytes
+broadcast against ``V`` x 4 weight bytes, as one ``vpdpbusd`` on AVX-512 VNNI targets and
+as vector multiply-adds elsewhere. What is left per group is one vector multiply-add with
+the group's ``V`` scales.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from .isa import isa_of
+from .intrinsics import DOT_U8I8_16X4
+from .isa import has_vnni, isa_of
 from .tiling import REDUCE, loops_by_extent, register_tile, tile_conv, tile_dense
 
 ACCUMULATORS_PER_PIXEL = 2
@@ -34,7 +36,7 @@ class FgqKernel(ScheduleRule):
         acc_iters = sch.get(acc).iter_vars
         lanes = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) != REDUCE][-1]
         reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]
-        group_size = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
+        quads = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
         budget = isa_of(target).accumulator_budget
         n, k, *spatial = sch.get_loops(out)
         ko, ki = sch.split(k, [None, lanes])
@@ -48,14 +50,20 @@ class FgqKernel(ScheduleRule):
         else:                             # 1x1 kernel, one group: at the tile's loop
             at = sch.get_loops(acc)[-(1 + sum(e > 1 for _, e in tile) + (lanes > 1))]
         sch.compute_at(group, at)
-        loops = loops_by_extent(sch, group, [*tile, ("lane", lanes), ("ri", group_size)])
+        loops = loops_by_extent(sch, group, [*tile, ("lane", lanes), ("quad", quads), ("byte", 4)])
         inner = [loops[name] for name, _ in tile if name in loops]
-        sch.reorder(loops["ri"], *inner, loops["lane"])
+        outer = [loops["quad"]] if "quad" in loops else []
+        sch.reorder(*outer, *inner, loops["lane"], loops["byte"])
         sch.set_scope(group, 0, "local")
-        sch.vectorize(loops["lane"])
+        vnni = has_vnni(target) and lanes == 16
+        if not vnni:
+            sch.vectorize(loops["lane"])
+            sch.unroll(loops["byte"])
         for loop in inner:
             sch.unroll(loop)
-        sch.decompose_reduction(group, loops["ri"])
+        sch.decompose_reduction(group, (outer or [loops["lane"]])[0])
+        if vnni:                          # one vpdpbusd per quad of channels, 16 lanes
+            sch.tensorize(sch.get_loops(sch.get_sblock("group_update"))[-2], DOT_U8I8_16X4)
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
         return sch

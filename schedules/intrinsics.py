@@ -1,5 +1,7 @@
 """Tensor intrinsics used by the schedules.
 
+``tvm_ternary_dot_u8i8_16x4``: FGQ's group dot product on AVX-512 VNNI (see below).
+
 ``movemask_<V>``: ``V`` 0/1 int32 lanes -> one integer with bit ``l`` = lane ``l`` (the
 "movemask" that packs threshold results into words). Its description is the plain loop
 ``out += bits[l] << l``; its implementation shifts the whole vector by the lane index and
@@ -48,3 +50,39 @@ def _movemask(lanes: int):
 
 for _lanes in MOVEMASK_LANES:
     TensorIntrin.register(movemask_name(_lanes), *_movemask(_lanes), override=True)
+
+
+DOT_U8I8_16X4 = "tvm_ternary_dot_u8i8_16x4"
+"""``C[16] += A[4] . B[16, 4]``: 4 unsigned activation bytes against 4 signed weight bytes for
+each of 16 output channels, as one AVX-512 VNNI ``vpdpbusd``; ``C`` lives in registers."""
+
+
+@T.prim_func(s_tir=True)
+def _dot_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+              b: T.Buffer((16, 4), "int8", offset_factor=1),
+              c: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        for lane in T.serial(16):
+            for byte in T.serial(4):
+                with T.sblock("update"):
+                    vl, vb = T.axis.remap("SR", [lane, byte])
+                    c[vl] = c[vl] + T.Cast("int32", a[vb]) * T.Cast("int32", b[vl, vb])
+
+
+@T.prim_func(s_tir=True)
+def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
+              b: T.Buffer((16, 4), "int8", offset_factor=1),
+              c: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
+        T.writes(c[0:16])
+        activations = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")       # the quad, as one word
+        broadcast = T.reinterpret(T.broadcast(activations, 16), dtype="int8x64")  # ... in every lane
+        c[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(                             # LLVM >= 20: byte operands
+            "int32x16", "llvm.x86.avx512.vpdpbusd.512",
+            c.vload([0], dtype="int32x16"), broadcast, b.vload([0, 0], dtype="int8x64"))
+
+
+TensorIntrin.register(DOT_U8I8_16X4, _dot_desc, _dot_vnni, override=True)

@@ -51,3 +51,8 @@ def isa_of(target: Target) -> Isa:
     if "neon" in features or "feature.has_asimd" in str(target):
         return NEON
     return BASELINE
+
+
+def has_vnni(target: Target) -> bool:
+    """True when the target has AVX-512 VNNI (``vpdpbusd``: u8 x s8 dot products of 4)."""
+    return {"avx512f", "avx512vnni"} <= set(codegen.llvm_get_cpu_features(target))

@@ -120,3 +120,12 @@ def test_rule_declines_foreign_functions():
 def test_non_cpu_target_is_refused():
     with pytest.raises(ValueError, match="schedules: target kind 'c' is not supported"):
         schedules.rules_for(tvm.target.Target("c"))
+
+
+@pytest.mark.parametrize("group_size", [4, 64])
+def test_fgq_uses_vnni_dot_products_where_the_target_has_them(group_size):
+    shapes = ((1, 128, 14, 14), (128, 128, 3, 3))
+    vnni = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX512, group_size=group_size, abits=8)
+    assert count(function_asm(vnni.lib, vnni.spec.symbol), "vpdpbusd") >= 1
+    avx2 = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX2, group_size=group_size, abits=8)
+    assert count(function_asm(avx2.lib, avx2.spec.symbol), "vpdpbusd") == 0   # haswell has no VNNI

@@ -19,8 +19,8 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
 * data   ``xb`` uint8 ``[N, *(spatial + 2 pad), Cg*G]`` (channels last, zero-padded, zero
   tail; :func:`layout_fgq_data`)
-* weight ``wb`` int8 ``[Kb, *kernel, Cg*G, V]``; ``scales`` float32 ``[Kb, Cg, *kernel, V]``
-  (both blocked by ``V`` output channels, like the packed weights)
+* weight ``wb`` int8 ``[Kb, *kernel, Cg*G/4, V, 4]``; ``scales`` float32 ``[Kb, Cg, *kernel, V]``
+  (both blocked by ``V`` output channels, like the packed weights; channels in quads)
 * output float32 ``[N, K, *out_spatial]``; stages ``layout`` (data function), ``group``
   (integer dot product of one group), ``acc`` (scaled sum over groups and taps) and
   ``out`` (NCHW).
@@ -207,26 +207,30 @@ def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,
                     out_channels: int, out_spatial: Sequence[int], stride: Sequence[int]) -> te.Tensor:
     """FGQ in three stages over pre-padded ``xb``, weights blocked by ``V`` output channels
-    (``wb`` int8 ``[Kb, *kernel, Cg*G, V]``, ``scales`` float32 ``[Kb, Cg, *kernel, V]``):
+    with the channels in quads (``wb`` int8 ``[Kb, *kernel, Cg*G/4, V, 4]``: the 4 weights
+    of one quad for ``V`` channels are contiguous, the operand of a 4-way byte dot product)
+    and ``scales`` float32 ``[Kb, Cg, *kernel, V]``:
 
     ``group`` ``[N, Kb, *out, *kernel, Cg, V]`` int32: the exact integer dot product of one
-    group, ``sum_i x[.., g*G+i] * w[.., g*G+i, v]`` (schedules compute it inside ``acc``'s
-    loop, never whole in memory);
+    group, ``sum_{j,b} x[.., g*G+4j+b] * w[.., g*G/4+j, v, b]`` (schedules compute it inside
+    ``acc``'s loop, never whole in memory);
     ``acc`` ``[N, Kb, *out, V]`` float32: ``sum_{taps, g} scales[.., g, *taps, v] * group``;
     ``out`` ``[N, K, *out]``: back to NCHW.
     """
     n = int(xb.shape[0])
     padded_c = int(xb.shape[-1])
-    kb, *kernel, _, v = (int(d) for d in wb.shape)
+    kb, *kernel, _, v, _ = (int(d) for d in wb.shape)
     size = scheme.group_size
     groups = padded_c // size
-    lane = te.reduce_axis((0, size), name="ri")
+    quad = te.reduce_axis((0, size // 4), name="rj")
+    byte = te.reduce_axis((0, 4), name="rb")
 
     def group_sum(i, ko, *rest):
         o, taps, (g, vi) = rest[:len(kernel)], rest[len(kernel):-2], rest[-2:]
         pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
-        ch = g * size + lane
-        return te.sum(xb[(i, *pos, ch)].astype("int32") * wb[(ko, *taps, ch, vi)].astype("int32"), axis=lane)
+        q = g * (size // 4) + quad
+        return te.sum(xb[(i, *pos, q * 4 + byte)].astype("int32") * wb[(ko, *taps, q, vi, byte)].astype("int32"),
+                      axis=[quad, byte])
 
     grouped = te.compute((n, kb, *out_spatial, *kernel, groups, v), group_sum, name="group")
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]

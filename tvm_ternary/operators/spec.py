@@ -243,7 +243,9 @@ class OperatorSpec:
             padded = self.scheme.num_groups(w.shape[1]) * self.scheme.group_size
             wb = np.zeros(channels_last.shape[:-1] + (padded,), np.int8)
             wb[..., : w.shape[1]] = channels_last
-            return [block_channels(wb, self.block), block_channels(np.asarray(scales, np.float32), self.block)]
+            quads = block_channels(wb.reshape(*wb.shape[:-1], padded // 4, 4), self.block)  # [Kb, .., C/4, 4, V]
+            return [np.ascontiguousarray(np.swapaxes(quads, -1, -2)),
+                    block_channels(np.asarray(scales, np.float32), self.block)]
         assert isinstance(self.scheme, PackedScheme)
         whole = 32 if self.epilogue == "requantize" else 1   # the epilogue packs whole words
         args = [block_channels(pack_planes(w, self.scheme.weight), self.block, whole)]
