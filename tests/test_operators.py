@@ -51,7 +51,8 @@ def test_weight_args():
     np.testing.assert_array_equal(correction, [360, 360, 360])
     fgq = create("dense", "fgq", (1, 70), (3, 70), group_size=4, abits=4)
     wb, scales = fgq.weight_args(np.ones((3, 70), np.int32), np.ones((3, 18)))
-    assert wb.shape == (3, 72, 1) and wb.dtype == np.int8 and not wb[:, 70:].any()   # [Kb, C padded, V=1]
+    assert wb.shape == (3, 18, 1, 4) and wb.dtype == np.int8        # [Kb, C/4 quads, V=1, 4]
+    assert not wb[:, 17, :, 2:].any() and wb[:, 17, :, :2].all()     # channels 70, 71 are padding
     assert scales.shape == (3, 18, 1) and scales.dtype == np.float32
 
 
