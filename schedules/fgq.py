@@ -5,8 +5,8 @@ the tiling is theirs (:mod:`.tiling`): a run of output pixels x ``V`` channel la
 the float accumulators in registers and the reductions over kernel taps and groups
 outside. Inside the innermost reduction (over groups), the ``group`` stage computes the
 exact int32 dot product of one group for the whole tile: each quad of activation bytes
-broadcast against ``V`` x 4 weight bytes, as one ``vpdpbusd`` on AVX-512 VNNI targets and
-as vector multiply-adds elsewhere. What is left per group is one vector multiply-add with
+broadcast against ``V`` x 4 weight bytes, as one ``vpdpbusd`` on AVX-512 VNNI targets,
+``vpmaddubsw`` + ``vpmaddwd`` on AVX2, and vector multiply-adds elsewhere. What is left per group is one vector multiply-add with
 the group's ``V`` scales.
 """
 
@@ -16,12 +16,21 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from .intrinsics import DOT_U8I8_16X4
+from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
 from .tiling import REDUCE, loops_by_extent, register_tile, tile_conv, tile_dense
 
 ACCUMULATORS_PER_PIXEL = 2
 """Per pixel and lane vector: the float sum and the int32 group sum."""
+
+
+def dot_intrinsic(target: Target, lanes: int) -> str | None:
+    """The 4-byte dot-product intrinsic for ``lanes`` output channels on ``target``, if any."""
+    if lanes == 16 and has_vnni(target):
+        return DOT_U8I8_16X4
+    if lanes == 8 and isa_of(target).name == "avx2":
+        return DOT_U8I8_8X4
+    return None
 
 
 class FgqKernel(ScheduleRule):
@@ -55,15 +64,15 @@ class FgqKernel(ScheduleRule):
         outer = [loops["quad"]] if "quad" in loops else []
         sch.reorder(*outer, *inner, loops["lane"], loops["byte"])
         sch.set_scope(group, 0, "local")
-        vnni = has_vnni(target) and lanes == 16
-        if not vnni:
+        intrinsic = dot_intrinsic(target, lanes)
+        if intrinsic is None:
             sch.vectorize(loops["lane"])
             sch.unroll(loops["byte"])
         for loop in inner:
             sch.unroll(loop)
         sch.decompose_reduction(group, (outer or [loops["lane"]])[0])
-        if vnni:                          # one vpdpbusd per quad of channels, 16 lanes
-            sch.tensorize(sch.get_loops(sch.get_sblock("group_update"))[-2], DOT_U8I8_16X4)
+        if intrinsic:                     # one dot-product instruction (pair) per quad of channels
+            sch.tensorize(sch.get_loops(sch.get_sblock("group_update"))[-2], intrinsic)
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
         return sch

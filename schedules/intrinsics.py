@@ -1,6 +1,7 @@
 """Tensor intrinsics used by the schedules.
 
-``tvm_ternary_dot_u8i8_16x4``: FGQ's group dot product on AVX-512 VNNI (see below).
+``tvm_ternary_dot_u8i8_16x4`` / ``_8x4``: FGQ's group dot product on AVX-512 VNNI and on
+AVX2 (see below).
 
 ``movemask_<V>``: ``V`` 0/1 int32 lanes -> one integer with bit ``l`` = lane ``l`` (the
 "movemask" that packs threshold results into words). Its description is the plain loop
@@ -86,3 +87,41 @@ def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 TensorIntrin.register(DOT_U8I8_16X4, _dot_desc, _dot_vnni, override=True)
+
+
+DOT_U8I8_8X4 = "tvm_ternary_dot_u8i8_8x4"
+"""``C[8] += A[4] . B[8, 4]`` on AVX2: ``vpmaddubsw`` (u8 x s8 pairs -> i16) then ``vpmaddwd``
+with ones (pairs -> i32). Exact only while a pair sum fits int16, which FGQ guarantees:
+its weights are ternary, so ``|a0*b0 + a1*b1| <= 510``."""
+
+
+@T.prim_func(s_tir=True)
+def _dot8_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+               b: T.Buffer((8, 4), "int8", offset_factor=1),
+               c: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+        T.writes(c[0:8])
+        for lane in T.serial(8):
+            for byte in T.serial(4):
+                with T.sblock("update"):
+                    vl, vb = T.axis.remap("SR", [lane, byte])
+                    c[vl] = c[vl] + T.Cast("int32", a[vb]) * T.Cast("int32", b[vl, vb])
+
+
+@T.prim_func(s_tir=True)
+def _dot8_avx2(a: T.Buffer((4,), "uint8", offset_factor=1),
+               b: T.Buffer((8, 4), "int8", offset_factor=1),
+               c: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:4], b[0:8, 0:4])
+        T.writes(c[0:8])
+        activations = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+        broadcast = T.reinterpret(T.broadcast(activations, 8), dtype="int8x32")
+        pairs = T.call_llvm_pure_intrin("int16x16", "llvm.x86.avx2.pmadd.ub.sw",
+                                        broadcast, b.vload([0, 0], dtype="int8x32"))
+        quads = T.call_llvm_pure_intrin("int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+        c[T.ramp(0, 1, 8)] = c.vload([0], dtype="int32x8") + quads
+
+
+TensorIntrin.register(DOT_U8I8_8X4, _dot8_desc, _dot8_avx2, override=True)

@@ -105,7 +105,7 @@ def test_fgq_rule_never_materializes_group_sums():
     func = spec("fgq", group_size=4, abits=4).kernel_prim_func()
     assert schedules.GenericCPU().apply(func, tvm.target.Target(AVX2), False) is None
     script = schedules.schedule(func, tvm.target.Target(AVX2)).mod.script()
-    assert script.index('T.sblock("group_update")') > script.index("T.parallel")   # inside acc's loop nest
+    assert script.index('T.sblock("group_update') > script.index("T.parallel")   # inside acc's loop nest
 
 
 def test_rule_declines_foreign_functions():
@@ -123,9 +123,10 @@ def test_non_cpu_target_is_refused():
 
 
 @pytest.mark.parametrize("group_size", [4, 64])
-def test_fgq_uses_vnni_dot_products_where_the_target_has_them(group_size):
+def test_fgq_uses_byte_dot_product_instructions(group_size):
     shapes = ((1, 128, 14, 14), (128, 128, 3, 3))
     vnni = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX512, group_size=group_size, abits=8)
     assert count(function_asm(vnni.lib, vnni.spec.symbol), "vpdpbusd") >= 1
     avx2 = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX2, group_size=group_size, abits=8)
-    assert count(function_asm(avx2.lib, avx2.spec.symbol), "vpdpbusd") == 0   # haswell has no VNNI
+    asm = function_asm(avx2.lib, avx2.spec.symbol)                       # haswell has no VNNI:
+    assert count(asm, "vpdpbusd") == 0 and count(asm, "vpmaddubsw") >= 1 and count(asm, "vpmaddwd") >= 1
