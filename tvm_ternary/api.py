@@ -54,8 +54,9 @@ class CompiledOperator:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """Shape of the result."""
-        return self.spec.out_shape
+        """Shape of what a call returns: the int32/float32 result, or with the requantize
+        epilogue the next layer's packed planes."""
+        return self.spec.kernel_output()[0]
 
     def prepare(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
                 thresholds: np.ndarray | None = None) -> list:
