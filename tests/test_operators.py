@@ -72,3 +72,14 @@ def test_blocked_weights_and_term_accumulators():
     assert term_coefficients(s.scheme) == [1, -2]          # ternary: popc(both) - 2 popc(negative)
     acc = [b for b in s.kernel_prim_func().script().splitlines() if "acc = T.alloc_buffer" in b or "acc =" in b]
     assert acc and "(1, 2, 3, 3, 2, 8)" in acc[0]         # [N, Kb, OH, OW, G=2 terms, V=8]
+
+
+def test_fatnn_correction_folds_into_requantize_thresholds():
+    spec = OperatorSpec.create("conv2d", make_scheme("conv2d", "fatnn"), (1, 40, 5, 5), (8, 40, 3, 3), 1, 1, 8,
+                               "requantize")
+    assert len(spec.kernel_prim_func().params) == 4             # data, weight, thresholds, out: no correction
+    w = np.ones((8, 40, 3, 3), np.int32)
+    w[0] = -1
+    planes, thresholds = spec.weight_args(w, thresholds=np.tile([0, 10], (8, 1)))
+    np.testing.assert_array_equal(thresholds[:, 0], [0 + 360, 10 + 360])   # t - sum(w), sum(w[0]) = -360
+    np.testing.assert_array_equal(thresholds[:, 1], [0 - 360, 10 - 360])

@@ -67,14 +67,7 @@ class CompiledOperator:
             raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} "
                                f"(the module compiled; inspect it with .lib.inspect_source('asm'))")
         values = self.spec.check_data(x)
-        weight_args = self.spec.weight_args(w, scales)
-        if self.spec.epilogue == "requantize":
-            if thresholds is None:
-                raise ValueError(f"{self.spec.where}: the requantize epilogue needs thresholds of shape "
-                                 f"{(self.spec.weight_shape[0], self.spec.threshold_count)}")
-            weight_args.append(self.spec.check_thresholds(thresholds))
-        elif thresholds is not None:
-            raise ValueError(f"{self.spec.where}: thresholds apply only to the requantize epilogue")
+        weight_args = self.spec.weight_args(w, scales, thresholds)
         dev = tvm.cpu()
         packed_shape, packed_dtype = self.spec.kernel_input_shape()
         packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)

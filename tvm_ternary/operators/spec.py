@@ -184,9 +184,13 @@ class OperatorSpec:
             weight_args.append(thresholds)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
-    def check_thresholds(self, thresholds: np.ndarray) -> np.ndarray:
+    def _threshold_arg(self, thresholds: np.ndarray | None, correction: np.ndarray | None) -> np.ndarray:
         """Validate ``(K, L)`` per-channel ascending integer thresholds; returns the kernel's
-        ``[L, K]`` int32 layout."""
+        ``[L, K]`` int32 layout with the scheme's per-channel constant folded in
+        (``y + c >= t`` is ``y >= t - c``: fatnn's ``sum(w)`` costs nothing at run time)."""
+        if thresholds is None:
+            raise ValueError(f"{self.where}: the requantize epilogue needs thresholds of shape "
+                             f"{(self.weight_shape[0], self.threshold_count)}")
         t = np.asarray(thresholds)
         expected = (self.weight_shape[0], self.threshold_count)
         if t.shape != expected:
@@ -196,7 +200,8 @@ class OperatorSpec:
             raise TypeError(f"{self.where}: thresholds must be integers (they compare int32 sums), got {t.dtype}")
         if np.any(np.diff(t, axis=1) < 0):
             raise ValueError(f"{self.where}: thresholds must ascend along each channel")
-        return np.ascontiguousarray(t.T, np.int32)
+        folded = t.astype(np.int64) - (0 if correction is None else correction[:, None])
+        return np.ascontiguousarray(folded.T, np.int32)
 
     def reference_requantized(self, x: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """Reference of the requantize epilogue: the next layer's packed, padded planes."""
@@ -218,9 +223,12 @@ class OperatorSpec:
             raise ValueError(f"{self.where}: data has shape {values.shape}, expected {self.data_shape}")
         return values
 
-    def weight_args(self, w: np.ndarray, scales: np.ndarray | None = None) -> list[np.ndarray]:
-        """Validate weights (and FGQ scales) and prepare the kernel's weight arguments on the
-        host: packed planes (+ fatnn correction), or FGQ bytes and scales."""
+    def weight_args(self, w: np.ndarray, scales: np.ndarray | None = None,
+                    thresholds: np.ndarray | None = None) -> list[np.ndarray]:
+        """Validate weights (FGQ scales, requantize thresholds) and prepare the kernel's
+        arguments after the data on the host: packed planes (+ fatnn correction, or with the
+        requantize epilogue the thresholds with the correction folded in), or FGQ bytes and
+        scales."""
         values = self.scheme.check_values(self.op, "weight", w)
         if values.shape != self.weight_shape:
             raise ValueError(f"{self.where}: weight has shape {values.shape}, expected {self.weight_shape}")
@@ -235,7 +243,12 @@ class OperatorSpec:
                                  f"{self.scales_shape} (K, ceil(C/{self.scheme.group_size}), *kernel)")
         elif scales is not None:
             raise ValueError(f"{self.where}: scales apply only to the fgq scheme")
-        return self._weight_args(values, scales)
+        if self.epilogue != "requantize":
+            if thresholds is not None:
+                raise ValueError(f"{self.where}: thresholds apply only to the requantize epilogue")
+            return self._weight_args(values, scales)
+        return [*self._weight_args(values, scales),
+                self._threshold_arg(thresholds, self.scheme.weight_correction(values))]
 
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
         if isinstance(self.scheme, FgqScheme):
@@ -249,7 +262,7 @@ class OperatorSpec:
         assert isinstance(self.scheme, PackedScheme)
         whole = 32 if self.epilogue == "requantize" else 1   # the epilogue packs whole words
         args = [block_channels(pack_planes(w, self.scheme.weight), self.block, whole)]
-        correction = self.scheme.weight_correction(w)
+        correction = self.scheme.weight_correction(w) if self.epilogue == "int32" else None
         return args if correction is None else [*args, correction]
 
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
