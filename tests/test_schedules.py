@@ -2,6 +2,8 @@
 
 import platform
 
+import numpy as np
+
 import pytest
 import tvm
 from tvm import te
@@ -130,3 +132,31 @@ def test_fgq_uses_byte_dot_product_instructions(group_size):
     avx2 = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX2, group_size=group_size, abits=8)
     asm = function_asm(avx2.lib, avx2.spec.symbol)                       # haswell has no VNNI:
     assert count(asm, "vpdpbusd") == 0 and count(asm, "vpmaddubsw") >= 1 and count(asm, "vpmaddwd") >= 1
+
+
+@pytest.mark.parametrize("op,scheme,epilogue,params", [
+    ("conv2d", "ternary", "int32", {}), ("conv2d", "bitserial", "requantize", dict(abits=2, wbits=2)),
+    ("dense", "fatnn", "requantize", {}), ("conv2d", "fgq", "int32", dict(group_size=4, abits=4)),
+], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq"])
+def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
+    """Every point of the search space computes the same thing: compile a few random samples."""
+    shapes = ((2, 40, 7, 14), (24, 40, 3, 3)) if op == "conv2d" else ((4, 100), (64, 100))
+    f = tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=AVX2,
+                       epilogue=epilogue, **params)
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scales = rng.random(s.scales_shape).astype(np.float32) if scheme == "fgq" else None
+    thresholds = np.tile([-3, 0, 3][:s.threshold_count], (s.weight_shape[0], 1)) if epilogue == "requantize" else None
+    args = f.prepare(x, w, scales, thresholds)
+    expected = f.reference(x, w, scales, thresholds)
+    target = tvm.target.Target(AVX2)
+    for _ in range(3):
+        sch = schedules.rules_for(target)[0 if scheme != "fgq" else 1].apply(s.kernel_prim_func(), target, True)
+        assert any(inst.kind.name.startswith("Sample") for inst in sch.trace.insts)
+        kernel = tvm.compile(sch.mod, target=target)
+        args[-1].copyfrom(np.zeros(args[-1].shape, args[-1].dtype))     # the sample must write it all
+        kernel[s.symbol](*args)
+        if scheme == "fgq":
+            np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-4)
+        else:
+            np.testing.assert_array_equal(args[-1].numpy(), expected)
