@@ -27,9 +27,16 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     return [PopcountKernel(), FgqKernel(), ActivationPack(), GenericCPU()]
 
 
-def weight_block(target: Target) -> int:
-    """Output-channel block ``V`` of the kernels' weight layout for ``target``."""
-    return isa_of(target).lanes
+def weight_block(target: Target, scheme: str = "ternary") -> int:
+    """Output-channel block ``V`` of the kernels' weight layout for ``target``: one vector
+    of words (popcount schemes) or of 32-bit lanes (``fgq``)."""
+    isa = isa_of(target)
+    return isa.int32_lanes if scheme == "fgq" else isa.lanes
+
+
+def word_bits(target: Target) -> int:
+    """Word size of the popcount kernels for ``target`` (32 or 64)."""
+    return isa_of(target).word_bits
 
 
 def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
@@ -42,4 +49,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block"]
+__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block", "word_bits"]

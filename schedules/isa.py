@@ -7,7 +7,7 @@ so pinned targets give the same answer on every machine:
 name        features                                      words/vec   accumulators
 ==========  ===========================================  ==========  ============
 avx512      avx512f + avx512vl + avx512vpopcntdq          16 (zmm)    28 of 32
-avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    8 (ymm)     10 of 16
+avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    4 x u64     10 of 16
 neon        aarch64 neon (``cnt`` + pairwise adds)        4 (q)       20 of 32
 baseline    anything else LLVM targets (e.g. SSE2)        4           10 of 16
 ==========  ===========================================  ==========  ============
@@ -30,13 +30,21 @@ class Isa:
 
     name: str
     lanes: int
-    """uint32 words per vector register: the output-channel block ``V``."""
+    """Words per vector register: the output-channel block ``V`` of the popcount kernels."""
     accumulator_budget: int
     """Vector registers a register tile may fill with accumulators."""
+    word_bits: int = 32
+    """Kernel word size. AVX2 uses 64: its popcount is a byte lookup summed by ``vpsadbw``
+    into 64-bit lanes, so 32-bit lanes cost extra regrouping (measured 1.5x slower)."""
+
+    @property
+    def int32_lanes(self) -> int:
+        """32-bit lanes per vector register (FGQ's int32/float32 accumulators)."""
+        return self.lanes * self.word_bits // 32
 
 
 AVX512 = Isa("avx512", 16, 28)
-AVX2 = Isa("avx2", 8, 10)
+AVX2 = Isa("avx2", 4, 10, word_bits=64)
 NEON = Isa("neon", 4, 20)
 BASELINE = Isa("baseline", 4, 10)
 

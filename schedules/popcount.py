@@ -32,7 +32,6 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from ..packing import WORD_BITS
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
 from .tiling import acc_shape, divisors, pick_tile, register_tile, tile_conv, tile_dense
@@ -90,22 +89,19 @@ class PopcountKernel(ScheduleRule):
             owo, owi = sch.split(ow, factors)
             sch.reorder(n, word, oh, owo, part, owi, plane)
             at, acc_at, parallel_loops, inner = owo, part, (n, word, oh), (owi, plane)
-        else:                           # dense: all blocks of a word at once, per batch tile
+        else:                           # dense: a word's channel blocks one at a time, per batch tile
             batch = int(sch.get(n).extent)
             if tunable:
                 nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
             else:
-                nf = [None, max(d for d in divisors(batch) if d <= 4 and d * groups * (32 // lanes) <= budget)]
+                nf = [None, max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)]
             no, ni = sch.split(n, nf)
             sch.reorder(word, no, part, ni, plane)
-            at, acc_at, parallel_loops, inner = no, no, (word, no), (ni, plane)
+            at, parallel_loops, inner = no, (word, no), (ni, plane)
         sch.compute_at(chunk, part)
         sch.compute_at(bits, part)
-        sch.compute_at(acc, acc_at)
-        if spatial:
-            tile = [("pixel", int(sch.get(owi).extent))]
-        else:
-            tile = [("batch", int(sch.get(ni).extent)), ("block", WORD_BITS // lanes)]
+        sch.compute_at(acc, part)
+        tile = [("pixel", int(sch.get(owi).extent))] if spatial else [("batch", int(sch.get(ni).extent))]
         sch.set_scope(bits, 0, "local")
         sch.set_scope(chunk, 0, "local")
         local = sch.cache_write(pack, 0, "local")

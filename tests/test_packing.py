@@ -54,9 +54,11 @@ def test_device_packing_equals_host_packing(scheme, params, channels, rng):
     w = f.spec.scheme.weight.sample(rng, (1, channels, 1, 1))
     device = f.prepare(x, w)[0].numpy()
     encoding = f.spec.scheme.activation
-    np.testing.assert_array_equal(device[:, :encoding.num_planes], pack_planes(x, encoding))
+    bits = f.spec.word_bits                   # 64 on AVX2: the same bits in uint64 words
+    np.testing.assert_array_equal(device[:, :encoding.num_planes], pack_planes(x, encoding, bits))
     if encoding.needs_validity_plane:          # one more plane: every existing channel
-        np.testing.assert_array_equal(device[:, encoding.num_planes:], pack_planes(np.ones_like(x), UnipolarEncoding(bits=1)))
+        np.testing.assert_array_equal(device[:, encoding.num_planes:],
+                                      pack_planes(np.ones_like(x), UnipolarEncoding(bits=1), bits))
 
 
 def test_device_packing_accepts_float_values(rng):
@@ -65,7 +67,7 @@ def test_device_packing_accepts_float_values(rng):
     w = rng.integers(0, 2, (3, 45))
     np.testing.assert_array_equal(f(x.astype(np.float32), w), f.reference(x, w))
     np.testing.assert_array_equal(f.prepare(x.astype(np.float32), w)[0].numpy(),
-                                  pack_planes(x, UnipolarEncoding(bits=4)))
+                                  pack_planes(x, UnipolarEncoding(bits=4), f.spec.word_bits))
 
 
 @pytest.mark.parametrize("scheme,params,pad_words", [
@@ -84,4 +86,15 @@ def test_device_packing_writes_padding_in_the_value_domain(scheme, params, pad_w
         assert (packed[0, plane][border] == word).all()
     inside = packed[0, :, 1:-1, 2:-2]
     np.testing.assert_array_equal(inside[:f.spec.scheme.activation.num_planes],
-                                  pack_planes(x, f.spec.scheme.activation)[0])
+                                  pack_planes(x, f.spec.scheme.activation, f.spec.word_bits)[0])
+
+
+@pytest.mark.parametrize("n", [5, 64, 100])
+def test_64_bit_words_are_the_same_bits_as_32_bit_words(n, rng):
+    bits = rng.integers(0, 2, (3, n)).astype(np.uint8)
+    words32, words64 = pack_bits(bits), pack_bits(bits, 64)
+    assert words64.dtype == np.uint64 and words64.shape == (3, num_words(n, 64))
+    padded = np.zeros((3, 2 * words64.shape[1]), np.uint32)
+    padded[:, :words32.shape[1]] = words32
+    np.testing.assert_array_equal(padded.view(np.uint64), words64)     # little-endian memory
+    np.testing.assert_array_equal(unpack_bits(words64, n), bits)

@@ -57,6 +57,9 @@ def test_isa_of_pinned_targets():
     assert schedules.isa_of(tvm.target.Target(RASP4)).name == "neon"
     assert schedules.isa_of(tvm.target.Target("llvm")).name == "baseline"
     assert schedules.weight_block(tvm.target.Target(AVX512)) == 16
+    assert schedules.word_bits(tvm.target.Target(AVX2)) == 64           # 4 x u64 per ymm
+    assert schedules.weight_block(tvm.target.Target(AVX2)) == 4
+    assert schedules.weight_block(tvm.target.Target(AVX2), "fgq") == 8   # int32 lanes
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")

@@ -125,5 +125,6 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     """
     target = resolve_target(target)
     spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
-                               stride, padding, schedules.weight_block(target), epilogue, next_padding)
+                               stride, padding, schedules.weight_block(target, scheme), epilogue, next_padding,
+                               schedules.word_bits(target))
     return CompiledOperator(spec, target)

@@ -4,7 +4,10 @@ Every bit-packed tensor in this package follows these rules:
 
 * **Word**: ``uint32`` (:data:`WORD_DTYPE`, :data:`WORD_BITS` = 32). 32-bit words keep
   32-bit popcounts feeding 32-bit accumulators (no widening), and at 64 channels leave
-  two words per pixel, which keeps register tiles small.
+  two words per pixel, which keeps register tiles small. A kernel may use 64-bit words
+  instead (``word_bits=64``, AVX2: there a 64-bit popcount needs no regrouping of byte
+  counts); with the same bit order a ``uint64`` word holds elements ``64w .. 64w+63`` and
+  its memory is that of two ``uint32`` words.
 * **Packed axis**: the reduction axis (input channels for conv2d, ``K`` for dense). It is
   always the innermost axis of a packed tensor, zero-padded up to a whole number of
   words: ``num_words(n) = ceil(n / 32)``.
@@ -51,47 +54,56 @@ if TYPE_CHECKING:
 
 WORD_BITS = 32
 WORD_DTYPE = "uint32"
-_FULL_WORD = (1 << WORD_BITS) - 1
 
 
-def num_words(n: int) -> int:
+def word_dtype(word_bits: int = WORD_BITS) -> str:
+    """dtype of a ``word_bits``-bit word (32 or 64)."""
+    if word_bits not in (32, 64):
+        raise ValueError(f"packing: words are 32 or 64 bits, not {word_bits}")
+    return f"uint{word_bits}"
+
+
+def num_words(n: int, word_bits: int = WORD_BITS) -> int:
     """Number of words that hold ``n`` packed elements (the last one may be partial)."""
-    return -(-n // WORD_BITS)
+    return -(-n // word_bits)
 
 
-def tail_mask(n: int) -> int:
+def tail_mask(n: int, word_bits: int = WORD_BITS) -> int:
     """Bit mask of the valid elements in the last word of an ``n``-element packed axis."""
-    rem = n % WORD_BITS
-    return _FULL_WORD if rem == 0 else (1 << rem) - 1
+    rem = n % word_bits
+    return (1 << word_bits) - 1 if rem == 0 else (1 << rem) - 1
 
 
-def valid_word_te(word_index: PrimExpr, n: int) -> PrimExpr:
+def valid_word_te(word_index: PrimExpr, n: int, word_bits: int = WORD_BITS) -> PrimExpr:
     """TE expression: the mask of existing elements in word ``word_index`` of an
     ``n``-element packed axis (all ones except for the tail word)."""
-    full = tirx.const(_FULL_WORD, WORD_DTYPE)
-    if tail_mask(n) == _FULL_WORD:
+    dtype, full_mask = word_dtype(word_bits), (1 << word_bits) - 1
+    full = tirx.const(full_mask, dtype)
+    if tail_mask(n, word_bits) == full_mask:
         return full
-    return tirx.Select(word_index == num_words(n) - 1, tirx.const(tail_mask(n), WORD_DTYPE), full)
+    return tirx.Select(word_index == num_words(n, word_bits) - 1,
+                       tirx.const(tail_mask(n, word_bits), dtype), full)
 
 
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """Pack 0/1 values along the last axis into ``uint32`` words (LSB first).
+def pack_bits(bits: np.ndarray, word_bits: int = WORD_BITS) -> np.ndarray:
+    """Pack 0/1 values along the last axis into ``uint32`` (or ``uint64``) words, LSB first.
 
     ``bits`` has shape ``(..., n)`` with values in {0, 1}; the result has shape
-    ``(..., num_words(n))`` with zero tail bits.
+    ``(..., num_words(n, word_bits))`` with zero tail bits.
     """
     bits = np.asarray(bits)
     n = bits.shape[-1]
-    padded = np.zeros(bits.shape[:-1] + (num_words(n) * WORD_BITS,), dtype=np.uint8)
+    padded = np.zeros(bits.shape[:-1] + (num_words(n, word_bits) * word_bits,), dtype=np.uint8)
     padded[..., :n] = bits
     as_bytes = np.packbits(padded, axis=-1, bitorder="little")
-    return np.ascontiguousarray(as_bytes).view("<u4").astype(np.uint32)
+    return np.ascontiguousarray(as_bytes).view(f"<u{word_bits // 8}").astype(word_dtype(word_bits))
 
 
 def unpack_bits(words: np.ndarray, n: int) -> np.ndarray:
-    """Inverse of :func:`pack_bits`: ``(..., num_words(n))`` words to ``(..., n)`` bits."""
-    words = np.ascontiguousarray(np.asarray(words, dtype=np.uint32)).astype("<u4")
-    bits = np.unpackbits(words.view(np.uint8), axis=-1, bitorder="little")
+    """Inverse of :func:`pack_bits` (either word size): words to ``(..., n)`` bits."""
+    words = np.asarray(words)
+    little = np.ascontiguousarray(words).astype(words.dtype.newbyteorder("<"))
+    bits = np.unpackbits(little.view(np.uint8), axis=-1, bitorder="little")
     return bits[..., :n]
 
 
@@ -100,6 +112,7 @@ def pack_words_te(
     n: int,
     bit: Callable[..., PrimExpr],
     name: str,
+    word_bits: int = WORD_BITS,
 ) -> te.Tensor:
     """Device-side packing: a TE compute of ``shape`` whose last axis is the word axis.
 
@@ -108,31 +121,28 @@ def pack_words_te(
     tail bits and stay 0. The word is built as a sum of disjoint shifted bits, a
     reduction over the 32 bit positions that schedules may unroll or vectorize.
     """
-    if shape[-1] != num_words(n):
-        raise ValueError(f"pack_words_te: last axis {shape[-1]} != num_words({n})")
-    b = te.reduce_axis((0, WORD_BITS), name="bit")
+    if shape[-1] != num_words(n, word_bits):
+        raise ValueError(f"pack_words_te: last axis {shape[-1]} != num_words({n}, {word_bits})")
+    dtype = word_dtype(word_bits)
+    b = te.reduce_axis((0, word_bits), name="bit")
 
     def word(*idx):
         *outer, w = idx
-        element = w * WORD_BITS + b
-        value = tirx.if_then_else(
-            element < n,
-            bit(*outer, element).astype(WORD_DTYPE),
-            tirx.const(0, WORD_DTYPE),
-        )
-        return te.sum(tirx.shift_left(value, b.var.astype(WORD_DTYPE)), axis=b)
+        element = w * word_bits + b
+        value = tirx.if_then_else(element < n, bit(*outer, element).astype(dtype), tirx.const(0, dtype))
+        return te.sum(tirx.shift_left(value, b.var.astype(dtype)), axis=b)
 
     return te.compute(tuple(shape), word, name=name)
 
 
-def pack_planes(values: np.ndarray, encoding: "Encoding") -> np.ndarray:
+def pack_planes(values: np.ndarray, encoding: "Encoding", word_bits: int = WORD_BITS) -> np.ndarray:
     """Host packing: values ``[A, C, *spatial]`` -> words ``[A, P, *spatial, num_words(C)]``.
 
     Planes come from ``encoding`` (:mod:`tvm_ternary.encodings`); ``C`` is the packed
     (reduction) axis.
     """
     planes = encoding.planes(np.moveaxis(np.asarray(values), 1, -1))  # [P, A, *spatial, C]
-    return pack_bits(np.moveaxis(planes, 0, 1))
+    return pack_bits(np.moveaxis(planes, 0, 1), word_bits)
 
 
 def within_bounds(pos: Sequence[PrimExpr], sizes: Sequence[int]) -> PrimExpr:
@@ -141,7 +151,7 @@ def within_bounds(pos: Sequence[PrimExpr], sizes: Sequence[int]) -> PrimExpr:
 
 
 def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = (),
-                   validity: bool = False, name: str = "pack") -> te.Tensor:
+                   validity: bool = False, name: str = "pack", word_bits: int = WORD_BITS) -> te.Tensor:
     """Device packing: ``x`` ``[A, C, *spatial]`` (any integer or float dtype holding integer
     values) -> ``uint32 [A, P + validity, *(spatial + 2 * padding), Cw]``.
 
@@ -154,7 +164,7 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
     a, c, *spatial = (int(d) for d in x.shape)
     padding = tuple(padding) or (0,) * len(spatial)
     stored = encoding.num_planes
-    shape = (a, stored + int(validity), *(s + 2 * p for s, p in zip(spatial, padding)), num_words(c))
+    shape = (a, stored + int(validity), *(s + 2 * p for s, p in zip(spatial, padding)), num_words(c, word_bits))
 
     def bit(i, plane, *rest):
         *pos, element = rest
@@ -171,24 +181,24 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
                 pad = tirx.if_then_else(plane == p, 1, pad)
         return tirx.if_then_else(inside, value, pad)
 
-    return pack_words_te(shape, c, bit, name)
+    return pack_words_te(shape, c, bit, name, word_bits)
 
 
 def pack_planes_padded(values: np.ndarray, encoding: "Encoding", padding: Sequence[int] = (),
-                       validity: bool = False) -> np.ndarray:
+                       validity: bool = False, word_bits: int = WORD_BITS) -> np.ndarray:
     """Host version of :func:`pack_planes_te`: packed planes with value-domain padding and,
     with ``validity``, the validity plane: ``[A, P + validity, *(spatial + 2 pad), Cw]``."""
     values = np.asarray(values)
-    planes = [pack_planes(values, encoding)]
+    planes = [pack_planes(values, encoding, word_bits)]
     if validity:
-        planes.append(pack_bits(np.ones(np.moveaxis(values, 1, -1).shape, np.uint8))[:, None])
+        planes.append(pack_bits(np.ones(np.moveaxis(values, 1, -1).shape, np.uint8), word_bits)[:, None])
     packed = np.concatenate(planes, axis=1)
     padding = tuple(padding) or (0,) * (values.ndim - 2)
     if not any(padding):
         return packed
-    full = pack_bits(np.ones(values.shape[1], np.uint8))          # valid bits of each word
+    full = pack_bits(np.ones(values.shape[1], np.uint8), word_bits)     # valid bits of each word
     pad_words = np.array([full if p < encoding.num_planes and encoding.pad_bit(p) else 0 * full
-                          for p in range(packed.shape[1])], np.uint32)
+                          for p in range(packed.shape[1])], word_dtype(word_bits))
     shape = (packed.shape[0], packed.shape[1], *(s + 2 * p for s, p in zip(values.shape[2:], padding)),
              packed.shape[-1])
     out = np.broadcast_to(pad_words.reshape(1, -1, *([1] * len(padding)), packed.shape[-1]), shape).copy()

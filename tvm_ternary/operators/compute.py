@@ -33,16 +33,18 @@ from typing import Sequence
 from tvm.ir import Expr as PrimExpr
 from tvm import te, tirx
 
-from ..packing import WORD_BITS, WORD_DTYPE, num_words, pack_planes_te, valid_word_te, within_bounds
+from ..packing import (WORD_BITS, WORD_DTYPE, num_words, pack_planes_te, valid_word_te, within_bounds,
+                       word_dtype)
 from ..encodings import BipolarEncoding, Encoding
 from ..schemes import FgqScheme, PackedScheme
 
 
-def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int]) -> te.Tensor:
+def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int = WORD_BITS) -> te.Tensor:
     """Values ``[N, C, *spatial]`` -> the kernel's packed, pre-padded planes
     ``[N, kernel_planes, *(spatial + 2 pad), Cw]`` (stage ``pack``): padded taps hold the
     encoding's pad bits, bipolar activations get the validity plane."""
-    return pack_planes_te(x, scheme.activation, padding, scheme.activation.needs_validity_plane)
+    return pack_planes_te(x, scheme.activation, padding, scheme.activation.needs_validity_plane,
+                          word_bits=word_bits)
 
 
 MAX_SPLIT_TERMS = 4
@@ -51,12 +53,14 @@ MAX_SPLIT_TERMS = 4
 
 def term_coefficients(scheme: PackedScheme) -> list[int]:
     """Coefficients of the scheme's popcount terms (they do not depend on the words)."""
-    zero = lambda plane: tirx.const(0, "uint32")  # noqa: E731
+    zero = lambda plane: tirx.const(0, WORD_DTYPE)  # noqa: E731
     return [c for c, _ in scheme.terms(zero, zero)]
 
 
-def _popc(word: PrimExpr) -> PrimExpr:
-    return tirx.popcount(word).astype("int32")
+def accumulator_dtype(word: str) -> str:
+    """Accumulators as wide as the words: a 64-bit popcount's count stays in its 64-bit lane
+    (narrowing it would cost a shuffle per popcount)."""
+    return "int64" if word == "uint64" else "int32"
 
 
 def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[int],
@@ -91,6 +95,7 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     """
     n = int(xp.shape[0])
     kb, _, *kernel, cw, v = (int(d) for d in wp.shape)
+    acc_dtype = accumulator_dtype(str(xp.dtype))
     coefficients = term_coefficients(scheme)
     split = len(coefficients) <= MAX_SPLIT_TERMS
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
@@ -100,12 +105,13 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
         *o, g, ki = rest
         pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
         terms = scheme.terms(lambda p: xp[(i, p, *pos, word)], lambda q: wp[(ko, q, *taps, word, ki)])
+        popc = lambda w: tirx.popcount(w).astype(acc_dtype)  # noqa: E731
         if split:
-            value = _popc(terms[-1][1])
+            value = popc(terms[-1][1])
             for t in reversed(range(len(terms) - 1)):
-                value = tirx.Select(g == t, _popc(terms[t][1]), value)
+                value = tirx.Select(g == t, popc(terms[t][1]), value)
         else:
-            value = sum(c * _popc(term) for c, term in terms)
+            value = sum(c * popc(term) for c, term in terms)
         return te.sum(value, axis=[*taps, word])
 
     groups = len(coefficients) if split else 1
@@ -113,7 +119,7 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     weights = coefficients if split else [1]
 
     def out(i, oc, *o):
-        value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)] for g, c in enumerate(weights))
+        value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)] for g, c in enumerate(weights)).astype("int32")
         if scheme.valid_tap_coefficient:
             taps = valid_taps(o, kernel, stride, padding, spatial)
             value = value + scheme.valid_tap_coefficient * channels * taps
@@ -134,7 +140,7 @@ def level_step(encoding: Encoding) -> int:
 
 
 def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
-                    padding: Sequence[int], lanes: int) -> te.Tensor:
+                    padding: Sequence[int], lanes: int, word_bits: int = WORD_BITS) -> te.Tensor:
     """Epilogue for a quantized next layer: int32 ``y`` ``[N, K, *o]`` -> its packed,
     pre-padded planes ``[N, P', *(o + 2 pad), Kw]`` (what :func:`pack_data` would produce).
 
@@ -154,7 +160,8 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
         (y[(i, oc, *pos)] >= thresholds[l, oc]).astype("int32") for l in range(levels)), name="requant")
     stored = encoding.num_planes
     planes = stored + int(encoding.needs_validity_plane)
-    words = num_words(k)
+    words = num_words(k, word_bits)
+    dtype = word_dtype(word_bits)
 
     def bit(i, plane, *rest):
         *pos, c = rest
@@ -163,15 +170,15 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
             value = tirx.if_then_else(plane == stored, 1, value)
         return tirx.if_then_else(c < k, value, 0)
 
-    bits = te.compute((n, planes, *o, words * WORD_BITS), bit, name="bits")
+    bits = te.compute((n, planes, *o, words * word_bits), bit, name="bits")
     lane = te.reduce_axis((0, lanes), name="lane")
-    chunk = te.compute((n, planes, *o, words * WORD_BITS // lanes), lambda i, plane, *rest: te.sum(
+    chunk = te.compute((n, planes, *o, words * word_bits // lanes), lambda i, plane, *rest: te.sum(
         tirx.shift_left(bits[(i, plane, *rest[:-1], rest[-1] * lanes + lane)].astype(WORD_DTYPE),
                         lane.var.astype(WORD_DTYPE)), axis=lane), name="chunk")
-    part = te.reduce_axis((0, WORD_BITS // lanes), name="part")
+    part = te.reduce_axis((0, word_bits // lanes), name="part")
     packed = te.compute((n, planes, *o, words), lambda i, plane, *rest: te.sum(
-        tirx.shift_left(chunk[(i, plane, *rest[:-1], rest[-1] * (WORD_BITS // lanes) + part)],
-                        (part.var * lanes).astype(WORD_DTYPE)), axis=part), name="pack")
+        tirx.shift_left(chunk[(i, plane, *rest[:-1], rest[-1] * (word_bits // lanes) + part)].astype(dtype),
+                        (part.var * lanes).astype(dtype)), axis=part), name="pack")
     if not any(padding):
         return packed
     shape = (n, planes, *(s + 2 * p for s, p in zip(o, padding)), words)
@@ -179,10 +186,10 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     def word(i, plane, *rest):
         *pos, w = rest
         src = [q_ - p for q_, p in zip(pos, padding)]
-        pad = tirx.const(0, WORD_DTYPE)
+        pad = tirx.const(0, dtype)
         for p in range(encoding.num_planes):
             if encoding.pad_bit(p):
-                pad = tirx.if_then_else(plane == p, valid_word_te(w, k), pad)
+                pad = tirx.if_then_else(plane == p, valid_word_te(w, k, word_bits), pad)
         return tirx.if_then_else(within_bounds(src, o), packed[(i, plane, *src, w)], pad)
 
     return te.compute(shape, word, name="repad")

@@ -15,7 +15,7 @@ import numpy as np
 from tvm import te, tirx
 
 from .. import reference
-from ..packing import block_channels, num_words, pack_planes, pack_planes_padded
+from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
 from .compute import (fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
                       requantize_pack, threshold_count)
@@ -67,19 +67,21 @@ class OperatorSpec:
     block: int = 1
     epilogue: str = "int32"
     next_padding: tuple[int, ...] = ()
+    word_bits: int = 32
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                block: int = 1, epilogue: str = "int32",
-               next_padding: int | Sequence[int] | None = None) -> "OperatorSpec":
+               next_padding: int | Sequence[int] | None = None, word_bits: int = 32) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
         schemes), a property of the target's schedule rather than of the request.
         ``epilogue`` is ``"int32"`` (the integer result, NCHW) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
-        layer's padding; packed schemes only)."""
+        layer's padding; packed schemes only). ``word_bits`` is the kernel's word size (32, or
+        64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -103,7 +105,8 @@ class OperatorSpec:
                              f"(ternary, fatnn, bitserial), not {scheme.name}")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
-        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding)
+        word_dtype(word_bits)   # validates
+        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding, word_bits)
         if any(o < 1 for o in spec.out_shape[2:]):
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
                              f"with padding {padding}")
@@ -137,7 +140,7 @@ class OperatorSpec:
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
         if isinstance(self.scheme, FgqScheme):
             return layout_fgq_data(x, self.scheme, self.padding)
-        return pack_data(x, self.scheme, self.padding)
+        return pack_data(x, self.scheme, self.padding, self.word_bits)
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
@@ -157,7 +160,8 @@ class OperatorSpec:
         enc = self.scheme.activation
         spatial = [o + 2 * p for o, p in zip(self.out_shape[2:], self.next_padding)]
         planes = enc.num_planes + int(enc.needs_validity_plane)
-        return (self.out_shape[0], planes, *spatial, num_words(self.weight_shape[0])), "uint32"
+        return ((self.out_shape[0], planes, *spatial, num_words(self.weight_shape[0], self.word_bits)),
+                word_dtype(self.word_bits))
 
     @property
     def threshold_count(self) -> int:
@@ -180,7 +184,8 @@ class OperatorSpec:
                                      self.data_shape[2:])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
-            out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block)
+            out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block,
+                                  self.word_bits)
             weight_args.append(thresholds)
         return te.create_prim_func([data, *weight_args, out]).with_attr("global_symbol", self.symbol)
 
@@ -209,7 +214,7 @@ class OperatorSpec:
         enc = self.scheme.activation
         q = enc.value_range[0] + level_step(enc) * (y[..., None] >= np.asarray(thresholds)[
             (slice(None),) + (None,) * (y.ndim - 2)]).sum(-1)
-        return pack_planes_padded(q, enc, self.next_padding, enc.needs_validity_plane)
+        return pack_planes_padded(q, enc, self.next_padding, enc.needs_validity_plane, self.word_bits)
 
     def _weight_arg_templates(self) -> list[np.ndarray]:
         zeros = np.zeros(self.weight_shape, np.int32)
@@ -260,8 +265,8 @@ class OperatorSpec:
             return [np.ascontiguousarray(np.swapaxes(quads, -1, -2)),
                     block_channels(np.asarray(scales, np.float32), self.block)]
         assert isinstance(self.scheme, PackedScheme)
-        whole = 32 if self.epilogue == "requantize" else 1   # the epilogue packs whole words
-        args = [block_channels(pack_planes(w, self.scheme.weight), self.block, whole)]
+        whole = self.word_bits if self.epilogue == "requantize" else 1   # the epilogue packs whole words
+        args = [block_channels(pack_planes(w, self.scheme.weight, self.word_bits), self.block, whole)]
         correction = self.scheme.weight_correction(w) if self.epilogue == "int32" else None
         return args if correction is None else [*args, correction]
 
