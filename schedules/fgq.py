@@ -18,7 +18,7 @@ from tvm.target import Target
 
 from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
-from .tiling import REDUCE, loops_by_extent, register_tile, tile_conv, tile_dense
+from .tiling import REDUCE, loops_by_extent, register_tile, tile_output
 
 ACCUMULATORS_PER_PIXEL = 2
 """Per pixel and lane vector: the float sum and the int32 group sum."""
@@ -47,12 +47,7 @@ class FgqKernel(ScheduleRule):
         reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]
         quads = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
         budget = isa_of(target).accumulator_budget
-        n, k, *spatial = sch.get_loops(out)
-        ko, ki = sch.split(k, [None, lanes])
-        if spatial:
-            tile, parallel = tile_conv(sch, n, ko, spatial, ki, ACCUMULATORS_PER_PIXEL, budget, tunable)
-        else:
-            tile, parallel = tile_dense(sch, n, ko, ki, ACCUMULATORS_PER_PIXEL, budget, tunable)
+        tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_PIXEL, budget, tunable)
         reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable)
         if reduce:                        # inside the innermost reduction (over groups)
             at = reduce[-1]

@@ -58,18 +58,22 @@ DOT_U8I8_16X4 = "tvm_ternary_dot_u8i8_16x4"
 each of 16 output channels, as one AVX-512 VNNI ``vpdpbusd``; ``C`` lives in registers."""
 
 
-@T.prim_func(s_tir=True)
-def _dot_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
-              b: T.Buffer((16, 4), "int8", offset_factor=1),
-              c: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
-    with T.sblock("root"):
-        T.reads(c[0:16], a[0:4], b[0:16, 0:4])
-        T.writes(c[0:16])
-        for lane in T.serial(16):
-            for byte in T.serial(4):
-                with T.sblock("update"):
-                    vl, vb = T.axis.remap("SR", [lane, byte])
-                    c[vl] = c[vl] + T.Cast("int32", a[vb]) * T.Cast("int32", b[vl, vb])
+def _dot_desc(lanes: int):
+    """``c[lanes] += a[4] . b[lanes, 4]``, byte by byte: the description both dot products share."""
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            for lane in T.serial(lanes):
+                for byte in T.serial(4):
+                    with T.sblock("update"):
+                        vl, vb = T.axis.remap("SR", [lane, byte])
+                        c[vl] = c[vl] + T.Cast("int32", a[vb]) * T.Cast("int32", b[vl, vb])
+
+    return desc
 
 
 @T.prim_func(s_tir=True)
@@ -86,27 +90,13 @@ def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
             c.vload([0], dtype="int32x16"), broadcast, b.vload([0, 0], dtype="int8x64"))
 
 
-TensorIntrin.register(DOT_U8I8_16X4, _dot_desc, _dot_vnni, override=True)
+TensorIntrin.register(DOT_U8I8_16X4, _dot_desc(16), _dot_vnni, override=True)
 
 
 DOT_U8I8_8X4 = "tvm_ternary_dot_u8i8_8x4"
 """``C[8] += A[4] . B[8, 4]`` on AVX2: ``vpmaddubsw`` (u8 x s8 pairs -> i16) then ``vpmaddwd``
 with ones (pairs -> i32). Exact only while a pair sum fits int16, which FGQ guarantees:
 its weights are ternary, so ``|a0*b0 + a1*b1| <= 510``."""
-
-
-@T.prim_func(s_tir=True)
-def _dot8_desc(a: T.Buffer((4,), "uint8", offset_factor=1),
-               b: T.Buffer((8, 4), "int8", offset_factor=1),
-               c: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
-    with T.sblock("root"):
-        T.reads(c[0:8], a[0:4], b[0:8, 0:4])
-        T.writes(c[0:8])
-        for lane in T.serial(8):
-            for byte in T.serial(4):
-                with T.sblock("update"):
-                    vl, vb = T.axis.remap("SR", [lane, byte])
-                    c[vl] = c[vl] + T.Cast("int32", a[vb]) * T.Cast("int32", b[vl, vb])
 
 
 @T.prim_func(s_tir=True)
@@ -124,4 +114,4 @@ def _dot8_avx2(a: T.Buffer((4,), "uint8", offset_factor=1),
         c[T.ramp(0, 1, 8)] = c.vload([0], dtype="int32x8") + quads
 
 
-TensorIntrin.register(DOT_U8I8_8X4, _dot8_desc, _dot8_avx2, override=True)
+TensorIntrin.register(DOT_U8I8_8X4, _dot_desc(8), _dot8_avx2, override=True)

@@ -34,7 +34,7 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import acc_shape, divisors, pick_tile, register_tile, tile_conv, tile_dense
+from .tiling import acc_shape, divisors, pick_tile, register_tile, tile_output
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue: its unrolled per-lane packing adds code
@@ -58,12 +58,7 @@ class PopcountKernel(ScheduleRule):
         acc, out = blocks["acc"], blocks["out"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
-        n, k, *spatial = sch.get_loops(out)
-        ko, ki = sch.split(k, [None, lanes])
-        if spatial:
-            tile_names, parallel = tile_conv(sch, n, ko, spatial, ki, groups, budget, tunable)
-        else:
-            tile_names, parallel = tile_dense(sch, n, ko, ki, groups, budget, tunable)
+        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable)
         reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
         if reduce:
             sch.decompose_reduction(acc, reduce[0])

@@ -113,3 +113,13 @@ def tile_dense(sch, n, ko, ki, groups, budget, tunable):
     sch.compute_at(sch.get_sblock("acc"), no)
     tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
     return tile, sch.fuse(kso, no)
+
+
+def tile_output(sch, out, lanes, per_item, budget, tunable):
+    """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes`` and tile it
+    (:func:`tile_conv` or :func:`tile_dense`); returns the tile's names and the parallel loop."""
+    n, k, *spatial = sch.get_loops(out)
+    ko, ki = sch.split(k, [None, lanes])
+    if spatial:
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable)
+    return tile_dense(sch, n, ko, ki, per_item, budget, tunable)
