@@ -53,6 +53,9 @@ class PopcountKernel(ScheduleRule):
         blocks = _blocks(sch)
         if set(blocks) - {"repad"} == {"acc", "out", "requant", "bits", "chunk", "pack"}:
             return self._requantize(sch, blocks, target, tunable)
+        if set(blocks) == {"acc", "out", "affine"}:     # float epilogue: computed where out was
+            sch.compute_inline(blocks.pop("out"))
+            blocks["out"] = blocks.pop("affine")
         if set(blocks) != {"acc", "out"}:
             return None
         acc, out = blocks["acc"], blocks["out"]

@@ -255,3 +255,29 @@ def test_requantize_errors():
         f(x, w, thresholds=np.tile([1, 0], (8, 1)))
     with pytest.raises(TypeError, match=r"thresholds must be integers"):
         f(x, w, thresholds=np.zeros((8, 2)))
+
+
+@pytest.mark.parametrize("target", [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512")])
+@pytest.mark.parametrize("epilogue,op,scheme,params", [
+    ("affine", "conv2d", "ternary", {}), ("affine_relu", "conv2d", "fatnn", {}),
+    ("affine_relu", "dense", "bitserial", dict(abits=2, wbits=2)),
+], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu"])
+def test_affine_epilogues(epilogue, op, scheme, params, target, rng):
+    shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
+    f = tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
+                       epilogue=epilogue, **params)
+    if host_cannot_run(f.target):
+        warnings.warn(f"not run here ({host_cannot_run(f.target)}): {f!r} compiled only")
+        return
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = rng.standard_normal(s.weight_shape[0]), rng.standard_normal(s.weight_shape[0])
+    out = f(x, w, scale=scale, bias=bias)
+    assert out.dtype == np.float32 and out.shape == s.out_shape == f.out_shape
+    np.testing.assert_allclose(out, f.reference(x, w, scale=scale, bias=bias), rtol=1e-6, atol=1e-5)
+    if epilogue == "affine_relu":
+        assert (out == 0).any() and (out >= 0).all()
+    with pytest.raises(ValueError, match=r"scale and bias go with the affine epilogues"):
+        f(x, w)
+    with pytest.raises(ValueError, match=r"scale has shape \(3,\), expected"):
+        f(x, w, scale=np.ones(3), bias=bias)

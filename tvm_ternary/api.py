@@ -59,15 +59,17 @@ class CompiledOperator:
         return self.spec.kernel_output()[0]
 
     def prepare(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
-                thresholds: np.ndarray | None = None) -> list:
+                thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
+                bias: np.ndarray | None = None) -> list:
         """Validate inputs and return the device tensors ``[packed data, *weights, out]``
-        (plus ``thresholds`` before ``out`` with the requantize epilogue)."""
+        (the epilogue's thresholds, or scale and bias, before ``out``)."""
         reason = host_cannot_run(self.target)
         if reason:
             raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} "
                                f"(the module compiled; inspect it with .lib.inspect_source('asm'))")
         values = self.spec.check_data(x)
-        weight_args = self.spec.weight_args(w, scales, thresholds)
+        affine = None if scale is None and bias is None else (scale, bias)
+        weight_args = self.spec.weight_args(w, scales, thresholds, affine)
         dev = tvm.cpu()
         packed_shape, packed_dtype = self.spec.kernel_input_shape()
         packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)
@@ -76,19 +78,24 @@ class CompiledOperator:
         return [packed, *(tvm.runtime.tensor(a, dev) for a in weight_args), out]
 
     def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
-                 thresholds: np.ndarray | None = None) -> np.ndarray:
-        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq ``scales``; with the
-        requantize epilogue, ``thresholds`` ``(K, L)`` and the result is the next layer's
-        packed planes (``uint32``, see :meth:`OperatorSpec.kernel_output`)."""
-        args = self.prepare(x, w, scales, thresholds)
+                 thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
+                 bias: np.ndarray | None = None) -> np.ndarray:
+        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq's group ``scales``.
+        With the requantize epilogue, ``thresholds`` ``(K, L)``, and the result is the next
+        layer's packed planes (see :meth:`OperatorSpec.kernel_output`); with the affine
+        epilogues, per-channel ``scale`` and ``bias`` ``(K,)``, and the result is float32."""
+        args = self.prepare(x, w, scales, thresholds, scale, bias)
         self.lib[self.spec.symbol](*args)
         return args[-1].numpy()
 
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
-                  thresholds: np.ndarray | None = None) -> np.ndarray:
+                  thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
+                  bias: np.ndarray | None = None) -> np.ndarray:
         """The numpy reference result for the same inputs."""
         if self.spec.epilogue == "requantize":
             return self.spec.reference_requantized(x, w, thresholds)
+        if self.spec.epilogue.startswith("affine"):
+            return self.spec.reference_affine(x, w, scale, bias)
         return self.spec.reference(x, w, scales)
 
     def __repr__(self) -> str:
@@ -109,10 +116,12 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
         stride, padding: an int or one int per spatial axis (conv2d only).
         target: a kind string ("llvm"), "host", a dict or a ``tvm.target.Target``.
-        epilogue: "int32" (the integer result) or "requantize": per-channel integer
+        epilogue: "int32" (the integer result); "affine" / "affine_relu" (float32
+            ``y * scale[k] + bias[k]``, then ReLU); or "requantize": per-channel integer
             thresholds turn the result into the next layer's values (same encoding as this
             layer's activations), packed and padded by ``next_padding`` (default: ``padding``)
-            for the next layer's kernel; the int32 result never reaches memory.
+            for the next layer's kernel. Epilogues run inside the kernel's register tile: the
+            int32 result never reaches memory.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
 

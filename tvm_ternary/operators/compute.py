@@ -13,7 +13,8 @@ Stages (block names, which schedules refer to): ``pack`` (values -> padded plane
 data function), ``acc`` (the popcount reduction over kernel taps and words, one accumulator per popcount
 term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue). With the
 requantize epilogue (:func:`requantize_pack`), ``requant``, ``bits``, ``chunk``, ``pack``
-and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32.
+and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32;
+with the affine epilogue (:func:`affine`), ``affine`` writes float32.
 
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
@@ -126,6 +127,17 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
         return value + correction[oc] if correction is not None else value
 
     return te.compute((n, out_channels, *out_spatial), out, name="out")
+
+
+def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool) -> te.Tensor:
+    """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
+    the dequantization scale, the layer's bias), then ``max(., 0)`` with ``relu``
+    (stage ``affine``; float32, same shape)."""
+    def value(i, oc, *o):
+        v = y[(i, oc, *o)].astype("float32") * scale[oc] + bias[oc]
+        return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+
+    return te.compute(y.shape, value, name="affine")
 
 
 def threshold_count(encoding: Encoding) -> int:

@@ -17,7 +17,7 @@ from tvm import te, tirx
 from .. import reference
 from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import (fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
+from .compute import (affine, fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
                       requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -26,7 +26,7 @@ OPERATORS = {"conv2d": 2, "dense": 0}
 DATA_DTYPE = "int32"
 """dtype of the value tensors the data stage reads."""
 
-EPILOGUES = ("int32", "requantize")
+EPILOGUES = ("int32", "affine", "affine_relu", "requantize")
 
 
 def _as_shape(where: str, what: str, shape: Any, rank: int) -> tuple[int, ...]:
@@ -78,9 +78,10 @@ class OperatorSpec:
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
         schemes), a property of the target's schedule rather than of the request.
-        ``epilogue`` is ``"int32"`` (the integer result, NCHW) or ``"requantize"`` (per-channel
+        ``epilogue`` is ``"int32"`` (the integer result, NCHW), ``"affine"``/``"affine_relu"``
+        (float32 ``y * scale[k] + bias[k]``, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
-        layer's padding; packed schemes only). ``word_bits`` is the kernel's word size (32, or
+        layer's padding). All but ``"int32"`` need a bit-packed scheme. ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
@@ -100,8 +101,8 @@ class OperatorSpec:
                              f"{weight_shape[1]} (weight_shape[1])")
         if epilogue not in EPILOGUES:
             raise ValueError(f"{where}: epilogue must be one of {EPILOGUES}, got {epilogue!r}")
-        if epilogue == "requantize" and not isinstance(scheme, PackedScheme):
-            raise ValueError(f"{where}: the requantize epilogue needs a bit-packed scheme "
+        if epilogue != "int32" and not isinstance(scheme, PackedScheme):
+            raise ValueError(f"{where}: the {epilogue} epilogue needs a bit-packed scheme "
                              f"(ternary, fatnn, bitserial), not {scheme.name}")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
@@ -155,8 +156,8 @@ class OperatorSpec:
     def kernel_output(self) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of what the kernel writes: the int32/float32 result, or with the
         requantize epilogue the next layer's packed planes."""
-        if self.epilogue == "int32":
-            return self.out_shape, self.scheme.out_dtype
+        if self.epilogue != "requantize":
+            return self.out_shape, "float32" if self.epilogue.startswith("affine") else self.scheme.out_dtype
         enc = self.scheme.activation
         spatial = [o + 2 * p for o, p in zip(self.out_shape[2:], self.next_padding)]
         planes = enc.num_planes + int(enc.needs_validity_plane)
@@ -182,6 +183,10 @@ class OperatorSpec:
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
                                      self.stride, correction, self.data_shape[1], self.padding,
                                      self.data_shape[2:])
+        if self.epilogue.startswith("affine"):
+            scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
+            out = affine(out, scale, bias, self.epilogue == "affine_relu")
+            weight_args += [scale, bias]
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
             out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block,
@@ -208,6 +213,25 @@ class OperatorSpec:
         folded = t.astype(np.int64) - (0 if correction is None else correction[:, None])
         return np.ascontiguousarray(folded.T, np.int32)
 
+    def _affine_args(self, scale: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+        k = self.weight_shape[0]
+        out = []
+        for name, v in (("scale", scale), ("bias", bias)):
+            v = np.asarray(v)
+            if v.shape != (k,):
+                raise ValueError(f"{self.where}: {name} has shape {v.shape}, expected ({k},) (one per output channel)")
+            if not np.issubdtype(v.dtype, np.number) or v.dtype == np.bool_:
+                raise TypeError(f"{self.where}: {name} must be a float array, got dtype {v.dtype}")
+            out.append(np.ascontiguousarray(v, np.float32))
+        return out
+
+    def reference_affine(self, x: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """Reference of the affine epilogues (float64 math, float32 result)."""
+        y = self.reference(x, w).astype(np.float64)
+        index = (slice(None), slice(None)) + (None,) * (y.ndim - 2)
+        v = y * np.asarray(scale, np.float64)[index[1:]] + np.asarray(bias, np.float64)[index[1:]]
+        return (np.maximum(v, 0) if self.epilogue == "affine_relu" else v).astype(np.float32)
+
     def reference_requantized(self, x: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """Reference of the requantize epilogue: the next layer's packed, padded planes."""
         y = self.reference(x, w).astype(np.int64)
@@ -229,11 +253,11 @@ class OperatorSpec:
         return values
 
     def weight_args(self, w: np.ndarray, scales: np.ndarray | None = None,
-                    thresholds: np.ndarray | None = None) -> list[np.ndarray]:
-        """Validate weights (FGQ scales, requantize thresholds) and prepare the kernel's
-        arguments after the data on the host: packed planes (+ fatnn correction, or with the
-        requantize epilogue the thresholds with the correction folded in), or FGQ bytes and
-        scales."""
+                    thresholds: np.ndarray | None = None, affine: tuple | None = None) -> list[np.ndarray]:
+        """Validate weights (FGQ scales, requantize thresholds, affine ``(scale, bias)``) and
+        prepare the kernel's arguments after the data on the host: packed planes (+ fatnn
+        correction; with the requantize epilogue the thresholds with the correction folded
+        in; with the affine one the per-channel scale and bias), or FGQ bytes and scales."""
         values = self.scheme.check_values(self.op, "weight", w)
         if values.shape != self.weight_shape:
             raise ValueError(f"{self.where}: weight has shape {values.shape}, expected {self.weight_shape}")
@@ -248,9 +272,14 @@ class OperatorSpec:
                                  f"{self.scales_shape} (K, ceil(C/{self.scheme.group_size}), *kernel)")
         elif scales is not None:
             raise ValueError(f"{self.where}: scales apply only to the fgq scheme")
+        if thresholds is not None and self.epilogue != "requantize":
+            raise ValueError(f"{self.where}: thresholds apply only to the requantize epilogue")
+        if (affine is not None) != self.epilogue.startswith("affine"):
+            raise ValueError(f"{self.where}: scale and bias go with the affine epilogues (this one is "
+                             f"{self.epilogue!r})")
+        if affine is not None:
+            return [*self._weight_args(values, scales), *self._affine_args(*affine)]
         if self.epilogue != "requantize":
-            if thresholds is not None:
-                raise ValueError(f"{self.where}: thresholds apply only to the requantize epilogue")
             return self._weight_args(values, scales)
         return [*self._weight_args(values, scales),
                 self._threshold_arg(thresholds, self.scheme.weight_correction(values))]
@@ -267,7 +296,7 @@ class OperatorSpec:
         assert isinstance(self.scheme, PackedScheme)
         whole = self.word_bits if self.epilogue == "requantize" else 1   # the epilogue packs whole words
         args = [block_channels(pack_planes(w, self.scheme.weight, self.word_bits), self.block, whole)]
-        correction = self.scheme.weight_correction(w) if self.epilogue == "int32" else None
+        correction = self.scheme.weight_correction(w) if self.epilogue != "requantize" else None
         return args if correction is None else [*args, correction]
 
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
