@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import platform
 import sys
@@ -29,6 +30,7 @@ from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
 
 import tvm_ternary  # noqa: E402
+from tvm_ternary.schedules import isa_of  # noqa: E402
 from tvm_ternary.target import describe, host_cannot_run, resolve_target  # noqa: E402
 
 LAYERS = [
@@ -94,8 +96,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def parse_target(text: str):
+    """``--target``: a name (``host``, ``llvm``) or a JSON target dict."""
+    return resolve_target(json.loads(text) if text.startswith("{") else text)
+
+
 def measure(args) -> list[dict]:
-    target = resolve_target(args.target if not args.target.startswith("{") else __import__("json").loads(args.target))
+    target = parse_target(args.target)
     reason = host_cannot_run(target)
     if reason:
         raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason}")
@@ -153,8 +160,12 @@ def print_table(rows: list[dict]) -> None:
                 print(f"geomean {column} over the 3x3 convs, {threads} thread(s): " + ", ".join(summary))
 
 
-def print_bounds(rows: list[dict]) -> None:
-    """The popcount-throughput bound per core and each 1-thread conv kernel's share of it."""
+def print_bounds(rows: list[dict], target) -> None:
+    """The popcount-throughput bound per core and each 1-thread conv kernel's share of it
+    (AVX-512 kernels only: the bound is measured with AVX-512 VPOPCNTDQ instructions)."""
+    if isa_of(target).name != "avx512":
+        print(f"bound: not applicable to the {isa_of(target).name} kernels timed here (it is the AVX-512 bound)")
+        return
     bounds = measure_bounds()
     if bounds is None:
         print("bound: not measured (needs a CPU with AVX-512 VPOPCNTDQ and gcc)")
@@ -210,7 +221,7 @@ def main(argv=None) -> None:
     rows = measure(args)
     print_table(rows)
     if any(r["threads"] == 1 for r in rows):
-        print_bounds(rows)
+        print_bounds(rows, parse_target(args.target))
     write_csv(rows, args.csv)
     print(f"wrote {args.csv}")
     if args.plot:
