@@ -10,7 +10,8 @@ import os
 # TVM sizes its thread pool at half the CPUs it sees (it assumes hyperthreading), so on a
 # 2-core machine every parallel kernel ran on one core. Use every CPU this process may run
 # on unless the user chose (TVM_NUM_THREADS is read when the pool first starts).
-os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+_cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+os.environ.setdefault("TVM_NUM_THREADS", str(_cpus))
 
 from . import reference  # noqa: E402
 from .api import CompiledOperator, op  # noqa: E402
