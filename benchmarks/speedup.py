@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
 
-import tvm_ternary  # noqa: E402
 from tvm_ternary.schedules import isa_of  # noqa: E402
 from tvm_ternary.target import describe, host_cannot_run, resolve_target  # noqa: E402
 

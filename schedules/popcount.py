@@ -86,7 +86,7 @@ class PopcountKernel(ScheduleRule):
                                      max(d for d in divisors(width) if d <= MAX_EPILOGUE_TILE))]
             owo, owi = sch.split(ow, factors)
             sch.reorder(n, word, oh, owo, part, owi, plane)
-            at, acc_at, parallel_loops, inner = owo, part, (n, word, oh), (owi, plane)
+            at, parallel_loops, inner = owo, (n, word, oh), (owi, plane)
         else:                           # dense: a word's channel blocks one at a time, per batch tile
             batch = int(sch.get(n).extent)
             if tunable:
