@@ -1,17 +1,19 @@
 """TE compute of the operators, generic over spatial rank (2 for conv2d, 0 for dense).
 
-Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packing`:
+Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packing`, in
+words of the target's size (uint32; uint64 on AVX2, with int64 accumulators):
 
-* data   ``xp`` uint32 ``[N, P', *(spatial + 2 pad), Cw]``: packed and pre-padded on the
-  device by :func:`pack_data` (``P'`` adds the bipolar validity plane)
-* weight ``wp`` uint32 ``[Kb, Pw, *kernel, Cw, V]`` (host-packed, blocked by ``V`` output
+* data   ``xp`` ``[N, P', *(spatial + 2 pad), Cw]``: packed and pre-padded on the device
+  by :func:`pack_data` (``P'`` adds the bipolar validity plane)
+* weight ``wp`` ``[Kb, Pw, *kernel, Cw, V]`` (host-packed, blocked by ``V`` output
   channels, :func:`tvm_ternary.packing.block_channels`; ``V`` is chosen per target)
 * fatnn only: ``correction`` int32 ``[K]`` (``sum(w)`` per output channel)
 * output int32 ``[N, K, *out_spatial]`` (NCHW for conv2d)
 
 Stages (block names, which schedules refer to): ``pack`` (values -> padded planes, the
-data function), ``acc`` (the popcount reduction over kernel taps and words, one accumulator per popcount
-term) and ``out`` (combines the terms, adds fatnn's correction: the epilogue). With the
+data function), ``acc`` (the popcount reduction over kernel taps and words, one
+accumulator per popcount term) and ``out`` (combines the terms, adds fatnn's correction:
+the epilogue). With the
 requantize epilogue (:func:`requantize_pack`), ``requant``, ``bits``, ``chunk``, ``pack``
 and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32;
 with the affine epilogue (:func:`affine`), ``affine`` writes float32.
