@@ -9,6 +9,7 @@ data, ``[M, K]`` weights), i.e. a 1x1 convolution without spatial axes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -148,6 +149,7 @@ class OperatorSpec:
         x = te.placeholder(self.data_shape, DATA_DTYPE, name="x")
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
 
+    @lru_cache(maxsize=None)   # specs are immutable; building the TE stage costs ~0.1 ms
     def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of the data-stage output that the kernel reads."""
         staged = self._data_stage(te.placeholder(self.data_shape, DATA_DTYPE, name="x"))
