@@ -34,7 +34,7 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import acc_shape, divisors, pick_tile, register_tile, tile_output
+from .tiling import MAX_BATCH_TILE, acc_shape, batch_tile, divisors, pick_tile, register_tile, tile_output
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue, whose bit vectors and movemask chunks need
@@ -88,11 +88,10 @@ class PopcountKernel(ScheduleRule):
             sch.reorder(n, word, oh, owo, part, owi, plane)
             at, parallel_loops, inner = owo, (n, word, oh), (owi, plane)
         else:                           # dense: a word's channel blocks one at a time, per batch tile
-            batch = int(sch.get(n).extent)
             if tunable:
-                nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+                nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=MAX_BATCH_TILE)
             else:
-                nf = [None, max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)]
+                nf = [None, batch_tile(int(sch.get(n).extent), groups, budget)]
             no, ni = sch.split(n, nf)
             sch.reorder(word, no, part, ni, plane)
             at, parallel_loops, inner = no, (word, no), (ni, plane)
@@ -104,8 +103,7 @@ class PopcountKernel(ScheduleRule):
         sch.set_scope(chunk, 0, "local")
         local = sch.cache_write(pack, 0, "local")
         sch.reverse_compute_at(local, at)
-        reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents,
-                                     sch.fuse(*parallel_loops), tunable)
+        reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents, sch.fuse(*parallel_loops), tunable)
         sch.vectorize(sch.get_loops(bits)[-1])
         for loop in inner:
             sch.unroll(loop)

@@ -96,15 +96,25 @@ def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable):
     return [("pixel", tile)], parallel
 
 
+MAX_BATCH_TILE = 4
+"""Batch rows per dense tile: each reuses the tile's weight vectors once more."""
+
+
+def batch_tile(batch: int, per_row: int, budget: int) -> int:
+    """Largest divisor of ``batch`` up to :data:`MAX_BATCH_TILE` whose ``per_row``
+    accumulators per row fit the register budget."""
+    return max(d for d in divisors(batch) if d <= MAX_BATCH_TILE and d * per_row <= budget)
+
+
 def tile_dense(sch, n, ko, ki, groups, budget, tunable):
     """Tile a dense output (loops ``n, ko, ki``) by batch rows and output-channel blocks that
     fit ``groups`` accumulators each in the register budget, and compute ``acc`` there."""
     batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
     if tunable:
-        nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=4)
+        nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=MAX_BATCH_TILE)
         kf = sch.sample_perfect_tile(ko, n=2, max_innermost_factor=max(1, budget // groups))
     else:
-        nt = max(d for d in divisors(batch) if d <= 4 and d * groups <= budget)
+        nt = batch_tile(batch, groups, budget)
         nf = [None, nt]
         kf = [None, max(d for d in divisors(blocks) if d * nt * groups <= budget)]
     no, ni = sch.split(n, nf)
