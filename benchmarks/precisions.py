@@ -54,22 +54,15 @@ class Layer:
 
 
 @dataclass
-class Timing:
-    """Median and spread of one measurement, in milliseconds."""
-
-    median_ms: float
-    runs: int
-
-
-@dataclass
 class Runner:
     """A prepared layer at one precision: ``time()`` it; ``impl`` labels the implementation."""
 
     impl: str
-    time: Callable[[int], Timing]
+    time: Callable[[int], float]
+    """``time(repeat)``: the median over ``repeat`` runs, in milliseconds."""
 
 
-def time_python(fn: Callable[[], object], repeat: int, min_ms: float = 20.0) -> Timing:
+def time_python(fn: Callable[[], object], repeat: int, min_ms: float = 20.0) -> float:
     """Median over ``repeat`` runs of a batch of calls lasting >= ``min_ms`` (after warm-up)."""
     fn()
     start = time.perf_counter()
@@ -82,14 +75,14 @@ def time_python(fn: Callable[[], object], repeat: int, min_ms: float = 20.0) -> 
         for _ in range(number):
             fn()
         samples.append((time.perf_counter() - start) / number)
-    return Timing(float(np.median(samples)) * 1e3, repeat)
+    return float(np.median(samples)) * 1e3
 
 
-def time_tvm(module, name: str, args, repeat: int, min_ms: int = 20) -> Timing:
+def time_tvm(module, name: str, args, repeat: int, min_ms: int = 20) -> float:
     """Median over ``repeat`` runs of TVM's C++ time evaluator (no Python in the loop);
     ``module`` is a runtime module or a Relax VirtualMachine."""
     result = module.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_ms)(*args)
-    return Timing(float(np.median(result.results)) * 1e3, repeat)
+    return float(np.median(result.results)) * 1e3
 
 
 def _torch_inputs(layer: Layer, rng: np.random.Generator):

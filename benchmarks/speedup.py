@@ -118,11 +118,11 @@ def measure(args) -> list[dict]:
         set_threads(threads)
         made = runners[layer.name, name]
         for runner in made if isinstance(made, tuple) else (made,):
-            timing = runner.time(args.repeat)
+            median_ms = runner.time(args.repeat)
             rows.append(dict(target=describe(target), device=device, threads=threads, model="resnet18",
                              layer=layer.name, precision=name, impl=runner.impl,
-                             median_ms=timing.median_ms,
-                             gops=2 * layer.macs / timing.median_ms / 1e6 if runner.impl != "pack" else "",
+                             median_ms=median_ms,
+                             gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
                              tuned=False, emulated=False))
     add_speedups(rows)
     return rows
