@@ -46,7 +46,7 @@ FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
 
 WordOf = Callable[[int], PrimExpr]
-"""``plane -> uint32 word`` accessor for one operand at the current reduction point."""
+"""``plane -> word`` accessor for one operand at the current reduction point."""
 
 Term = tuple[int, PrimExpr]
 """``(coefficient, word)``: the word's popcount, times the coefficient, adds to the sum."""
@@ -76,8 +76,9 @@ class Scheme:
     def check_values(self, op: str, role: str, values: np.ndarray) -> np.ndarray:
         """Return ``values`` as int32 if every element is in the operand's value set.
 
-        ``op`` is the operator name ("conv2d"), ``role`` is ``"data"`` or ``"weight"``. Raises ``TypeError`` for non-numeric
-        arrays and ``ValueError`` naming the operator and the value set otherwise.
+        ``op`` is the operator name ("conv2d"), ``role`` is ``"data"`` or ``"weight"``.
+        Raises ``TypeError`` for non-numeric arrays and ``ValueError`` naming the operator
+        and the value set otherwise.
         """
         encoding = self.activation if role == "data" else self.weight
         arr = np.asarray(values)
@@ -115,7 +116,7 @@ class PackedScheme(Scheme):
     def terms(self, x: WordOf, w: WordOf) -> list[Term]:
         """The inner product of one word pair as ``sum_t coefficient_t * popc(word_t)``.
 
-        ``x(plane)``/``w(plane)`` give the operands' uint32 words (``x(validity_plane)``
+        ``x(plane)``/``w(plane)`` give the operands' words (uint32 or uint64) (``x(validity_plane)``
         the validity word). Keeping the terms apart lets a kernel accumulate each in its
         own register and combine them once per output (split accumulators).
         """
