@@ -42,6 +42,10 @@ LAYERS = [
 ]
 BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "tvm_fp32": tvm_fp32}
 PRECISIONS = [*BASELINES, *OURS]
+TORCH_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
+                             "ATEN_CPU_CAPABILITY": "avx2"}}
+"""``--torch-isa``: PyTorch's own switches (oneDNN fp32, fbgemm int8, ATen) that stand in for a
+host without AVX-512; they are read when torch loads, so the script re-executes itself with them."""
 MAIN_IMPLS = ("torch", "relax-default", "hand", "tuned")
 """Implementations that stand for a precision in speedup columns and summaries."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
@@ -77,6 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
     p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
     p.add_argument("--target", default="host", help="'host', 'llvm' or a JSON target dict")
+    p.add_argument("--torch-isa", choices=["native", *TORCH_ISA_LIMITS], default="native",
+                   help="limit PyTorch's kernels to this ISA (baseline of an AVX2-only host); "
+                        "recorded in the device column")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
     p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
     p.add_argument("--csv", default="speedup.csv", help="CSV output path")
@@ -95,6 +102,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def limit_torch_isa(isa: str, argv: list[str]) -> None:
+    """Re-execute this script with arguments ``argv`` and PyTorch limited to ``isa`` unless it
+    already is."""
+    limits = TORCH_ISA_LIMITS.get(isa, {})
+    if any(os.environ.get(k) != v for k, v in limits.items()):
+        os.execve(sys.executable, [sys.executable, __file__, *argv], {**os.environ, **limits})
+
+
 def parse_target(text: str):
     """``--target``: a name (``host``, ``llvm``) or a JSON target dict."""
     return resolve_target(json.loads(text) if text.startswith("{") else text)
@@ -105,7 +120,7 @@ def measure(args) -> list[dict]:
     reason = host_cannot_run(target)
     if reason:
         raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason}")
-    device = cpu_model()
+    device = cpu_model() + ("" if args.torch_isa == "native" else f" (PyTorch limited to {args.torch_isa})")
     rng = np.random.default_rng(0)
     factories = {name: BASELINES.get(name) or ours(name, args.fgq_group) for name in args.precisions}
     runners = {}
@@ -208,13 +223,14 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_ylabel("speedup vs PyTorch fp32 (log)")
         ax.set_title(f"{t} thread(s)")
         ax.legend(fontsize=7, ncol=3, loc="lower left")
-    fig.suptitle(f"tvm-ternary layer speedups on {cpu_model()}")
+    fig.suptitle(f"tvm-ternary layer speedups on {rows[0]['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    limit_torch_isa(args.torch_isa, sys.argv[1:] if argv is None else list(argv))
     if "torch_fp32" not in args.precisions:
         print("note: torch_fp32 not measured, so speedup_vs_fp32 stays empty")
     rows = measure(args)
