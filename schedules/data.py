@@ -12,6 +12,8 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from .generic import inline_quantizer
+
 MAX_VECTOR_ROW = 64
 """Rows up to this many values are vectorized whole (LLVM splits them into registers)."""
 
@@ -22,6 +24,7 @@ class ActivationPack(ScheduleRule):
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
+        inline_quantizer(sch)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         if len(blocks) != 1 or sch.get(blocks[0]).name_hint != "pack":
             return None

@@ -13,9 +13,16 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-STAGES = ("pack", "layout", "acc", "out")
+STAGES = ("count", "pack", "layout", "acc", "out")
 """Block names of the operator stages it accepts (see ``tvm_ternary.operators.compute``);
 not FGQ's ``group`` stage, which must be computed inside ``acc``, never whole."""
+
+
+def inline_quantizer(sch: s_tir.Schedule) -> None:
+    """Inline the activation quantizer's ``levels`` stage (if any) into its consumer."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint == "levels":
+            sch.compute_inline(block)
 
 
 class GenericCPU(ScheduleRule):
@@ -23,6 +30,7 @@ class GenericCPU(ScheduleRule):
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
+        inline_quantizer(sch)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if not blocks or any(name not in STAGES for name in blocks):
             return None

@@ -142,6 +142,29 @@ def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool) -> te.Te
     return te.compute(y.shape, value, name="affine")
 
 
+UNROLLED_THRESHOLDS = 16
+"""Quantizers with up to this many thresholds count them in one expression (inlinable into
+the packing stage); more (8-bit levels) use a reduction stage."""
+
+
+def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float, dtype: str) -> te.Tensor:
+    """Activation quantizer: ``lo + step * #{j : x >= thresholds[j]}`` elementwise, in
+    ``dtype`` (stage ``levels``). Float compares and small integer sums: exact, and equal to
+    ``tvm_ternary::quantize`` in PyTorch (see :mod:`tvm_ternary.quant.activations`)."""
+    count_thresholds = int(thresholds.shape[0])
+    if count_thresholds <= UNROLLED_THRESHOLDS:
+        def count(*i):
+            return sum((tirx.Cast(dtype, x(*i) >= thresholds[j]) for j in range(1, count_thresholds)),
+                       tirx.Cast(dtype, x(*i) >= thresholds[0]))
+    else:
+        j = te.reduce_axis((0, count_thresholds), name="j")
+        counted = te.compute(x.shape, lambda *i: te.sum(tirx.Cast(dtype, x(*i) >= thresholds[j]), axis=j),
+                             name="count")
+        count = counted
+    return te.compute(x.shape, lambda *i: tirx.const(lo, dtype) + tirx.const(step, dtype) * count(*i),
+                      name="levels")
+
+
 def threshold_count(encoding: Encoding) -> int:
     """Thresholds that requantize to ``encoding``: one fewer than its number of levels."""
     lo, hi = encoding.value_range

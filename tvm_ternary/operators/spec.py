@@ -19,7 +19,7 @@ from .. import reference
 from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
 from .compute import (affine, fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
-                      requantize_pack, threshold_count)
+                      quantize_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -148,6 +148,16 @@ class OperatorSpec:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
         x = te.placeholder(self.data_shape, DATA_DTYPE, name="x")
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
+
+    def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int) -> tirx.PrimFunc:
+        """PrimFunc ``(x float32 [data_shape], thresholds float32 [num_thresholds]) -> kernel
+        input``: the activation quantizer (:func:`.compute.quantize_levels`) fused with the
+        data stage, for graphs whose activations arrive in float."""
+        x = te.placeholder(self.data_shape, "float32", name="x")
+        thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
+        levels = quantize_levels(x, thresholds, lo, step, DATA_DTYPE)
+        return te.create_prim_func([x, thresholds, self._data_stage(levels)]).with_attr(
+            "global_symbol", self.symbol + "_quantize")
 
     @lru_cache(maxsize=None)   # specs are immutable; building the TE stage costs ~0.1 ms
     def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:

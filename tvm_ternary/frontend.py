@@ -1,0 +1,68 @@
+"""``from_torch``: a (quantized) PyTorch model -> Relax ``IRModule``.
+
+The model is captured by ``torch.export`` and imported by
+``tvm.relax.frontend.torch.from_exported_program``. The ``tvm_ternary::quantize`` custom op
+(see :mod:`tvm_ternary.quant.layers`) becomes a ``call_tir`` to a small PrimFunc that
+computes the same levels, marked with the function attribute :data:`QUANTIZE_ATTR` (its
+``lo``, ``step`` and the consuming layer's scheme) so that :mod:`tvm_ternary.rewrite`
+finds it. Without the rewrite the module still runs, in plain Relax.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Sequence
+
+import torch
+import tvm
+from torch import nn
+from tvm import relax, te, tirx
+from tvm.relax.frontend.torch import from_exported_program
+
+from .operators.compute import quantize_levels
+from .quant import layers  # noqa: F401  (registers the tvm_ternary::quantize op)
+
+QUANTIZE_ATTR = "tvm_ternary.quantize"
+"""PrimFunc attribute of an activation quantizer: JSON ``{"lo", "step", "scheme"}``."""
+
+
+def quantize_prim_func(shape: Sequence[int], dtype: str, num_thresholds: int, lo: float, step: float,
+                       scheme: str) -> tirx.PrimFunc:
+    """PrimFunc ``(x, thresholds) -> levels`` carrying :data:`QUANTIZE_ATTR`."""
+    x = te.placeholder(tuple(shape), dtype, name="x")
+    thresholds = te.placeholder((num_thresholds,), dtype, name="thresholds")
+    info = json.dumps({"lo": lo, "step": step, "scheme": json.loads(scheme)}, sort_keys=True)
+    func = te.create_prim_func([x, thresholds, quantize_levels(x, thresholds, lo, step, dtype)])
+    return func.without_attr("global_symbol").with_attr(QUANTIZE_ATTR, info)   # named by the module
+
+
+def _convert_quantize(node: torch.fx.Node, importer) -> relax.Var:
+    x, thresholds = importer.env[node.args[0]], importer.env[node.args[1]]
+    lo, step, scheme = float(node.args[2]), float(node.args[3]), str(node.args[4])
+    shape = [int(d) for d in x.ty.shape]
+    dtype = x.ty.dtype.dtype
+    count = int(thresholds.ty.shape[0])
+    func = quantize_prim_func(shape, dtype, count, lo, step, scheme)
+    gv = importer.block_builder.add_func(func, "tvm_ternary_quantize")
+    return importer.block_builder.emit(relax.call_tir(gv, [x, thresholds], relax.TensorType(shape, dtype)))
+
+
+CUSTOM_CONVERT_MAP = {"quantize.default": _convert_quantize}
+"""Converters of our custom ops for ``from_exported_program(custom_convert_map=...)``."""
+
+
+def from_torch(model: nn.Module, example_inputs: tuple | torch.Tensor) -> tvm.IRModule:
+    """Export ``model`` (in eval mode) with ``torch.export`` and import it into Relax.
+
+    ``main`` takes the example inputs' shapes (static) and returns the model's output
+    (a single tensor is not wrapped in a tuple). Parameters become constants.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"from_torch: model must be a torch.nn.Module, got {type(model).__name__}")
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if model.training:
+        raise ValueError("from_torch: the model is in training mode; call model.eval() first "
+                         "(quantized layers export their integer inference semantics)")
+    with torch.no_grad():
+        program = torch.export.export(model, inputs)
+    return from_exported_program(program, unwrap_unit_return_tuple=True, custom_convert_map=CUSTOM_CONVERT_MAP)

@@ -1,0 +1,187 @@
+"""Activation quantizers: float activations -> integer levels, with a straight-through
+estimator (STE) for quantization-aware training.
+
+Every quantizer here is a monotone step function. Its **inference semantics** are
+thresholds: ``level(x) = lo + step * #{j : x >= thresholds[j]}`` (float32 compares, no
+rounding), and the level stands for the float value ``level * scale``. Defining them by
+thresholds makes PyTorch, Relax and the fused TVM kernels agree bit for bit: compares are
+exact, and the rewrite folds them into integer thresholds on the previous layer's int32
+accumulator.
+
+In training (``module.train()``) ``forward`` returns the fake-quantized value
+``level * scale`` whose gradient passes straight through inside the clipping range and
+reaches the learned scales (LSQ-style).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """``round(x)`` forward, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+class ActivationQuantizer(nn.Module):
+    """Base: levels ``lo, lo + step, ..., hi``; subclasses define thresholds and the STE path."""
+
+    lo: int
+    step: int
+    hi: int
+
+    @property
+    def num_levels(self) -> int:
+        return (self.hi - self.lo) // self.step + 1
+
+    def thresholds(self) -> Tensor:
+        """Ascending float32 decision thresholds, ``num_levels - 1`` of them."""
+        raise NotImplementedError
+
+    def scale(self) -> Tensor:
+        """Float value of one level unit (a 0-d tensor)."""
+        raise NotImplementedError
+
+    def levels(self, x: Tensor) -> Tensor:
+        """Inference semantics: integer levels (float32 tensor), see the module docstring."""
+        return self.lo + self.step * torch.bucketize(x, self.thresholds().detach().to(x.dtype),
+                                                     right=True).to(x.dtype)
+
+    def fake(self, x: Tensor) -> Tensor:
+        """Training semantics: differentiable ``level * scale``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Fake-quantized activations (``level * scale``): STE in training, thresholds in eval."""
+        return self.fake(x) if self.training else self.levels(x) * self.scale().detach()
+
+    def calibrate(self, x: Tensor) -> None:
+        """Post-training: set the scales from a sample of this quantizer's input."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"levels={self.lo}..{self.hi} step {self.step}"
+
+
+class UniformQuantizer(ActivationQuantizer):
+    """Uniform levels ``lo..hi`` (step 1) with one learned scale: unsigned ``bits``-bit
+    (``lo = 0``, ``hi = 2^bits - 1``) or ternary ``{-1, 0, 1}`` (``lo = -1``, ``hi = 1``).
+    Thresholds sit half-way between levels: ``(i + 0.5) * scale``."""
+
+    def __init__(self, lo: int, hi: int):
+        super().__init__()
+        self.lo, self.step, self.hi = lo, 1, hi
+        self.log_scale = nn.Parameter(torch.zeros(()))
+
+    @classmethod
+    def unsigned(cls, bits: int) -> "UniformQuantizer":
+        return cls(0, (1 << bits) - 1)
+
+    @classmethod
+    def ternary(cls) -> "UniformQuantizer":
+        return cls(-1, 1)
+
+    def scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def thresholds(self) -> Tensor:
+        return (torch.arange(self.lo, self.hi, dtype=torch.float32) + 0.5) * self.scale()
+
+    def fake(self, x: Tensor) -> Tensor:
+        s = self.scale()
+        return round_ste(torch.clamp(x / s, self.lo, self.hi)) * s
+
+    def calibrate(self, x: Tensor) -> None:
+        if self.lo < 0:   # ternary: threshold 0.7 * mean|x| (TWN's rule applied to activations)
+            scale = 1.4 * x.abs().mean()
+        else:             # unsigned: the 99.9th percentile maps to the top level
+            scale = torch.quantile(x.flatten()[:1 << 20].float(), 0.999) / self.hi
+        with torch.no_grad():
+            self.log_scale.fill_(torch.log(torch.clamp(scale, min=1e-8)))
+
+
+class BipolarQuantizer(ActivationQuantizer):
+    """Odd levels ``-(2^bits - 1) .. 2^bits - 1`` (step 2; 1 bit is BNN's sign ``{-1, +1}``)
+    with a learned scale and a learned offset ``center`` that moves the decision points:
+    ``level(x)`` is the odd level nearest to ``(x - center) / scale``; it stands for
+    ``level * scale``."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        top = (1 << bits) - 1
+        self.lo, self.step, self.hi = -top, 2, top
+        self.log_scale = nn.Parameter(torch.zeros(()))
+        self.center = nn.Parameter(torch.zeros(()))
+
+    def scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def thresholds(self) -> Tensor:
+        between = torch.arange(self.lo + 1, self.hi, 2, dtype=torch.float32)   # -top+1 .. top-1
+        return self.center + between * self.scale()
+
+    def fake(self, x: Tensor) -> Tensor:
+        s = self.scale()
+        u = torch.clamp((x - self.center) / s, self.lo, self.hi)
+        odd = 2 * torch.floor(u / 2) + 1                        # nearest odd level
+        return (u + (torch.clamp(odd, self.lo, self.hi) - u).detach()) * s
+
+    def calibrate(self, x: Tensor) -> None:
+        sample = x.flatten()[:1 << 20].float()
+        center = sample.median()
+        spread = (sample - center).abs()
+        scale = spread.mean() if self.hi == 1 else torch.quantile(spread, 0.999) / self.hi
+        with torch.no_grad():
+            self.center.fill_(center)
+            self.log_scale.fill_(torch.log(torch.clamp(scale, min=1e-8)))
+
+
+class FatnnQuantizer(ActivationQuantizer):
+    """FATNN's activation quantizer: levels ``{0, 1, 2}`` from two clamped-and-rounded
+    terms with learned step sizes ``s1``, ``s2``:
+
+        training:  s1 * round(clamp(x / s1, 0, 1)) + s2 * round(clamp((x - s1) / s2, 0, 1))
+
+    so the float levels ``0, s1, s1 + s2`` and the thresholds ``s1 / 2`` and ``s1 + s2 / 2``
+    are non-uniform. The inference kernel multiplies integer levels, so deployment keeps
+    the learned (non-uniform) thresholds and gives the levels ``{0, 1, 2}`` the mean step
+    ``(s1 + s2) / 2`` as scale.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.lo, self.step, self.hi = 0, 1, 2
+        self.log_steps = nn.Parameter(torch.zeros(2))
+
+    def steps(self) -> tuple[Tensor, Tensor]:
+        s = self.log_steps.exp()
+        return s[0], s[1]
+
+    def scale(self) -> Tensor:
+        s1, s2 = self.steps()
+        return (s1 + s2) / 2
+
+    def thresholds(self) -> Tensor:
+        s1, s2 = self.steps()
+        return torch.stack([s1 / 2, s1 + s2 / 2]).float()
+
+    def fake(self, x: Tensor) -> Tensor:
+        s1, s2 = self.steps()
+        return s1 * round_ste(torch.clamp(x / s1, 0, 1)) + s2 * round_ste(torch.clamp((x - s1) / s2, 0, 1))
+
+    def calibrate(self, x: Tensor) -> None:
+        """Grid search of ``(s1, s2)`` for the least squared error on the sample."""
+        sample = x.flatten()[:1 << 16].float()
+        top = torch.quantile(sample, 0.999).clamp(min=1e-8)
+        grid = top * torch.linspace(0.1, 1.0, 19)
+        best, best_err = (top / 2, top / 2), float("inf")
+        for s1 in grid:
+            for s2 in grid:
+                q = s1 * torch.round(torch.clamp(sample / s1, 0, 1)) + \
+                    s2 * torch.round(torch.clamp((sample - s1) / s2, 0, 1))
+                err = float(((q - sample) ** 2).mean())
+                if err < best_err:
+                    best, best_err = (s1, s2), err
+        with torch.no_grad():
+            self.log_steps.copy_(torch.log(torch.stack(best)))

@@ -1,0 +1,110 @@
+"""``quantize``: post-training conversion of a float model into quantized layers."""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+import torch
+import torch.fx
+from torch import Tensor, nn
+
+from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, presets
+
+
+def _batches(calibration_data) -> list[Tensor]:
+    if isinstance(calibration_data, Tensor):
+        return [calibration_data]
+    batches = list(calibration_data or ())
+    if not batches or not all(isinstance(b, Tensor) for b in batches):
+        raise ValueError("quantize: calibration_data must be a tensor or a non-empty iterable of tensors "
+                         "(model inputs used to set the activation scales)")
+    return batches
+
+
+def _conv_bn_pairs(model: nn.Module) -> dict[str, str]:
+    """Conv2d module name -> name of the BatchNorm2d that alone consumes its output."""
+    graph = torch.fx.symbolic_trace(model).graph
+    modules = dict(model.named_modules())
+    pairs = {}
+    for node in graph.nodes:
+        if node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d) and len(node.users) == 1:
+            user = next(iter(node.users))
+            if user.op == "call_module" and isinstance(modules[user.target], nn.BatchNorm2d):
+                pairs[node.target] = user.target
+    return pairs
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize(model: nn.Module, scheme: str, calibration_data, keep_first_last: bool = True,
+             keep: Iterable[str] = (), group_size: int = 4) -> nn.Module:
+    """Post-training quantization: a copy of ``model`` with its ``Conv2d``/``Linear``
+    layers replaced by :class:`QuantConv2d`/:class:`QuantLinear`, in eval mode.
+
+    Args:
+        model: a float ``nn.Module`` (traceable by ``torch.fx`` to find BatchNorm layers
+            that follow convolutions; those are folded into the quantized layer).
+        scheme: one of ``"fatnn"``, ``"ternary"`` (TWN weights, ternary activations),
+            ``"tnt"``, ``"fgq_w2a4"``, ``"fgq_w2a8"``, ``"w1a1"``, ``"w2a2"``.
+        calibration_data: a model input tensor, or an iterable of them; each quantized
+            layer's activation quantizer is fit to what the float model feeds that layer.
+        keep_first_last: keep the first and the last Conv2d/Linear (in execution order) in float.
+        keep: further module names to keep in float.
+        group_size: FGQ group size (4 or 64).
+
+    Returns:
+        The quantized model in eval mode; ``model.train()`` gives the fake-quantized model
+        for quantization-aware training, ``eval()`` freezes it again.
+    """
+    if scheme not in QUANTIZE_SCHEMES:
+        raise ValueError(f"quantize: unknown scheme {scheme!r}; expected one of {QUANTIZE_SCHEMES}")
+    if group_size not in (4, 64):
+        raise ValueError(f"quantize: FGQ group_size must be 4 or 64, got {group_size}")
+    preset = presets(group_size)[scheme]
+    model = copy.deepcopy(model).eval()
+    batches = _batches(calibration_data)
+    pairs = _conv_bn_pairs(model)
+
+    order: list[str] = []
+    inputs: dict[str, list[Tensor]] = {}
+
+    def record(name):
+        def hook(module, args):
+            if name not in inputs:
+                order.append(name)
+                inputs[name] = []
+            inputs[name].append(args[0].detach())
+        return hook
+
+    layers = {n: m for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)}
+    handles = [m.register_forward_pre_hook(record(n)) for n, m in layers.items()]
+    with torch.no_grad():
+        for batch in batches:
+            model(batch)
+    for h in handles:
+        h.remove()
+
+    kept = set(keep)
+    unknown = kept - set(layers)
+    if unknown:
+        raise ValueError(f"quantize: keep names {sorted(unknown)} are not Conv2d/Linear modules of the model")
+    if keep_first_last and order:
+        kept |= {order[0], order[-1]}
+    for name in order:
+        if name in kept:
+            continue
+        layer = layers[name]
+        if isinstance(layer, nn.Conv2d):
+            bn = model.get_submodule(pairs[name]) if name in pairs else None
+            quant: QuantLayer = QuantConv2d(layer, preset, bn)
+            if bn is not None:
+                _set_module(model, pairs[name], nn.Identity())
+        else:
+            quant = QuantLinear(layer, preset)
+        quant.act.calibrate(torch.cat([x.flatten() for x in inputs[name]]))
+        _set_module(model, name, quant)
+    return model.eval()

@@ -1,0 +1,156 @@
+"""Quantized Conv2d / Linear modules and the ``tvm_ternary::quantize`` custom op.
+
+A quantized layer ``Q(x)`` in eval mode computes, with integer-valued float32 tensors
+(exact below 2^24):
+
+    q = quantize(x)                       # activation levels, see .activations
+    y = conv2d(q, w_int)                  # or linear: the integer accumulator
+    out = y * alpha + beta                # alpha = act_scale * w_scale (* BN), beta = bias (+ BN)
+
+``alpha`` and ``beta`` (shape ``[1, K, 1, 1]`` or ``[1, K]``) and ``w_int`` are buffers
+computed by :meth:`QuantLayer.freeze`, which ``eval()`` calls. The activation quantizer is
+called through the custom op ``tvm_ternary::quantize(x, thresholds, lo, step, scheme)``,
+so it survives ``torch.export`` and tells the Relax rewrite which kernel scheme
+(:func:`tvm_ternary.make_scheme` arguments, as JSON) the layer runs. In training mode
+the layer is fake-quantized with straight-through gradients.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .activations import ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, UniformQuantizer
+from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, WeightQuantizer
+
+
+@torch.library.custom_op("tvm_ternary::quantize", mutates_args=())
+def quantize_levels(x: Tensor, thresholds: Tensor, lo: float, step: float, scheme: str) -> Tensor:
+    """``lo + step * #{j : x >= thresholds[j]}`` elementwise (float32 levels). ``scheme`` is
+    the consuming layer's kernel scheme as JSON; it rides along for the Relax rewrite."""
+    return lo + step * torch.bucketize(x, thresholds.to(x.dtype), right=True).to(x.dtype)
+
+
+@quantize_levels.register_fake
+def _(x, thresholds, lo, step, scheme):
+    return torch.empty_like(x)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A ``quantize`` scheme name: the kernel scheme and the quantizers it pairs."""
+
+    kernel: str
+    kernel_params: dict = field(default_factory=dict)
+    activation: Callable[[], ActivationQuantizer] = UniformQuantizer.ternary
+    weight: Callable[[int], WeightQuantizer] = lambda out_channels: TWN()
+
+    def scheme_json(self) -> str:
+        return json.dumps({"scheme": self.kernel, **self.kernel_params}, sort_keys=True)
+
+
+def presets(group_size: int = 4) -> dict[str, Preset]:
+    """The scheme names of :func:`tvm_ternary.quantize` (FGQ groups of ``group_size``)."""
+    return {
+        "fatnn": Preset("fatnn", {}, FatnnQuantizer, FatnnWeights),
+        "ternary": Preset("ternary", {}, UniformQuantizer.ternary, lambda k: TWN()),
+        "tnt": Preset("ternary", {}, UniformQuantizer.ternary, lambda k: TNT()),
+        "fgq_w2a4": Preset("fgq", {"group_size": group_size, "abits": 4}, lambda: UniformQuantizer.unsigned(4),
+                           lambda k: FGQ(group_size)),
+        "fgq_w2a8": Preset("fgq", {"group_size": group_size, "abits": 8}, lambda: UniformQuantizer.unsigned(8),
+                           lambda k: FGQ(group_size)),
+        "w1a1": Preset("bitserial", {"abits": 1, "wbits": 1, "activation_encoding": "bipolar",
+                                     "weight_encoding": "bipolar"}, lambda: BipolarQuantizer(1), lambda k: Bipolar(1)),
+        "w2a2": Preset("bitserial", {"abits": 2, "wbits": 2, "activation_encoding": "unipolar",
+                                     "weight_encoding": "bipolar"}, lambda: UniformQuantizer.unsigned(2),
+                       lambda k: Bipolar(2)),
+    }
+
+
+QUANTIZE_SCHEMES = tuple(presets())
+"""Scheme names accepted by :func:`tvm_ternary.quantize` (stable)."""
+
+
+class QuantLayer(nn.Module):
+    """Shared part of :class:`QuantConv2d` and :class:`QuantLinear`."""
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, preset: Preset, bn: nn.BatchNorm2d | None = None):
+        super().__init__()
+        self.preset = preset
+        self.scheme = preset.scheme_json()
+        self.weight = nn.Parameter(layer.weight.detach().clone())
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        self.bn = bn
+        self.act = preset.activation()
+        self.weight_quantizer = preset.weight(self.weight.shape[0])
+        k = self.weight.shape[0]
+        view = (1, k) + (1,) * (self.weight.dim() - 2)
+        self.register_buffer("w_int", torch.zeros_like(self.weight))
+        self.register_buffer("alpha", torch.ones(view))
+        self.register_buffer("beta", torch.zeros(view))
+        self.register_buffer("thresholds", torch.zeros(self.act.num_levels - 1))
+
+    def _linear(self, x: Tensor, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Compute the inference buffers from the current parameters (and BatchNorm
+        statistics, folded in): ``w_int``, ``alpha``, ``beta``, ``thresholds``."""
+        w_int, w_scale = self.weight_quantizer.quantize(self.weight)
+        multiplier = w_scale.double() * float(self.act.scale())
+        shift = torch.zeros_like(multiplier) if self.bias is None else self.bias.double()
+        if self.bn is not None:
+            gain = self.bn.weight.double() / torch.sqrt(self.bn.running_var.double() + self.bn.eps)
+            multiplier, shift = multiplier * gain, (shift - self.bn.running_mean.double()) * gain + self.bn.bias.double()
+        self.w_int.copy_(w_int)
+        self.alpha.copy_(multiplier.reshape(self.alpha.shape).float())
+        self.beta.copy_(shift.reshape(self.beta.shape).float())
+        self.thresholds.copy_(self.act.thresholds().float())
+
+    def train(self, mode: bool = True) -> "QuantLayer":
+        super().train(mode)
+        if not mode:
+            self.freeze()
+        return self
+
+    def integer_output(self, x: Tensor) -> Tensor:
+        """Eval semantics up to the accumulator: ``y = conv(quantize(x), w_int)``."""
+        q = torch.ops.tvm_ternary.quantize(x, self.thresholds, float(self.act.lo), float(self.act.step),
+                                           self.scheme)
+        return self._linear(q, self.w_int)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return self.integer_output(x) * self.alpha + self.beta
+        y = self._linear(self.act(x), self.weight_quantizer(self.weight))
+        if self.bias is not None:
+            y = y + self.bias.reshape(self.alpha.shape)
+        return y if self.bn is None else self.bn(y)
+
+
+class QuantConv2d(QuantLayer):
+    """Quantized ``nn.Conv2d`` (groups = 1, dilation = 1), optionally with its following
+    ``BatchNorm2d`` folded in at :meth:`freeze`."""
+
+    def __init__(self, conv: nn.Conv2d, preset: Preset, bn: nn.BatchNorm2d | None = None):
+        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"QuantConv2d: only groups=1, dilation=1 and integer zero padding are supported, "
+                             f"got {conv}")
+        super().__init__(conv, preset, bn)
+        self.stride, self.padding = conv.stride, conv.padding
+
+    def _linear(self, x, w):
+        return F.conv2d(x, w, None, self.stride, self.padding)
+
+
+class QuantLinear(QuantLayer):
+    """Quantized ``nn.Linear`` (input ``[N, features]``)."""
+
+    def _linear(self, x, w):
+        return F.linear(x, w)

@@ -1,0 +1,342 @@
+"""The Relax pass that puts our kernels into an imported model.
+
+TVM 0.27 has no Relay, so the graph rewrite is a Relax pass over ``main``'s dataflow
+bindings. A *quantized layer* is ``relax.nn.conv2d`` or ``relax.matmul`` whose data is an
+activation quantizer (a ``call_tir`` marked with :data:`~tvm_ternary.frontend.QUANTIZE_ATTR`,
+which names the kernel scheme) and whose weights are constant integers. Each one becomes:
+
+- a data stage: quantize + pack (bit planes, or FGQ's byte layout) on the device, fused;
+- the kernel (``call_tir``), weights packed once, here, at compile time;
+- its epilogue fused: the layer's ``multiply``/``add`` by per-channel constants (scale,
+  bias, folded BatchNorm) and a ``relu`` that follow it alone. When that result feeds only
+  the activation quantizer of another quantized layer of the same scheme, all of it and
+  the next quantizer fold into per-channel **integer thresholds** on the int32
+  accumulator (exact: found by bisection on the very float32 operations the graph would
+  run), and the kernel writes the next layer's packed input directly. Otherwise the
+  kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax.
+
+FGQ kernels write their float32 (integer-valued) sums, and the epilogue stays in Relax.
+Everything else is left to Relax's normal lowering.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+from tvm.target import Target
+
+from . import schedules
+from .frontend import QUANTIZE_ATTR
+from .operators.compute import level_step, threshold_count
+from .operators.spec import OperatorSpec
+from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
+
+KERNEL_ATTR = "tvm_ternary.kernel"
+"""PrimFunc attribute of the functions this pass adds: the operator's ``where`` label."""
+
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
+
+
+@dataclass
+class Layer:
+    """One quantized conv2d/dense found in the graph, and what the pass decided for it."""
+
+    var: relax.Var                      # binding of the conv2d/matmul
+    op: str                             # "conv2d" or "dense"
+    quantizer_input: relax.Expr
+    thresholds: np.ndarray              # the activation quantizer's float32 thresholds
+    lo: float
+    step: float
+    scheme: Scheme
+    weight: np.ndarray                  # integer weights, OIHW or [M, K]
+    data_shape: tuple[int, ...]
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    fgq_scales: np.ndarray | None = None
+    chain: list[relax.Var] = field(default_factory=list)   # epilogue bindings it absorbs
+    next_quantizer: relax.Var | None = None                # the next layer's quantizer, absorbed too
+    scale: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    relu: bool = False
+    next_layer: "Layer | None" = None  # requantize straight into this layer's input
+    int_thresholds: np.ndarray | None = None
+    packed_input: relax.Expr | None = None
+
+    @property
+    def end(self) -> relax.Var:
+        """The binding whose value the kernel computes: the last absorbed epilogue op."""
+        return self.chain[-1] if self.chain else self.var
+
+    @property
+    def where(self) -> str:
+        return f"rewrite: {self.op}[{self.scheme.label()}] at {self.var.name_hint}"
+
+
+def _const(expr: relax.Expr) -> np.ndarray | None:
+    return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
+
+
+def _op_name(value: relax.Expr) -> str | None:
+    return str(value.op.name) if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) else None
+
+
+class _Graph:
+    """``main``'s bindings: values by var, and which bindings use each var."""
+
+    def __init__(self, func: relax.Function):
+        self.values: dict[relax.Var, relax.Expr] = {}
+        self.users: dict[relax.Var, list[relax.Var]] = {}
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                if not isinstance(binding, relax.VarBinding):
+                    continue
+                self.values[binding.var] = binding.value
+                for v in relax.analysis.free_vars(binding.value):
+                    self.users.setdefault(v, []).append(binding.var)
+        for v in relax.analysis.free_vars(func.body.body):
+            self.users.setdefault(v, []).append(None)
+
+    def sole_user(self, var: relax.Var) -> relax.Var | None:
+        users = self.users.get(var, [])
+        return users[0] if len(users) == 1 else None
+
+
+class _Matcher:
+    """Finds quantized layers and their epilogues."""
+
+    def __init__(self, mod: tvm.IRModule, graph: _Graph):
+        self.mod, self.graph = mod, graph
+
+    def quantizer(self, expr: relax.Expr) -> tuple | None:
+        """``(input, thresholds, info)`` if ``expr`` is a var bound to an activation quantizer."""
+        value = self.graph.values.get(expr) if isinstance(expr, relax.Var) else None
+        if not (isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR)):
+            return None
+        func = self.mod[value.args[0]]
+        if func.attrs is None or QUANTIZE_ATTR not in func.attrs:
+            return None
+        x, thresholds = value.args[1].fields
+        return x, _const(thresholds), json.loads(str(func.attrs[QUANTIZE_ATTR]))
+
+    def layer(self, var: relax.Var, value: relax.Expr) -> Layer | None:
+        name = _op_name(value)
+        if name not in ("relax.nn.conv2d", "relax.matmul"):
+            return None
+        found = self.quantizer(value.args[0])
+        if found is None:
+            return None
+        x, thresholds, info = found
+        op = "conv2d" if name == "relax.nn.conv2d" else "dense"
+        params = dict(info["scheme"])
+        scheme = make_scheme(op, params.pop("scheme"), **params)
+        weight = self._weight(op, value)
+        if weight is None or thresholds is None:
+            return None
+        data_shape = tuple(int(d) for d in value.args[0].ty.shape)
+        layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]),
+                      scheme, weight, data_shape)
+        if op == "conv2d":
+            attrs = value.attrs
+            pad = [int(p) for p in attrs.padding]
+            if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
+                    or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:]:
+                raise ValueError(f"{layer.where}: only NCHW/OIHW, groups=1, dilation=1 and symmetric padding "
+                                 f"are supported, got {attrs}")
+            layer.stride, layer.padding = tuple(int(s) for s in attrs.strides), tuple(pad[:2])
+        self._check(layer)
+        return layer
+
+    def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
+        w = value.args[1]
+        if op == "conv2d":
+            return _const(w)
+        const = _const(w)
+        if const is not None:
+            return np.ascontiguousarray(const.T) if const.ndim == 2 else None
+        bound = self.graph.values.get(w) if isinstance(w, relax.Var) else None
+        if _op_name(bound) == "relax.permute_dims" and [int(a) for a in bound.attrs.axes] == [1, 0]:
+            return _const(bound.args[0])
+        return None
+
+    def _check(self, layer: Layer) -> None:
+        """Values and quantizer against the scheme: clear errors for a layer claimed quantized."""
+        scheme = layer.scheme
+        if isinstance(scheme, FgqScheme):
+            layer.weight, layer.fgq_scales = _split_fgq(layer, scheme)
+        scheme.check_values(layer.op, "weight", layer.weight)
+        enc = scheme.activation
+        expected = (float(enc.value_range[0]), float(level_step(enc)), threshold_count(enc))
+        got = (layer.lo, layer.step, len(layer.thresholds))
+        if got != expected:
+            raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "
+                             f"produce {enc.describe()} (expected {expected})")
+
+    def epilogue(self, layer: Layer) -> None:
+        """Absorb ``multiply``/``add`` by per-channel constants and ``relu`` that follow the layer alone."""
+        k = layer.weight.shape[0]
+        rank = 4 if layer.op == "conv2d" else 2
+        cur = layer.var
+        for name in ("relax.multiply", "relax.add", "relax.nn.relu"):
+            nxt = self.graph.sole_user(cur)
+            value = self.graph.values.get(nxt) if nxt is not None else None
+            if _op_name(value) != name:
+                continue
+            if name != "relax.nn.relu":
+                other = [a for a in value.args if not (isinstance(a, relax.Var) and a.same_as(cur))]
+                const = _const(other[0]) if len(other) == 1 else None
+                if const is None or const.size != k or const.shape != (1, k) + (1,) * (rank - 2):
+                    continue
+                setattr(layer, "scale" if name == "relax.multiply" else "bias", const.reshape(k).astype(np.float32))
+            else:
+                layer.relu = True
+            layer.chain.append(nxt)
+            cur = nxt
+
+    def requantize_target(self, layer: Layer, layers: dict[relax.Var, Layer]) -> Layer | None:
+        """The next layer whose quantizer alone consumes this layer's epilogue, if folding applies."""
+        quant = self.graph.sole_user(layer.end)
+        consumer = self.graph.sole_user(quant) if quant is not None else None
+        nxt = layers.get(consumer)
+        if nxt is None or not self.graph.values[consumer].args[0].same_as(quant):
+            return None
+        if not isinstance(layer.scheme, PackedScheme) or nxt.scheme != layer.scheme:
+            return None
+        if layer.scale is not None and np.any(layer.scale <= 0):
+            return None                  # decreasing in y: the kernel's thresholds count upwards
+        layer.next_quantizer = quant
+        return nxt
+
+
+def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]:
+    """FGQ weights arrive as ``t * m`` (ternary times the group's integer multiplier): split
+    them into ternary values and per-group scales ``[K, groups, *kernel]``."""
+    w = layer.weight
+    if np.any(w != np.round(w)):
+        raise ValueError(f"{layer.where}: FGQ weights must be integers (ternary x group multiplier)")
+    k, c = w.shape[:2]
+    g = scheme.group_size
+    groups = scheme.num_groups(c)
+    padded = np.zeros((k, groups * g, *w.shape[2:]), w.dtype)
+    padded[:, :c] = w
+    grouped = np.abs(padded.reshape(k, groups, g, *w.shape[2:]))
+    m = grouped.max(axis=2)
+    if np.any((grouped != 0) & (grouped != m[:, :, None])):
+        raise ValueError(f"{layer.where}: each FGQ group of {g} input channels must hold one magnitude "
+                         f"(ternary x one scale)")
+    return np.sign(w).astype(np.int32), m.astype(np.float32)
+
+
+def fold_thresholds(layer: Layer, nxt: Layer) -> np.ndarray:
+    """Integer thresholds ``[K, L]``: ``q_next >= level j`` iff ``y >= t[k, j]`` for the
+    int32 accumulator ``y``, where the graph computes ``q_next`` from ``y`` in float32 as
+    ``quantize(relu(y * scale + bias))``. Bisection per (channel, level) over the
+    accumulator's range, on the same float32 operations: exact."""
+    k = layer.weight.shape[0]
+    scale = np.ones(k, np.float32) if layer.scale is None else layer.scale
+    bias = np.zeros(k, np.float32) if layer.bias is None else layer.bias
+    enc_x, enc_w = layer.scheme.activation, layer.scheme.weight
+    taps = int(np.prod(layer.weight.shape[1:]))
+    bound = taps * max(abs(v) for v in enc_x.value_range) * max(abs(v) for v in enc_w.value_range)
+    thr = nxt.thresholds.astype(np.float32)[None, :]
+    lo = np.full((k, thr.shape[1]), -bound, np.int64)
+    hi = np.full_like(lo, bound + 1)             # bound + 1: never reached
+
+    def reaches(y: np.ndarray) -> np.ndarray:
+        v = y.astype(np.float32) * scale[:, None] + bias[:, None]   # float32 ops, as in the graph
+        return (np.maximum(v, np.float32(0)) if layer.relu else v) >= thr
+
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        ok = reaches(mid)
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, mid + 1)
+    return np.clip(lo, np.iinfo(np.int32).min, np.iinfo(np.int32).max)
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    """Emits the planned kernels in place of the layers' bindings."""
+
+    def __init__(self, mod: tvm.IRModule, target: Target, layers: dict[relax.Var, Layer]):
+        super().__init__(mod)
+        self.target = target
+        self.layers = layers
+        self.absorbed = {v for layer in layers.values() for v in layer.chain}
+        self.absorbed |= {layer.next_quantizer for layer in layers.values() if layer.next_layer is not None}
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        layer = self.layers.get(binding.var)
+        if layer is not None:
+            self._emit_layer(layer)
+        elif binding.var not in self.absorbed:
+            super().visit_var_binding_(binding)
+
+    def _add(self, func, name: str, spec: OperatorSpec) -> relax.GlobalVar:
+        scheduled = schedules.schedule(func, self.target).mod["main"]
+        scheduled = scheduled.without_attr("global_symbol").with_attrs({"op_pattern": 8, KERNEL_ATTR: spec.where})
+        return self.builder_.add_func(scheduled, name)
+
+    def _emit_layer(self, layer: Layer) -> None:
+        epilogue = "int32"
+        if isinstance(layer.scheme, PackedScheme):
+            epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
+        spec = OperatorSpec.create(
+            layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1, layer.padding or 0,
+            schedules.weight_block(self.target, layer.scheme.name), epilogue,
+            None if layer.next_layer is None else (layer.next_layer.padding or 0),
+            schedules.word_bits(self.target))
+        name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
+        data = layer.packed_input
+        if data is None:
+            quant = self._add(spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds)),
+                              name + "_quantize", spec)
+            shape, dtype = spec.kernel_input_shape()
+            data = self.builder_.emit(relax.call_tir(
+                quant, [self.visit_expr(layer.quantizer_input), relax.const(layer.thresholds)],
+                relax.TensorType(shape, dtype)))
+        k = layer.weight.shape[0]
+        affine = None
+        if epilogue.startswith("affine"):
+            affine = (np.ones(k, np.float32) if layer.scale is None else layer.scale,
+                      np.zeros(k, np.float32) if layer.bias is None else layer.bias)
+        args = spec.weight_args(layer.weight, layer.fgq_scales, layer.int_thresholds, affine)
+        kernel = self._add(spec.kernel_prim_func(), name, spec)
+        out_shape, out_dtype = spec.kernel_output()
+        out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
+                                                relax.TensorType(out_shape, out_dtype)))
+        if layer.next_layer is not None:
+            layer.next_layer.packed_input = out
+        else:
+            self.set_var_remap(layer.end, out)
+
+
+def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Replace every quantized conv2d/dense in ``mod["main"]`` with our kernels for
+    ``target`` (see the module docstring); raises ``ValueError`` for a layer claimed
+    quantized whose weights or quantizer do not fit its scheme."""
+    func = mod["main"]
+    graph = _Graph(func)
+    matcher = _Matcher(mod, graph)
+    layers = {}
+    for var, value in graph.values.items():
+        layer = matcher.layer(var, value)
+        if layer is not None:
+            layers[var] = layer
+    for layer in layers.values():
+        if isinstance(layer.scheme, PackedScheme):
+            matcher.epilogue(layer)
+    for layer in layers.values():
+        nxt = matcher.requantize_target(layer, layers)
+        if nxt is not None:
+            layer.next_layer = nxt
+            layer.int_thresholds = fold_thresholds(layer, nxt)
+    rewriter = _Rewriter(mod, target, layers)
+    new_main = rewriter.visit_expr(func)
+    out = rewriter.builder_.get()
+    out[out.get_global_var("main")] = relax.analysis.remove_all_unused(new_main)
+    return out
