@@ -30,7 +30,7 @@ from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
 
 from tvm_ternary.schedules import isa_of  # noqa: E402
-from tvm_ternary.target import describe, host_cannot_run, resolve_target  # noqa: E402
+from tvm_ternary.targets import describe, host_cannot_run, resolve_target  # noqa: E402
 
 LAYERS = [
     Layer("conv3x3_64x56x56", "conv2d", (1, 64, 56, 56), (64, 64, 3, 3), 1, 1),

@@ -9,7 +9,7 @@ import pytest
 import tvm
 
 import tvm_ternary
-from tvm_ternary.target import host_cannot_run
+from tvm_ternary.targets import host_cannot_run
 
 from .asm import function_asm
 from .conftest import AVX2, AVX512, RASP4

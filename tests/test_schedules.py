@@ -12,7 +12,7 @@ import tvm_ternary
 from tvm_ternary import schedules
 from tvm_ternary.operators import OperatorSpec
 from tvm_ternary.schemes import make_scheme
-from tvm_ternary.target import resolve_target
+from tvm_ternary.targets import resolve_target
 
 from .asm import count, function_asm
 from .conftest import AVX2, AVX512, RASP4, host_has_avx512_popcount

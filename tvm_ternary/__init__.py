@@ -1,8 +1,10 @@
 """tvm-ternary: ternary and bit-serial neural network operators for TVM on CPUs.
 
-Pipeline, in module names: :mod:`.schemes`/:mod:`.encodings`/:mod:`.packing` (what the
-values are and how they are packed) -> :mod:`.operators` (TE compute) ->
-``tvm_ternary.schedules`` (per target) -> :func:`op` (build and run).
+Pipeline, in module names: :mod:`.quant` (PyTorch quantizers, :func:`quantize`) ->
+:mod:`.frontend` (:func:`from_torch`) -> :mod:`.rewrite` (the Relax pass) ->
+:mod:`.operators` (TE compute, over :mod:`.schemes`/:mod:`.encodings`/:mod:`.packing`) ->
+``tvm_ternary.schedules`` (per target) -> :func:`build` (a whole model) or :func:`op`
+(one operator).
 """
 
 import os
@@ -15,7 +17,15 @@ os.environ.setdefault("TVM_NUM_THREADS", str(_cpus))
 
 from . import reference  # noqa: E402
 from .api import CompiledOperator, op  # noqa: E402
+from .build import build  # noqa: E402
+from .frontend import from_torch  # noqa: E402
+from .quant import QUANTIZE_SCHEMES, quantize  # noqa: E402
 from .schemes import SCHEME_NAMES, make_scheme  # noqa: E402
-from .target import resolve_target  # noqa: E402
+from .targets import PRESETS, resolve_target  # noqa: E402
 
-__all__ = ["op", "CompiledOperator", "make_scheme", "SCHEME_NAMES", "reference", "resolve_target"]
+target = resolve_target
+"""``tvm_ternary.target("rasp4")``: a preset name, ``"host"``, a dict or a kind string ->
+``tvm.target.Target`` (see :mod:`tvm_ternary.targets`)."""
+
+__all__ = ["quantize", "QUANTIZE_SCHEMES", "from_torch", "build", "op", "CompiledOperator", "make_scheme",
+           "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS"]

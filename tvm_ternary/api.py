@@ -21,7 +21,7 @@ from tvm.target import Target
 from . import schedules
 from .operators.spec import OperatorSpec
 from .schemes import make_scheme
-from .target import TargetLike, describe, host_cannot_run, resolve_target, target_key
+from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
 
 @lru_cache(maxsize=None)

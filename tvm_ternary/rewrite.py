@@ -37,7 +37,8 @@ from .operators.spec import OperatorSpec
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
 
 KERNEL_ATTR = "tvm_ternary.kernel"
-"""PrimFunc attribute of the functions this pass adds: the operator's ``where`` label."""
+"""PrimFunc attribute of the functions this pass adds: ``"<op>[<scheme>]:kernel"`` or
+``"<op>[<scheme>]:quantize"`` (the fused quantize + data stage)."""
 
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
@@ -74,7 +75,7 @@ class Layer:
 
     @property
     def where(self) -> str:
-        return f"rewrite: {self.op}[{self.scheme.label()}] at {self.var.name_hint}"
+        return f"rewrite: {self.op}[{self.scheme.label()}] at {self.var.name}"
 
 
 def _const(expr: relax.Expr) -> np.ndarray | None:
@@ -168,7 +169,10 @@ class _Matcher:
         scheme = layer.scheme
         if isinstance(scheme, FgqScheme):
             layer.weight, layer.fgq_scales = _split_fgq(layer, scheme)
-        scheme.check_values(layer.op, "weight", layer.weight)
+        try:
+            scheme.check_values(layer.op, "weight", layer.weight)
+        except ValueError as err:
+            raise ValueError(f"{layer.where}: {err}") from None
         enc = scheme.activation
         expected = (float(enc.value_range[0]), float(level_step(enc)), threshold_count(enc))
         got = (layer.lo, layer.step, len(layer.thresholds))
@@ -268,6 +272,7 @@ class _Rewriter(PyExprMutator):
         self.layers = layers
         self.absorbed = {v for layer in layers.values() for v in layer.chain}
         self.absorbed |= {layer.next_quantizer for layer in layers.values() if layer.next_layer is not None}
+        self.functions: dict[tuple, relax.GlobalVar] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         layer = self.layers.get(binding.var)
@@ -276,10 +281,14 @@ class _Rewriter(PyExprMutator):
         elif binding.var not in self.absorbed:
             super().visit_var_binding_(binding)
 
-    def _add(self, func, name: str, spec: OperatorSpec) -> relax.GlobalVar:
-        scheduled = schedules.schedule(func, self.target).mod["main"]
-        scheduled = scheduled.without_attr("global_symbol").with_attrs({"op_pattern": 8, KERNEL_ATTR: spec.where})
-        return self.builder_.add_func(scheduled, name)
+    def _add(self, make_func, name: str, role: str, key: tuple) -> relax.GlobalVar:
+        """Schedule ``make_func()`` for the target and add it (opaque to fusion) as ``name``;
+        layers with equal ``key`` share one function."""
+        if key not in self.functions:
+            scheduled = schedules.schedule(make_func(), self.target).mod["main"]
+            scheduled = scheduled.without_attr("global_symbol").with_attrs({"op_pattern": 8, KERNEL_ATTR: role})
+            self.functions[key] = self.builder_.add_func(scheduled, name)
+        return self.functions[key]
 
     def _emit_layer(self, layer: Layer) -> None:
         epilogue = "int32"
@@ -293,8 +302,9 @@ class _Rewriter(PyExprMutator):
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
-            quant = self._add(spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds)),
-                              name + "_quantize", spec)
+            quant = self._add(lambda: spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds)),
+                              name + "_quantize", spec.where + ":quantize",
+                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds)))
             shape, dtype = spec.kernel_input_shape()
             data = self.builder_.emit(relax.call_tir(
                 quant, [self.visit_expr(layer.quantizer_input), relax.const(layer.thresholds)],
@@ -305,7 +315,7 @@ class _Rewriter(PyExprMutator):
             affine = (np.ones(k, np.float32) if layer.scale is None else layer.scale,
                       np.zeros(k, np.float32) if layer.bias is None else layer.bias)
         args = spec.weight_args(layer.weight, layer.fgq_scales, layer.int_thresholds, affine)
-        kernel = self._add(spec.kernel_prim_func(), name, spec)
+        kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec))
         out_shape, out_dtype = spec.kernel_output()
         out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
                                                 relax.TensorType(out_shape, out_dtype)))

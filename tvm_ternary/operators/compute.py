@@ -134,9 +134,14 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
 def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool) -> te.Tensor:
     """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
     the dequantization scale, the layer's bias), then ``max(., 0)`` with ``relu``
-    (stage ``affine``; float32, same shape)."""
+    (stage ``affine``; float32, same shape).
+
+    The product is rounded before the sum, as PyTorch and Relax's separate multiply and
+    add do: an arithmetic fence keeps LLVM (which TVM lets contract freely) from fusing
+    them into one FMA, whose single rounding would differ in the last bit."""
     def value(i, oc, *o):
-        v = y[(i, oc, *o)].astype("float32") * scale[oc] + bias[oc]
+        product = y[(i, oc, *o)].astype("float32") * scale[oc]
+        v = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product) + bias[oc]
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 
     return te.compute(y.shape, value, name="affine")

@@ -129,7 +129,7 @@ class BipolarQuantizer(ActivationQuantizer):
 
     def calibrate(self, x: Tensor) -> None:
         sample = x.flatten()[:1 << 20].float()
-        center = sample.median()
+        center = torch.quantile(sample, 0.5)    # interpolated: a threshold on a data value invites ties
         spread = (sample - center).abs()
         scale = spread.mean() if self.hi == 1 else torch.quantile(spread, 0.999) / self.hi
         with torch.no_grad():

@@ -2,7 +2,9 @@
 
 TVM 0.27 accepts targets as ``tvm.target.Target`` objects, JSON-like dicts
 (``{"kind": "llvm", "mcpu": "haswell"}``) or a plain kind string (``"llvm"``); the old
-``"llvm -mcpu=..."`` string form is gone. ``"host"`` means the CPU this process runs on
+``"llvm -mcpu=..."`` string form is gone. On top of those, :data:`PRESETS` names the
+targets we schedule for (``"x86"``/``"avx2"``, ``"avx512"``, ``"rasp4"``/``"rpi4"``,
+``"rasp3"``), and ``"host"`` means the CPU this process runs on
 (``Target.from_device(tvm.cpu())``). Pin ``mcpu`` for reproducible artifacts.
 """
 
@@ -22,12 +24,29 @@ _ISA_FEATURE = re.compile(r"^(avx|sse|ssse|fma|f16c|popcnt|bmi|gfni|vaes|vpclmul
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
+_RASP4 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "cortex-a72"}
+PRESETS: dict[str, dict] = {
+    "x86": {"kind": "llvm", "mcpu": "haswell"},
+    "avx2": {"kind": "llvm", "mcpu": "haswell"},
+    "avx512": {"kind": "llvm", "mcpu": "znver4"},
+    "rasp4": _RASP4,
+    "rpi4": _RASP4,
+    "rasp3": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "cortex-a53"},
+}
+"""Named targets: x86 with AVX2 (Haswell and later, AMD Zen), x86 with AVX-512 VPOPCNTDQ and
+VNNI (Zen 4; Ice Lake servers have both too), Raspberry Pi 4 (Cortex-A72) and 3 (Cortex-A53)
+running a 64-bit OS."""
+
+
 def resolve_target(target: TargetLike) -> Target:
-    """Return a ``tvm.target.Target`` for a Target, a dict, ``"host"`` or a kind string."""
+    """Return a ``tvm.target.Target`` for a Target, a dict, ``"host"``, a name in
+    :data:`PRESETS` or a kind string (``"llvm"``)."""
     if isinstance(target, Target):
         return target
     if isinstance(target, str) and target == "host":
         return _host_target()
+    if isinstance(target, str) and target in PRESETS:
+        return Target(PRESETS[target])
     if isinstance(target, (str, dict)):
         try:
             return Target(target)

@@ -5,7 +5,7 @@ import platform
 import pytest
 import tvm
 
-from tvm_ternary.target import host_cannot_run, resolve_target, target_arch
+from tvm_ternary.targets import host_cannot_run, resolve_target, target_arch
 
 from .conftest import AVX2, RASP4
 

@@ -1,0 +1,98 @@
+"""``build``: quantized ResNet-18 end to end, equal to the PyTorch quantized model."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+import tvm_ternary
+from tvm_ternary import QUANTIZE_SCHEMES, build, from_torch, quantize
+from tvm_ternary.models import ResNet18, randomize_batchnorm
+from tvm_ternary.quant import QuantLayer
+
+from .test_rewrite import calls
+
+TARGET = "host"   # runs here; the kernels' numerics are pinned per ISA in test_operators
+
+
+@lru_cache(maxsize=None)
+def resnet(scheme: str, batch: int, seed: int, keep_first_last: bool):
+    """(quantized model, input, executable), built once per test run."""
+    generator = torch.Generator().manual_seed(seed)
+    float_model = randomize_batchnorm(ResNet18(num_classes=10), generator).eval()
+    x = torch.randn(batch, 3, 32, 32, generator=generator)
+    model = quantize(float_model, scheme, x, keep_first_last=keep_first_last)
+    mod = from_torch(model, x)
+    return model, x, mod, build(mod, TARGET)
+
+
+def run(ex, x: torch.Tensor) -> np.ndarray:
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+
+
+def expected(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+CASES = [(scheme, batch, seed) for scheme in QUANTIZE_SCHEMES for batch, seed in ((1, 0), (2, 1))]
+
+
+@pytest.mark.parametrize("scheme,batch,seed", CASES)
+def test_resnet18_all_layers_quantized_equals_pytorch_exactly(scheme, batch, seed):
+    """Every layer quantized (stem and classifier too): all the arithmetic is integer or the
+    same float32 operations, so the logits must be bit-identical; one flipped threshold
+    anywhere would show."""
+    model, x, _, ex = resnet(scheme, batch, seed, False)
+    got, want = run(ex, x), expected(model, x)
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("scheme", ["fatnn", "w1a1"])
+def test_resnet18_default_float_stem_and_classifier(scheme):
+    """Default quantize keeps the stem and classifier in float: those run through Relax's own
+    float kernels, whose summation order differs from PyTorch's in the last bits."""
+    model, x, _, ex = resnet(scheme, 2, 2, True)
+    np.testing.assert_allclose(run(ex, x), expected(model, x), rtol=1e-4, atol=1e-4 * np.abs(expected(model, x)).max())
+
+
+def test_resnet18_every_quantized_layer_becomes_a_kernel():
+    model, _, mod, _ = resnet("ternary", 1, 0, False)
+    quantized = sum(isinstance(m, QuantLayer) for m in model.modules())
+    assert quantized == 21                      # 20 convolutions and the classifier
+    counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
+    assert counted["tir:kernel"] == quantized
+    assert counted["relax.nn.conv2d"] == 0 and counted["relax.matmul"] == 0
+    assert counted["tir:other"] == 0
+
+
+def test_export_library_round_trip(tmp_path):
+    model, x, _, ex = resnet("ternary", 1, 0, False)
+    path = str(tmp_path / "resnet18_ternary.so")
+    ex.export_library(path)
+    loaded = tvm.runtime.load_module(path)
+    assert np.array_equal(run(loaded, x), expected(model, x))
+
+
+def test_target_names():
+    model, x, mod, _ = resnet("ternary", 1, 0, False)
+    assert np.array_equal(run(build(mod, "x86"), x), expected(model, x))     # AVX2 kernels run on any x86-64 host here
+    assert isinstance(build(mod, "rasp4"), tvm.runtime.Executable)           # cross-compiled; runs on the board
+
+
+def test_build_errors():
+    _, _, mod, _ = resnet("ternary", 1, 0, False)
+    with pytest.raises(TypeError, match=r"expected a Relax IRModule, got ResNet18 \(call tvm_ternary.from_torch"):
+        build(ResNet18())
+    with pytest.raises(ValueError, match="target kind 'cuda' is not supported"):
+        build(mod, {"kind": "cuda"})
+    with pytest.raises(ValueError, match="invalid target"):
+        build(mod, "llvm -mcpu=haswell")
+    with pytest.raises(ValueError, match="no 'main' function"):
+        build(tvm.IRModule())

@@ -1,0 +1,120 @@
+"""The Relax rewrite: which layers it replaces, the integer thresholds it folds, its errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from tvm_ternary import from_torch, make_scheme, quantize
+from tvm_ternary.rewrite import KERNEL_ATTR, Layer, fold_thresholds, rewrite_quantized
+
+from .conftest import AVX2
+from .test_quant import small_net
+
+TARGET = tvm.target.Target(AVX2)
+
+
+def calls(mod: tvm.IRModule) -> Counter:
+    """Relax ops and our functions (by their KERNEL_ATTR role) called by ``main``."""
+    counted = Counter()
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if not isinstance(value, relax.Call):
+                continue
+            if isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.call_tir":
+                attrs = mod[value.args[0]].attrs
+                role = str(attrs[KERNEL_ATTR]).split(":")[1] if attrs and KERNEL_ATTR in attrs else "other"
+                counted["tir:" + role] += 1
+            elif isinstance(value.op, tvm.ir.Op):
+                counted[value.op.name] += 1
+    return counted
+
+
+def imported(scheme: str, seed: int = 0, negative_bn: bool = False, keep_first_last: bool = True):
+    torch.manual_seed(seed)
+    net = small_net()
+    if negative_bn:
+        net[3].weight.data[::2] *= -1
+    x = torch.randn(2, 3, 6, 6)
+    model = quantize(net, scheme, x, keep_first_last=keep_first_last)
+    return model, x, from_torch(model, x)
+
+
+@pytest.mark.parametrize("scheme", ["ternary", "fgq_w2a4"])
+def test_every_quantized_layer_is_replaced_and_the_rest_left(scheme):
+    _, _, mod = imported(scheme)
+    before = calls(mod)
+    assert before["relax.nn.conv2d"] == 3 and before["relax.matmul"] == 2 and before["tir:other"] == 3
+    after = calls(rewrite_quantized(mod, TARGET))
+    assert after["tir:kernel"] == 3                        # conv, conv, dense
+    assert after["relax.nn.conv2d"] == 1 and after["relax.matmul"] == 1    # first and last layers, float
+    assert after["tir:other"] == 0                         # no quantizer left in Relax
+    if scheme == "ternary":
+        # conv -> relu -> quantize -> conv is folded into thresholds: one data stage fewer
+        assert after["tir:quantize"] == 2
+        assert after["relax.nn.relu"] == 1                 # only the float first layer's
+    else:
+        assert after["tir:quantize"] == 3                  # FGQ's epilogue stays in Relax
+        assert after["relax.multiply"] == 3
+
+
+def run(mod: tvm.IRModule, x: torch.Tensor) -> np.ndarray:
+    ex = tvm.compile(mod, target=TARGET)
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+
+
+def test_negative_channel_scales_keep_the_float_epilogue_and_stay_exact():
+    model, x, mod = imported("w2a2", negative_bn=True, keep_first_last=False)   # all integer: exact
+    rewritten = rewrite_quantized(mod, TARGET)
+    # data stages: the first conv's, the third conv's (not folded: some channels of the
+    # second have negative scales) and the first dense's; with positive scales, two
+    assert calls(rewritten)["tir:quantize"] == 3
+    assert calls(rewrite_quantized(imported("w2a2", keep_first_last=False)[2], TARGET))["tir:quantize"] == 2
+    with torch.no_grad():
+        assert np.array_equal(run(rewritten, x), model(x).numpy())
+
+
+def test_non_ternary_weights_in_a_ternary_layer_are_an_error():
+    model, x, _ = imported("ternary")
+    model[2].w_int[0, 0, 0, 0] = 2
+    with pytest.raises(ValueError, match=r"rewrite: conv2d\[ternary\] at .*weight values must be in \{-1, 0, 1\}"):
+        rewrite_quantized(from_torch(model, x), TARGET)
+
+
+def test_fgq_weights_with_two_magnitudes_in_a_group_are_an_error():
+    model, x, _ = imported("fgq_w2a4")
+    w = model[2].w_int
+    w[0, 0:4, 0, 0] = torch.tensor([1.0, 2.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="one magnitude"):
+        rewrite_quantized(from_torch(model, x), TARGET)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("scheme", [("fatnn", {}), ("bitserial", {"abits": 2, "wbits": 2})])
+def test_folded_thresholds_reproduce_the_float_epilogue_for_every_accumulator(scheme, relu, rng):
+    """For every reachable int32 y: #(y >= t) equals the float32 graph's next quantizer level."""
+    kernel = make_scheme("conv2d", scheme[0], **scheme[1])
+    k, taps = 6, (3, 2, 2)
+    weight = np.zeros((k, *taps), np.int32)
+    scale = (rng.random(k) * 0.05 + 1e-3).astype(np.float32)
+    bias = (rng.standard_normal(k) * 0.3).astype(np.float32)
+    layer = Layer(None, "conv2d", None, np.zeros(0, np.float32), 0, 1, kernel, weight, (1, 3, 4, 4),
+                  scale=scale, bias=bias, relu=relu)
+    thresholds = np.sort(rng.standard_normal(kernel.activation.value_range[1] - kernel.activation.value_range[0])
+                         ).astype(np.float32) * 0.5
+    nxt = Layer(None, "conv2d", None, thresholds, 0, 1, kernel, weight, (1, k, 4, 4))
+    t = fold_thresholds(layer, nxt)
+    bound = int(np.prod(taps)) * 2 * (3 if scheme[0] == "bitserial" else 1)
+    y = np.arange(-bound, bound + 1)
+    v = y[None, :].astype(np.float32) * scale[:, None] + bias[:, None]
+    if relu:
+        v = np.maximum(v, np.float32(0))
+    expected = (v[:, :, None] >= thresholds).sum(-1)
+    got = (y[None, :, None] >= t[:, None, :]).sum(-1)
+    assert np.array_equal(got, expected)
