@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
     p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
-    p.add_argument("--target", default="host", help="'host', 'llvm' or a JSON target dict")
+    p.add_argument("--target", default="host", help="'host', 'llvm', a preset ('x86', 'avx512') or a JSON target dict")
     p.add_argument("--torch-isa", choices=["native", *TORCH_ISA_LIMITS], default="native",
                    help="limit PyTorch's kernels to this ISA (baseline of an AVX2-only host); "
                         "recorded in the device column")
@@ -111,7 +111,7 @@ def limit_torch_isa(isa: str, argv: list[str]) -> None:
 
 
 def parse_target(text: str):
-    """``--target``: a name (``host``, ``llvm``) or a JSON target dict."""
+    """``--target``: a name (``host``, ``llvm``, a preset such as ``x86``) or a JSON target dict."""
     return resolve_target(json.loads(text) if text.startswith("{") else text)
 
 
