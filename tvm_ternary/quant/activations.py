@@ -15,8 +15,15 @@ reaches the learned scales (LSQ-style).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+
+def _sample(x: Tensor, size: int = 1 << 16) -> Tensor:
+    """A deterministic subsample of ``x`` (flattened, float32) for calibration."""
+    flat = x.detach().flatten().float()
+    return flat[:: max(1, flat.numel() // size)]
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -93,12 +100,15 @@ class UniformQuantizer(ActivationQuantizer):
         return round_ste(torch.clamp(x / s, self.lo, self.hi)) * s
 
     def calibrate(self, x: Tensor) -> None:
-        if self.lo < 0:   # ternary: threshold 0.7 * mean|x| (TWN's rule applied to activations)
-            scale = 1.4 * x.abs().mean()
-        else:             # unsigned: the 99.9th percentile maps to the top level
-            scale = torch.quantile(x.flatten()[:1 << 20].float(), 0.999) / self.hi
+        """The scale of least squared error on the sample, searched up to the 99.9th
+        percentile of ``|x|`` at the top level."""
+        sample = _sample(x)
+        top = torch.quantile(sample.abs(), 0.999).clamp(min=1e-8)
+        candidates = top * torch.linspace(0.02, 1.0, 50) / self.hi
+        errors = [float(((torch.clamp(torch.round(sample / s), self.lo, self.hi) * s - sample) ** 2).mean())
+                  for s in candidates]
         with torch.no_grad():
-            self.log_scale.fill_(torch.log(torch.clamp(scale, min=1e-8)))
+            self.log_scale.fill_(torch.log(candidates[int(np.argmin(errors))]))
 
 
 class BipolarQuantizer(ActivationQuantizer):
@@ -128,8 +138,11 @@ class BipolarQuantizer(ActivationQuantizer):
         return (u + (torch.clamp(odd, self.lo, self.hi) - u).detach()) * s
 
     def calibrate(self, x: Tensor) -> None:
-        sample = x.flatten()[:1 << 20].float()
-        center = torch.quantile(sample, 0.5)    # interpolated: a threshold on a data value invites ties
+        """Center at the mean (a median would sit on a data value, often a ReLU's zero, and
+        make every level equal); scale: mean distance from it (1 bit) or its 99.9th
+        percentile at the top level."""
+        sample = _sample(x)
+        center = sample.mean()
         spread = (sample - center).abs()
         scale = spread.mean() if self.hi == 1 else torch.quantile(spread, 0.999) / self.hi
         with torch.no_grad():
@@ -172,7 +185,7 @@ class FatnnQuantizer(ActivationQuantizer):
 
     def calibrate(self, x: Tensor) -> None:
         """Grid search of ``(s1, s2)`` for the least squared error on the sample."""
-        sample = x.flatten()[:1 << 16].float()
+        sample = _sample(x)
         top = torch.quantile(sample, 0.999).clamp(min=1e-8)
         grid = top * torch.linspace(0.1, 1.0, 19)
         best, best_err = (top / 2, top / 2), float("inf")
