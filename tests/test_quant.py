@@ -9,7 +9,7 @@ from torch import nn
 
 from tvm_ternary import make_scheme
 from tvm_ternary.quant import (FGQ, QUANTIZE_SCHEMES, TNT, TWN, Bipolar, BipolarQuantizer, FatnnQuantizer,
-                               FatnnWeights, QuantConv2d, QuantLinear, UniformQuantizer, quantize)
+                               FatnnWeights, QuantConv2d, QuantLinear, UniformQuantizer, Unipolar, quantize)
 from tvm_ternary.quant.layers import presets
 from tvm_ternary.quant.weights import FGQ_MULTIPLIER_MAX
 
@@ -120,6 +120,19 @@ def test_bipolar_weights():
     assert Bipolar(1).quantize(w)[0].tolist() == [[-1, -1, 1, 1, 1]]
     levels, scale = Bipolar(2).quantize(w)
     assert levels.tolist() == [[-3, -1, 1, 1, 3]] and float(scale[0]) == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_bit_serial_weight_quantizers_cover_their_levels(bits):
+    torch.manual_seed(bits)
+    w = torch.rand(4, 5000) * 2 - 1                # uniform: every level is hit
+    top = (1 << bits) - 1
+    levels, _ = Unipolar(bits).quantize(w)
+    assert levels.min() == 0 and levels.max() == top and torch.equal(levels, levels.round())
+    levels, _ = Bipolar(bits).quantize(w)
+    assert set(levels.unique().tolist()) == set(range(-top, top + 1, 2))
+    make_scheme("dense", "bitserial", abits=bits, wbits=bits, weight_encoding="bipolar").check_values(
+        "dense", "weight", levels.numpy())
 
 
 def test_threshold_semantics_equal_rounding_away_from_ties():

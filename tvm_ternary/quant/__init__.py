@@ -7,8 +7,8 @@ define the integer inference semantics that the Relax rewrite reproduces exactly
 from .activations import ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, UniformQuantizer
 from .convert import quantize
 from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, quantize_levels
-from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, WeightQuantizer
+from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, Unipolar, WeightQuantizer
 
 __all__ = ["quantize", "QUANTIZE_SCHEMES", "QuantConv2d", "QuantLinear", "QuantLayer", "quantize_levels",
            "ActivationQuantizer", "UniformQuantizer", "BipolarQuantizer", "FatnnQuantizer",
-           "WeightQuantizer", "TWN", "TNT", "FatnnWeights", "Bipolar", "FGQ"]
+           "WeightQuantizer", "TWN", "TNT", "FatnnWeights", "Bipolar", "Unipolar", "FGQ"]

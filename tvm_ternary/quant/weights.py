@@ -11,6 +11,7 @@ per output channel (axis 0). Statistics are per output channel.
   largest ``|w|``, ``n`` chosen by one sort), scale = mean of the kept ``|w|``.
 - :class:`FatnnWeights`: learned asymmetric thresholds ``w > d_pos -> 1``, ``w < -d_neg -> -1``.
 - :class:`Bipolar`: odd levels ``±1, ±3, ...`` of ``bits`` bits (1 bit: BNN's sign).
+- :class:`Unipolar`: ``0 .. 2^bits - 1`` (negative weights clip to 0).
 - :class:`FGQ`: ternary in groups of ``group_size`` input channels at each kernel tap,
   one scale per group; deployed as ``w_int = t * m`` with small integer multipliers
   ``m`` (``0..FGQ_MULTIPLIER_MAX``) of the channel scale, so inference stays integer.
@@ -133,6 +134,19 @@ class Bipolar(WeightQuantizer):
         u = torch.clamp(rows / scale[:, None], -self.top, self.top)
         levels = torch.clamp(2 * torch.floor(u / 2) + 1, -self.top, self.top)
         return levels.reshape(w.shape), scale
+
+
+class Unipolar(WeightQuantizer):
+    """Unsigned levels ``0 .. 2^bits - 1``, scale ``max(w) / top`` (negative weights clip to 0)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.top = (1 << bits) - 1
+
+    def quantize(self, w):
+        rows = _per_channel(w.detach())
+        scale = (rows.amax(1).clamp(min=0) / self.top).clamp(min=1e-12)
+        return torch.clamp(torch.round(rows / scale[:, None]), 0, self.top).reshape(w.shape), scale
 
 
 class FGQ(WeightQuantizer):
