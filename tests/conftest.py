@@ -31,3 +31,14 @@ def host_has_avx512_popcount() -> bool:
 def rng(request) -> np.random.Generator:
     """A generator seeded by the test id, so each case is random but reproducible."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture(scope="session")
+def board():
+    """An emulated Raspberry Pi 4 (qemu-user, Cortex-A72) serving TVM RPC on 127.0.0.1 for
+    the whole test run. Sets the emulator up first if needed (idempotent; ``.ci/run`` does
+    it before the tests): a missing setup is an error, never a skip."""
+    from tvm_ternary import emulator
+    emulator.setup()
+    with emulator.Board() as started:
+        yield started

@@ -9,7 +9,7 @@ import pytest
 import tvm
 
 import tvm_ternary
-from tvm_ternary.targets import host_cannot_run
+from tvm_ternary.targets import host_cannot_run, target_arch
 
 from .asm import function_asm
 from .conftest import AVX2, AVX512, RASP4
@@ -44,22 +44,29 @@ CONV_IDS = ["c3-7x7-s2-p3", "n2-c33-3x3", "c64-1x1", "c130-s2-p0", "c33-p3"]
 DENSE_SHAPES = [((1, 3), (5, 3)), ((2, 33), (9, 33)), ((3, 130), (7, 130)), ((1, 64), (8, 64))]
 
 
-def run_or_inspect(f, rng):
-    """Run and check ``f`` where this host can; otherwise check its build and say so.
-
-    Kernels for a CPU this host lacks (aarch64; AVX-512 on an AVX2-only machine) are
-    compiled and their assembly checked for the vector popcount instead, with a warning
-    in the test report naming what was not run. Running on a Pi comes with the emulator.
-    """
+def runnable(f, request):
+    """``f`` where this host can run it, on the emulated Pi 4 for aarch64 targets, or None
+    (with a warning in the test report) when neither can: AVX-512 on an AVX2-only host."""
+    if target_arch(f.target) == "aarch64":
+        return tvm_ternary.CompiledOperator(f.spec, f.target, remote=request.getfixturevalue("board").address)
     reason = host_cannot_run(f.target)
     if reason is None:
-        run_and_check(f, rng)
+        return f
+    warnings.warn(f"not run here ({reason}): {f!r} compiled only")
+    return None
+
+
+def run_or_inspect(f, rng, request):
+    """Run and check ``f`` (on the host or the emulated board); where that is impossible,
+    check that its assembly has the vector popcount instead, and say so in the report."""
+    g = runnable(f, request)
+    if g is not None:
+        run_and_check(g, rng)
         return
     asm = function_asm(f.lib, f.spec.symbol)
     if f.spec.scheme.name != "fgq":
         isa = tvm_ternary.schedules.isa_of(f.target).name
         assert VECTOR_POPCOUNT[isa] in asm, f"{f!r}: no {VECTOR_POPCOUNT[isa]} in the kernel"
-    warnings.warn(f"not run here ({reason}): {f!r} was compiled and its assembly checked")
 
 
 def run_and_check(f, rng):
@@ -83,17 +90,18 @@ def run_and_check(f, rng):
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("scheme,params", SCHEMES, ids=SCHEME_IDS)
 @pytest.mark.parametrize("data_shape,weight_shape,stride,padding", CONV_SHAPES, ids=CONV_IDS)
-def test_conv2d_exact(scheme, params, data_shape, weight_shape, stride, padding, target, rng):
+def test_conv2d_exact(scheme, params, data_shape, weight_shape, stride, padding, target, rng, request):
     f = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride=stride, padding=padding,
                        target=target, **params)
-    run_or_inspect(f, rng)
+    run_or_inspect(f, rng, request)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("scheme,params", SCHEMES, ids=SCHEME_IDS)
 @pytest.mark.parametrize("data_shape,weight_shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng):
-    run_or_inspect(tvm_ternary.op("dense", scheme, data_shape, weight_shape, target=target, **params), rng)
+def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng, request):
+    run_or_inspect(tvm_ternary.op("dense", scheme, data_shape, weight_shape, target=target, **params), rng,
+                   request)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -220,11 +228,11 @@ REQUANTIZE = [  # scheme, params, op, data, weight, padding, next_padding
 ]
 
 
-@pytest.mark.parametrize("target", [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512")])
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("scheme,params,op,data_shape,weight_shape,padding,next_padding", REQUANTIZE,
                          ids=["ternary", "fatnn", "w2a2-1x1", "w1a1", "dense-ternary", "dense-a3w2"])
 def test_requantize_epilogue_writes_the_next_layers_planes(scheme, params, op, data_shape, weight_shape,
-                                                          padding, next_padding, target, rng):
+                                                          padding, next_padding, target, rng, request):
     f = tvm_ternary.op(op, scheme, data_shape, weight_shape, padding=padding, target=target,
                        epilogue="requantize", next_padding=next_padding, **params)
     s = f.spec
@@ -234,8 +242,8 @@ def test_requantize_epilogue_writes_the_next_layers_planes(scheme, params, op, d
     thresholds = np.tile(np.round(levels).astype(np.int64), (s.weight_shape[0], 1))
     thresholds += rng.integers(-2, 3, thresholds.shape)
     thresholds.sort(axis=1)
-    if host_cannot_run(f.target):
-        warnings.warn(f"not run here ({host_cannot_run(f.target)}): {f!r} compiled only")
+    f = runnable(f, request)
+    if f is None:
         return
     out = f(x, w, thresholds=thresholds)
     assert (out.shape, str(out.dtype)) == s.kernel_output() and out.shape == f.out_shape
@@ -257,17 +265,16 @@ def test_requantize_errors():
         f(x, w, thresholds=np.zeros((8, 2)))
 
 
-@pytest.mark.parametrize("target", [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512")])
+@pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("epilogue,op,scheme,params", [
     ("affine", "conv2d", "ternary", {}), ("affine_relu", "conv2d", "fatnn", {}),
     ("affine_relu", "dense", "bitserial", dict(abits=2, wbits=2)),
 ], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu"])
-def test_affine_epilogues(epilogue, op, scheme, params, target, rng):
+def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
-    f = tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
-                       epilogue=epilogue, **params)
-    if host_cannot_run(f.target):
-        warnings.warn(f"not run here ({host_cannot_run(f.target)}): {f!r} compiled only")
+    f = runnable(tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
+                                epilogue=epilogue, **params), request)
+    if f is None:
         return
     s = f.spec
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)

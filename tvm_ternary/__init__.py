@@ -20,6 +20,7 @@ from .api import CompiledOperator, op  # noqa: E402
 from .build import build  # noqa: E402
 from .frontend import from_torch  # noqa: E402
 from .quant import QUANTIZE_SCHEMES, quantize  # noqa: E402
+from .remote import Remote, export  # noqa: E402
 from .schemes import SCHEME_NAMES, make_scheme  # noqa: E402
 from .targets import PRESETS, resolve_target  # noqa: E402
 
@@ -27,5 +28,5 @@ target = resolve_target
 """``tvm_ternary.target("rasp4")``: a preset name, ``"host"``, a dict or a kind string ->
 ``tvm.target.Target`` (see :mod:`tvm_ternary.targets`)."""
 
-__all__ = ["quantize", "QUANTIZE_SCHEMES", "from_torch", "build", "op", "CompiledOperator", "make_scheme",
-           "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS"]
+__all__ = ["quantize", "QUANTIZE_SCHEMES", "from_torch", "build", "export", "Remote", "op", "CompiledOperator",
+           "make_scheme", "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS"]

@@ -11,6 +11,7 @@ for the life of the process, so asking twice costs one compile.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Sequence
 
@@ -21,6 +22,7 @@ from tvm.target import Target
 from . import schedules
 from .operators.spec import OperatorSpec
 from .schemes import make_scheme
+from .remote import RemoteLike, RemoteModule
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
 
@@ -39,13 +41,16 @@ class CompiledOperator:
 
     Calling runs two device functions: ``<symbol>_data`` packs the values (bit planes,
     or channels-last bytes for fgq) and ``<symbol>`` is the kernel; weights are packed on
-    the host at each call.
+    the host at each call. With a ``remote``, both run on that board (see
+    :mod:`tvm_ternary.remote`); the module is uploaded at the first call.
     """
 
-    def __init__(self, spec: OperatorSpec, target: Target):
+    def __init__(self, spec: OperatorSpec, target: Target, remote: RemoteLike | None = None):
         self.spec = spec
         self.target = target
         self.executable = _compile(spec, target_key(target))
+        self.remote = None if remote is None else RemoteModule(self.executable, target, remote,
+                                                                f"{spec.symbol}.so")
 
     @property
     def lib(self) -> tvm.runtime.Module:
@@ -62,20 +67,47 @@ class CompiledOperator:
                 thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
                 bias: np.ndarray | None = None) -> list:
         """Validate inputs and return the device tensors ``[packed data, *weights, out]``
-        (the epilogue's thresholds, or scale and bias, before ``out``)."""
-        reason = host_cannot_run(self.target)
-        if reason:
-            raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} "
-                               f"(the module compiled; inspect it with .lib.inspect_source('asm'))")
+        (the epilogue's thresholds, or scale and bias, before ``out``), on the remote board
+        if there is one."""
+        if self.remote is None:
+            reason = host_cannot_run(self.target)
+            if reason:
+                raise RuntimeError(f"{self.spec.where}: cannot run here: {reason} (the module compiled; inspect "
+                                   f"it with .lib.inspect_source('asm'), or run it on a board with remote=...)")
         values = self.spec.check_data(x)
         affine = None if scale is None and bias is None else (scale, bias)
         weight_args = self.spec.weight_args(w, scales, thresholds, affine)
-        dev = tvm.cpu()
-        packed_shape, packed_dtype = self.spec.kernel_input_shape()
-        packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)
-        self.lib[self.spec.symbol + "_data"](tvm.runtime.tensor(values, dev), packed)
-        out = tvm.runtime.empty(*self.spec.kernel_output(), dev)
-        return [packed, *(tvm.runtime.tensor(a, dev) for a in weight_args), out]
+        with self._on_device() as (module, dev):
+            packed_shape, packed_dtype = self.spec.kernel_input_shape()
+            packed = tvm.runtime.empty(packed_shape, packed_dtype, dev)
+            module[self.spec.symbol + "_data"](tvm.runtime.tensor(values, dev), packed)
+            out = tvm.runtime.empty(*self.spec.kernel_output(), dev)
+            return [packed, *(tvm.runtime.tensor(a, dev) for a in weight_args), out]
+
+    @contextmanager
+    def _on_device(self):
+        """``(module, device)`` to run on; a failure on a board becomes a ``RuntimeError``
+        and the next call reconnects."""
+        if self.remote is None:
+            yield self.lib, tvm.cpu()
+            return
+        module, dev = self.remote.module, self.remote.device     # connects and uploads once
+        try:
+            yield module, dev
+        except (ValueError, TypeError):
+            raise
+        except Exception as err:
+            self.remote.reset()
+            detail = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            raise RuntimeError(f"{self.spec.where}: running on {self.remote.remote} failed ({detail}); the board "
+                               f"stopped, crashed or timed out; the next call reconnects") from None
+
+    def time(self, *args, number: int = 10, repeat: int = 5) -> list[float]:
+        """Seconds per kernel call (``repeat`` medians of ``number`` runs) with ``args`` from
+        :meth:`prepare`, measured where the kernel runs (on a board: its clock)."""
+        with self._on_device() as (module, dev):
+            evaluator = module.time_evaluator(self.spec.symbol, dev, number=number, repeat=repeat)
+            return list(evaluator(*args).results)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
                  thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
@@ -85,8 +117,9 @@ class CompiledOperator:
         layer's packed planes (see :meth:`OperatorSpec.kernel_output`); with the affine
         epilogues, per-channel ``scale`` and ``bias`` ``(K,)``, and the result is float32."""
         args = self.prepare(x, w, scales, thresholds, scale, bias)
-        self.lib[self.spec.symbol](*args)
-        return args[-1].numpy()
+        with self._on_device() as (module, _):
+            module[self.spec.symbol](*args)
+            return args[-1].numpy()
 
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
                   thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
@@ -107,7 +140,8 @@ class CompiledOperator:
 def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
        stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
        target: TargetLike = "llvm", epilogue: str = "int32",
-       next_padding: int | Sequence[int] | None = None, **scheme_params) -> CompiledOperator:
+       next_padding: int | Sequence[int] | None = None, remote: RemoteLike | None = None,
+       **scheme_params) -> CompiledOperator:
     """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
 
     Args:
@@ -122,6 +156,8 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             layer's activations), packed and padded by ``next_padding`` (default: ``padding``)
             for the next layer's kernel. Epilogues run inside the kernel's register tile: the
             int32 result never reaches memory.
+        remote: run on a board over TVM RPC: ``"host:port"`` (e.g. an emulated board,
+            ``python -m tvm_ternary.emulator serve``) or ``{"tracker": "host:port", "key": k}``.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
 
@@ -136,4 +172,4 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
                                stride, padding, schedules.weight_block(target, scheme), epilogue, next_padding,
                                schedules.word_bits(target))
-    return CompiledOperator(spec, target)
+    return CompiledOperator(spec, target, remote)

@@ -1,0 +1,146 @@
+"""Start and stop emulated boards and an RPC tracker as processes on 127.0.0.1.
+
+Each runs in its own process group, so stopping one ends exactly the processes it started
+(a board forks one child per RPC session), and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .rootfs import guest_python, is_ready, rootfs_dir
+
+GUEST_CPU = "cortex-a72"
+"""qemu CPU model: the Pi 4's core, so instructions it lacks fault as on the board."""
+
+BOARD_SERVER = Path(__file__).with_name("board_server.py")
+
+
+def guest_env() -> dict[str, str]:
+    """A clean environment for the guest: none of the host's Python paths leak in."""
+    return {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "PYTHONPATH": "/opt/site", "TVM_USE_RUNTIME_LIB": "1",
+            "PYTHONUNBUFFERED": "1"}
+
+
+def qemu_command(rootfs: Path, python_args: list[str]) -> list[str]:
+    """Run the guest's Python with ``python_args`` under qemu (``-L``: guest paths resolve in the rootfs first)."""
+    return ["qemu-aarch64-static", "-cpu", GUEST_CPU, "-L", str(rootfs), str(guest_python(rootfs)), *python_args]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Process:
+    """A child process in its own group that prints a ready line before serving."""
+
+    name = "process"
+
+    def __init__(self, command: list[str], env: dict[str, str], ready: str, timeout: float):
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True, text=True)
+        self.output: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self._readline(deadline)
+            if line is None:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s:\n" + "".join(self.output[-20:]))
+            self.output.append(line)
+            if line.startswith(ready):
+                return
+
+    def _readline(self, deadline: float) -> str | None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or self.process.poll() is not None and not select.select([self.process.stdout], [], [], 0)[0]:
+            return None
+        ready, _, _ = select.select([self.process.stdout], [], [], remaining)
+        if not ready:
+            return None
+        line = self.process.stdout.readline()
+        return line or None
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10) -> None:
+        """End the process group this object started (SIGTERM, then SIGKILL)."""
+        if self.process.poll() is None:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        else:   # the leader is gone; its session children may not be
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.process.stdout:
+            self.process.stdout.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Board(_Process):
+    """An emulated Raspberry Pi 4 serving TVM RPC on ``127.0.0.1:port``: directly, or
+    registered with a tracker under ``key``. Timings measured on it are **not** Pi
+    timings (qemu translates every instruction); results are exact.
+
+    >>> with Board(port=9090) as board:
+    ...     tvm_ternary.op(..., target="rasp4", remote=board.address)
+    """
+
+    name = "emulated board"
+
+    def __init__(self, port: int | None = None, tracker: str | None = None, key: str = "",
+                 cache_dir: Path | str | None = None, timeout: float = 120):
+        if not is_ready(cache_dir):
+            raise RuntimeError("emulated board: not set up; run `python -m tvm_ternary.emulator setup` first "
+                               f"(rootfs expected under {rootfs_dir(cache_dir)})")
+        self.port = port or free_port()
+        self.key = key
+        args = [str(BOARD_SERVER), "--port", str(self.port), "--key", key]
+        if tracker:
+            args += ["--tracker", tracker]
+        super().__init__(qemu_command(rootfs_dir(cache_dir), args), guest_env(), "BOARD_READY", timeout)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class Tracker(_Process):
+    """TVM's RPC tracker on ``127.0.0.1:port``, in a process of its own (TVM's
+    ``python -m tvm.exec.rpc_tracker`` leaves a worker holding the port when killed)."""
+
+    name = "RPC tracker"
+
+    def __init__(self, port: int | None = None, timeout: float = 60):
+        self.port = port or free_port()
+        command = [sys.executable, "-m", "tvm_ternary.emulator", "tracker", "--port", str(self.port)]
+        super().__init__(command, dict(os.environ), "TRACKER_READY", timeout)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"

@@ -1,0 +1,178 @@
+"""Boards over TVM RPC: export with the right (cross) compiler, connect, upload, run.
+
+A *remote* is ``"host:port"`` (a board's RPC server, e.g. ``python -m tvm_ternary.emulator
+serve``), or a tracker and a key: ``{"tracker": "host:port", "key": "rasp4"}`` (many
+boards, one key; each session gets a free one), or a :class:`Remote`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Union
+
+import tvm
+from tvm import rpc
+from tvm.support import cc
+from tvm.target import Target
+
+from .targets import TargetLike, resolve_target, target_arch
+
+CROSS_COMPILERS = {"aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")}
+"""Target architecture -> (cross compiler command, Debian package that provides it)."""
+
+
+def export(lib, path: str, target: TargetLike) -> str:
+    """Write ``lib`` (an ``Executable`` or runtime module) as a shared library for
+    ``target`` at ``path``, linking with the target's cross compiler when its architecture
+    is not the host's. Raises ``RuntimeError`` naming the Debian package when the cross
+    compiler is missing."""
+    import platform
+    arch = target_arch(resolve_target(target))
+    host = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
+    if arch == host:
+        lib.export_library(path)
+        return path
+    if arch not in CROSS_COMPILERS:
+        raise RuntimeError(f"export: no cross compiler known for {arch} targets (known: {sorted(CROSS_COMPILERS)})")
+    compiler, package = CROSS_COMPILERS[arch]
+    if shutil.which(compiler) is None:
+        raise RuntimeError(f"export: the {arch} cross compiler {compiler} is not installed; "
+                           f"apt-get install {package} (or run `python -m tvm_ternary.emulator setup`)")
+    lib.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where to run: a board's ``host:port``, or a tracker's ``host:port`` plus ``key``.
+
+    ``session_timeout`` (seconds) bounds one session on the board side,
+    ``connect_timeout`` the wait for a board's answer (a board serves one session at a
+    time) and ``request_timeout`` the wait for a free board at the tracker: a dead or busy
+    board ends in an error, not a hang."""
+
+    address: str
+    key: str = ""
+    tracker: bool = False
+    session_timeout: float = 600
+    connect_timeout: float = 60
+    request_timeout: float = 120
+
+    @classmethod
+    def parse(cls, remote: "RemoteLike") -> "Remote":
+        if isinstance(remote, Remote):
+            return remote
+        if isinstance(remote, str):
+            cls._split(remote)
+            return cls(remote)
+        if isinstance(remote, dict):
+            unknown = set(remote) - {"tracker", "key", "address", "session_timeout", "connect_timeout",
+                                     "request_timeout"}
+            if unknown or ("tracker" in remote) == ("address" in remote):
+                raise ValueError(f"remote: expected {{'tracker': 'host:port', 'key': ...}} or "
+                                 f"{{'address': 'host:port'}}, got {remote!r}")
+            address = remote.get("tracker") or remote["address"]
+            cls._split(address)
+            timeouts = {k: float(remote[k]) for k in ("session_timeout", "connect_timeout", "request_timeout")
+                        if k in remote}
+            return cls(address, str(remote.get("key", "")), "tracker" in remote, **timeouts)
+        raise TypeError(f"remote: expected 'host:port', a dict or a Remote, got {type(remote).__name__}")
+
+    @staticmethod
+    def _split(address: str) -> tuple[str, int]:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"remote: address must be 'host:port', got {address!r}")
+        return host, int(port)
+
+    def __str__(self) -> str:
+        return f"tracker {self.address} key {self.key!r}" if self.tracker else f"board {self.address}"
+
+    def connect(self) -> rpc.client.RPCSession:
+        """Open a session; ``RuntimeError`` naming the address when nothing answers in time."""
+        host, port = self._split(self.address)
+        if self.tracker:
+            opener, timeout = (lambda: self._request(host, port)), self.request_timeout + self.connect_timeout
+        else:
+            opener, timeout = (lambda: rpc.connect(host, port, key=self.key,
+                                                   session_timeout=int(self.session_timeout))), self.connect_timeout
+        # TVM's handshake blocks without a timeout (e.g. on a board busy with another
+        # session): open in a thread; a session that opens after we gave up is dropped.
+        result: list = []
+        thread = threading.Thread(target=lambda: result.append(_attempt(opener)), daemon=True)
+        thread.start()
+        thread.join(timeout)
+        if not result:
+            raise RuntimeError(f"remote: {self} did not answer within {timeout:.0f} s "
+                               f"(busy with another session, or hung)")
+        session, err = result[0]
+        if err is not None:
+            message = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
+            raise RuntimeError(f"remote: cannot reach {self}: {message}")
+        return session
+
+    def _request(self, host: str, port: int) -> rpc.client.RPCSession:
+        import time
+        tracker = rpc.connect_tracker(host, port)
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            try:
+                return tracker.request(self.key, session_timeout=int(self.session_timeout), max_retry=1)
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(f"no free board with key {self.key!r} within {self.request_timeout:.0f} s")
+                time.sleep(0.5)
+
+
+RemoteLike = Union[str, dict, Remote]
+
+
+def _attempt(opener) -> tuple:
+    try:
+        return opener(), None
+    except Exception as err:   # TVM raises TVMError/RuntimeError/OSError subclasses here
+        return None, err
+
+
+class RemoteModule:
+    """A compiled module uploaded to a board: ``.session``, ``.module``, ``.device``.
+
+    If the board dies, calls raise ``RuntimeError``; :meth:`reset` (done by callers on
+    error) makes the next use reconnect and upload again."""
+
+    def __init__(self, lib, target: Target, remote: RemoteLike, name: str = "lib.so"):
+        self.lib, self.target, self.remote, self.name = lib, target, Remote.parse(remote), name
+        self._loaded = None
+
+    def _load(self):
+        if self._loaded is None:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = export(self.lib, os.path.join(tmp, self.name), self.target)
+                session = self.remote.connect()
+                try:
+                    session.upload(path)
+                    module = session.load_module(self.name)
+                except Exception as err:
+                    raise RuntimeError(f"remote: uploading to {self.remote} failed: {err}") from None
+            self._loaded = (session, module, session.cpu(0))
+        return self._loaded
+
+    @property
+    def session(self) -> rpc.client.RPCSession:
+        return self._load()[0]
+
+    @property
+    def module(self) -> tvm.runtime.Module:
+        return self._load()[1]
+
+    @property
+    def device(self) -> tvm.runtime.Device:
+        return self._load()[2]
+
+    def reset(self) -> None:
+        """Forget the session (after a failure): the next use reconnects."""
+        self._loaded = None
