@@ -75,23 +75,17 @@ class _Process:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 10) -> None:
-        """End the process group this object started (SIGTERM, then SIGKILL)."""
-        if self.process.poll() is None:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(self.process.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    self.process.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        else:   # the leader is gone; its session children may not be
+        """End the process group this object started: SIGTERM, then SIGKILL for whatever
+        is left (a board's session children included)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(self.process.pid, signal.SIGKILL)
+                os.killpg(self.process.pid, sig)
             except ProcessLookupError:
-                pass
+                break
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                continue
         if self.process.stdout:
             self.process.stdout.close()
 
