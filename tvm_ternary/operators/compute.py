@@ -199,7 +199,7 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     step = level_step(encoding)
     levels = int(thresholds.shape[0])
     q = te.compute(y.shape, lambda i, oc, *pos: lo + step * sum(
-        (y[(i, oc, *pos)] >= thresholds[l, oc]).astype("int32") for l in range(levels)), name="requant")
+        (y[(i, oc, *pos)] >= thresholds[level, oc]).astype("int32") for level in range(levels)), name="requant")
     stored = encoding.num_planes
     planes = stored + int(encoding.needs_validity_plane)
     words = num_words(k, word_bits)

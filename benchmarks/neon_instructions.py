@@ -1,0 +1,98 @@
+"""Instruction-level evidence for the NEON kernels: instructions in the innermost loop per
+64 multiply-accumulates, read from the aarch64 assembly of the Raspberry Pi 4 build.
+
+    python benchmarks/neon_instructions.py
+
+Emulated timings mean nothing, so this counts instead. For each precision and ResNet-18
+3x3 layer, the kernel is built for ``rasp4`` as it runs in a network (fused requantize
+epilogue). The script finds the innermost loop that holds ``cnt`` and counts its
+instructions. It divides them by the multiply-accumulates one iteration does:
+
+    MACs per iteration = (cnt per iteration / popcount terms per word) x 128
+
+Each ``cnt`` counts one 128-bit vector of one term, and a term covers a word of every
+operand. FATNN's ternary needs 2 terms per word (mask, sign) and W2A2 needs 4 (2 x 2
+planes); W1A1 (XNOR) needs 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from tvm import tirx
+
+import tvm_ternary
+
+LAYERS = {  # name: (data shape, weight shape)
+    "conv3x3_64x56x56": ((1, 64, 56, 56), (64, 64, 3, 3)),
+    "conv3x3_128x28x28": ((1, 128, 28, 28), (128, 128, 3, 3)),
+    "conv3x3_256x14x14": ((1, 256, 14, 14), (256, 256, 3, 3)),
+    "conv3x3_512x7x7": ((1, 512, 7, 7), (512, 512, 3, 3)),
+}
+PRECISIONS = {
+    "ternary": ("ternary", {}),
+    "fatnn": ("fatnn", {}),
+    "w2a2": ("bitserial", {"abits": 2, "wbits": 2}),
+    "w1a1": ("bitserial", {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}),
+}
+LABEL = re.compile(r"^(\.?L\w+):")
+BRANCH = re.compile(r"^\s+(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:[^,]+,\s*)*(\.?L\w+)\s*$")
+INSTRUCTION = re.compile(r"^\s+([a-z][\w.]*)")
+
+
+def kernel_asm(f) -> list[str]:
+    """Lines of the kernel function (and its outlined parallel bodies) in ``f``'s module."""
+    asm = f.lib.inspect_source("asm")
+    start = re.search(rf"^{re.escape(f.spec.symbol)}_compute_:", asm, re.M)
+    following = re.search(r"^[A-Za-z_][\w.]*:", asm[start.end():], re.M)
+    return asm[start.end(): start.end() + following.start() if following else None].splitlines()
+
+
+def innermost_popcount_loop(lines: list[str]) -> list[str]:
+    """Instructions of the innermost loop (a label and a later branch back to it) with ``cnt``."""
+    labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
+    loops = [(labels[m.group(1)], j) for j, line in enumerate(lines)
+             if (m := BRANCH.match(line)) and labels.get(m.group(1), j + 1) < j]
+    innermost = [(i, j) for i, j in loops if not any(i < a and b <= j and (a, b) != (i, j) for a, b in loops)]
+    for i, j in innermost:
+        body = [m.group(1) for line in lines[i + 1: j + 1] if (m := INSTRUCTION.match(line))]
+        if "cnt" in body:
+            return body
+    raise SystemExit("neon_instructions.py: no loop with cnt in the kernel")
+
+
+def terms_per_word(scheme) -> int:
+    word = lambda plane: tirx.const(0, "uint32")  # noqa: E731  (only the number of terms matters)
+    return len(scheme.terms(word, word))
+
+
+def measure(layer: str, precision: str) -> dict:
+    scheme, params = PRECISIONS[precision]
+    data, weight = LAYERS[layer]
+    f = tvm_ternary.op("conv2d", scheme, data, weight, padding=1, target="rasp4", epilogue="requantize", **params)
+    body = innermost_popcount_loop(kernel_asm(f))
+    macs = body.count("cnt") / terms_per_word(f.spec.scheme) * 128
+    return {"layer": layer, "precision": precision, "instructions": len(body), "cnt": body.count("cnt"),
+            "macs": macs, "per64": len(body) / macs * 64,
+            "mix": {op: body.count(op) for op in ("cnt", "uaddlp", "uadalp", "and", "eor", "ld1r", "ldr")}}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", default=",".join(LAYERS))
+    p.add_argument("--precisions", default=",".join(PRECISIONS))
+    args = p.parse_args(argv)
+    rows = [measure(layer, precision) for layer in args.layers.split(",") for precision in args.precisions.split(",")]
+    print("target rasp4 (aarch64 cortex-a72 +neon), innermost popcount loop of each kernel")
+    print(f"{'layer':<20} {'precision':<9} {'instr/iter':>10} {'MACs/iter':>9} {'instr/64 MAC':>12} {'vs w2a2':>8}  mix")
+    for r in rows:
+        base = next((b["per64"] for b in rows if b["layer"] == r["layer"] and b["precision"] == "w2a2"), None)
+        ratio = f"{r['per64'] / base:.2f}" if base else "-"
+        mix = " ".join(f"{k}={v}" for k, v in r["mix"].items() if v)
+        print(f"{r['layer']:<20} {r['precision']:<9} {r['instructions']:>10} {r['macs']:>9.0f} {r['per64']:>12.2f} "
+              f"{ratio:>8}  {mix}")
+
+
+if __name__ == "__main__":
+    main()
