@@ -85,6 +85,12 @@ def time_tvm(module, name: str, args, repeat: int, min_ms: int = 20) -> float:
     return float(np.median(result.results)) * 1e3
 
 
+def time_operator(f, args, repeat: int, stage: str = "kernel", min_ms: int = 20) -> float:
+    """Median milliseconds over ``repeat`` runs of a :class:`tvm_ternary.CompiledOperator`'s
+    kernel or data stage, where it runs (host or board)."""
+    return float(np.median(f.time(args, repeat=repeat, min_repeat_ms=min_ms, stage=stage))) * 1e3
+
+
 def _torch_inputs(layer: Layer, rng: np.random.Generator):
     x = torch.from_numpy(rng.standard_normal(layer.data_shape).astype(np.float32))
     w = torch.from_numpy(rng.standard_normal(layer.weight_shape).astype(np.float32) * 0.05)
@@ -175,11 +181,12 @@ def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(t, axis=1)
 
 
-def ours(precision: str, fgq_group: int):
+def ours(precision: str, fgq_group: int, remote=None):
     """Factory for one of our precisions: runners for the kernel as it runs in a network
     (``hand``: packed, pre-padded input, fused requantize epilogue writing the next layer's
     packed planes; FGQ has no packed next layer and writes float32), the same kernel with
-    the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``)."""
+    the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``).
+    With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board."""
     scheme, params = OURS[precision]
     if scheme == "fgq":
         params = dict(params, group_size=fgq_group)
@@ -189,23 +196,22 @@ def ours(precision: str, fgq_group: int):
         epilogues = ["int32"] if scheme == "fgq" else ["requantize", "int32"]
         for epilogue in epilogues:
             f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
-                               epilogue=epilogue, **layer.conv_kwargs(), **params)
+                               epilogue=epilogue, remote=remote, **layer.conv_kwargs(), **params)
             x = f.spec.scheme.activation.sample(rng, layer.data_shape)
             w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
             scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
             thresholds = thresholds_for(f.spec, f.spec.reference(x, w), rng) if epilogue == "requantize" else None
             args = f.prepare(x, w, scales, thresholds)
-            f.lib[f.spec.symbol](*args)
+            f.run(args)
             got, expected = args[-1].numpy(), f.reference(x, w, scales, thresholds)
             if scheme == "fgq":
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
             else:
                 np.testing.assert_array_equal(got, expected)
             impl = "hand" if epilogue == epilogues[0] else "hand-int32"
-            runners.append(Runner(impl, lambda repeat, f=f, args=args: time_tvm(f.lib, f.spec.symbol, args, repeat)))
-        values = tvm.runtime.tensor(x.astype(np.int32))
-        runners.append(Runner("pack", lambda repeat: time_tvm(f.lib, f.spec.symbol + "_data", [values, args[0]],
-                                                            repeat)))
+            runners.append(Runner(impl, lambda repeat, f=f, args=args: time_operator(f, args, repeat)))
+        values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
+        runners.append(Runner("pack", lambda repeat: time_operator(f, [values, args[0]], repeat, "data")))
         return tuple(runners)
 
     return make

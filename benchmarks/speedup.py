@@ -25,6 +25,8 @@ import torch
 import tvm
 from tqdm import tqdm
 
+import tvm_ternary
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
@@ -84,6 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--torch-isa", choices=["native", *TORCH_ISA_LIMITS], default="native",
                    help="limit PyTorch's kernels to this ISA (baseline of an AVX2-only host); "
                         "recorded in the device column")
+    p.add_argument("--rpc", default=None,
+                   help="time our kernels on a board over TVM RPC: 'host:port', or 'key@host:port' for a tracker "
+                        "(with --target rasp4 for a Raspberry Pi 4)")
+    p.add_argument("--emulated", action="store_true",
+                   help="the --rpc board is emulated (python -m tvm_ternary.emulator serve): its timings are not "
+                        "Pi timings; recorded in the emulated column")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
     p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
     p.add_argument("--csv", default="speedup.csv", help="CSV output path")
@@ -99,7 +107,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.threads = [os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")]
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    if args.rpc and set(args.precisions) & set(BASELINES):
+        p.error(f"--rpc times our kernels on the board; {sorted(set(args.precisions) & set(BASELINES))} run "
+                f"only on this host, so leave them out")
+    if args.emulated and not args.rpc:
+        p.error("--emulated describes an --rpc board")
+    if args.rpc:
+        args.threads = ["board"]            # the board's runtime uses its own pool (all its cores)
     return args
+
+
+def parse_remote(text: str | None):
+    """``--rpc``: ``host:port`` (a board) or ``key@host:port`` (a tracker), or None."""
+    if not text:
+        return None
+    key, at, address = text.rpartition("@")
+    return tvm_ternary.Remote.parse({"tracker": address, "key": key} if at else address)
 
 
 def limit_torch_isa(isa: str, argv: list[str]) -> None:
@@ -117,12 +140,17 @@ def parse_target(text: str):
 
 def measure(args) -> list[dict]:
     target = parse_target(args.target)
+    remote = parse_remote(args.rpc)
     reason = host_cannot_run(target)
-    if reason:
-        raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason}")
+    if reason and remote is None:
+        raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason} (use --rpc with a board)")
     device = cpu_model() + ("" if args.torch_isa == "native" else f" (PyTorch limited to {args.torch_isa})")
+    if remote is not None:
+        device = f"{'emulated ' if args.emulated else ''}{remote}"
+        if args.emulated:
+            print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
     rng = np.random.default_rng(0)
-    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group) for name in args.precisions}
+    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group, remote) for name in args.precisions}
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
         for name, factory in factories.items():
@@ -130,7 +158,8 @@ def measure(args) -> list[dict]:
     rows = []
     jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions]
     for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
-        set_threads(threads)
+        if remote is None:
+            set_threads(threads)
         made = runners[layer.name, name]
         for runner in made if isinstance(made, tuple) else (made,):
             median_ms = runner.time(args.repeat)
@@ -138,7 +167,7 @@ def measure(args) -> list[dict]:
                              layer=layer.name, precision=name, impl=runner.impl,
                              median_ms=median_ms,
                              gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
-                             tuned=False, emulated=False))
+                             tuned=False, emulated=args.emulated))
     add_speedups(rows)
     return rows
 
@@ -235,13 +264,15 @@ def main(argv=None) -> None:
         print("note: torch_fp32 not measured, so speedup_vs_fp32 stays empty")
     rows = measure(args)
     print_table(rows)
-    if any(r["threads"] == 1 for r in rows):
+    if any(r["threads"] == 1 for r in rows) and not args.rpc:
         print_bounds(rows, parse_target(args.target))
     write_csv(rows, args.csv)
     print(f"wrote {args.csv}")
-    if args.plot:
+    if args.plot and any(r["speedup_vs_fp32"] != "" for r in rows):
         plot(rows, args.plot)
         print(f"wrote {args.plot}")
+    elif args.plot:
+        print("no plot: it shows speedups over PyTorch fp32, which this run did not measure")
 
 
 if __name__ == "__main__":

@@ -49,8 +49,7 @@ class CompiledOperator:
         self.spec = spec
         self.target = target
         self.executable = _compile(spec, target_key(target))
-        self.remote = None if remote is None else RemoteModule(self.executable, target, remote,
-                                                                f"{spec.symbol}.so")
+        self.remote = None if remote is None else RemoteModule(self.executable, target, remote, spec.symbol)
 
     @property
     def lib(self) -> tvm.runtime.Module:
@@ -102,11 +101,20 @@ class CompiledOperator:
             raise RuntimeError(f"{self.spec.where}: running on {self.remote.remote} failed ({detail}); the board "
                                f"stopped, crashed or timed out; the next call reconnects") from None
 
-    def time(self, *args, number: int = 10, repeat: int = 5) -> list[float]:
-        """Seconds per kernel call (``repeat`` medians of ``number`` runs) with ``args`` from
-        :meth:`prepare`, measured where the kernel runs (on a board: its clock)."""
+    def run(self, args: list) -> None:
+        """Run the kernel on device tensors from :meth:`prepare` (the result is ``args[-1]``)."""
+        with self._on_device() as (module, _):
+            module[self.spec.symbol](*args)
+
+    def time(self, args: list, number: int = 1, repeat: int = 5, min_repeat_ms: int = 0,
+             stage: str = "kernel") -> list[float]:
+        """Seconds per call of the kernel (``stage="kernel"``, ``args`` from :meth:`prepare`)
+        or of the data stage (``stage="data"``, ``args`` = [values, packed]): ``repeat``
+        averages of ``number`` runs, by TVM's time evaluator where the code runs (a board's
+        own clock; an emulated board's timings are not Pi timings)."""
+        name = self.spec.symbol + ("_data" if stage == "data" else "")
         with self._on_device() as (module, dev):
-            evaluator = module.time_evaluator(self.spec.symbol, dev, number=number, repeat=repeat)
+            evaluator = module.time_evaluator(name, dev, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms)
             return list(evaluator(*args).results)
 
     def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
@@ -117,8 +125,8 @@ class CompiledOperator:
         layer's packed planes (see :meth:`OperatorSpec.kernel_output`); with the affine
         epilogues, per-channel ``scale`` and ``bias`` ``(K,)``, and the result is float32."""
         args = self.prepare(x, w, scales, thresholds, scale, bias)
-        with self._on_device() as (module, _):
-            module[self.spec.symbol](*args)
+        self.run(args)
+        with self._on_device():
             return args[-1].numpy()
 
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,

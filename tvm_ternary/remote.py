@@ -11,6 +11,8 @@ import os
 import shutil
 import tempfile
 import threading
+import uuid
+import weakref
 from dataclasses import dataclass
 from typing import Union
 
@@ -138,21 +140,39 @@ def _attempt(opener) -> tuple:
         return None, err
 
 
+_SESSIONS: "weakref.WeakValueDictionary[Remote, rpc.client.RPCSession]" = weakref.WeakValueDictionary()
+"""Open sessions by remote, shared by the modules that use them: a board serves one
+session at a time, so two operators on one board must share it. A session closes when
+the last module using it goes."""
+
+
+def shared_session(remote: Remote) -> rpc.client.RPCSession:
+    """The open session to ``remote``, or a new one."""
+    session = _SESSIONS.get(remote)
+    if session is None:
+        session = remote.connect()
+        _SESSIONS[remote] = session
+    return session
+
+
 class RemoteModule:
     """A compiled module uploaded to a board: ``.session``, ``.module``, ``.device``.
 
-    If the board dies, calls raise ``RuntimeError``; :meth:`reset` (done by callers on
-    error) makes the next use reconnect and upload again."""
+    Modules on the same remote share one session (:func:`shared_session`). If the board
+    dies, calls raise ``RuntimeError``; :meth:`reset` (done by callers on error) makes the
+    next use reconnect and upload again."""
 
-    def __init__(self, lib, target: Target, remote: RemoteLike, name: str = "lib.so"):
-        self.lib, self.target, self.remote, self.name = lib, target, Remote.parse(remote), name
+    def __init__(self, lib, target: Target, remote: RemoteLike, name: str = "lib"):
+        # a unique file: overwriting a library the board has loaded would crash the session
+        self.lib, self.target, self.remote = lib, target, Remote.parse(remote)
+        self.name = f"{name}-{uuid.uuid4().hex[:12]}.so"
         self._loaded = None
 
     def _load(self):
         if self._loaded is None:
             with tempfile.TemporaryDirectory() as tmp:
                 path = export(self.lib, os.path.join(tmp, self.name), self.target)
-                session = self.remote.connect()
+                session = shared_session(self.remote)
                 try:
                     session.upload(path)
                     module = session.load_module(self.name)
@@ -175,4 +195,6 @@ class RemoteModule:
 
     def reset(self) -> None:
         """Forget the session (after a failure): the next use reconnects."""
+        if self._loaded is not None and _SESSIONS.get(self.remote) is self._loaded[0]:
+            del _SESSIONS[self.remote]
         self._loaded = None
