@@ -56,7 +56,7 @@ def test_time_evaluator_on_the_board(board, rng):
                        remote=board.address)
     x = f.spec.scheme.activation.sample(rng, f.spec.data_shape)
     w = f.spec.scheme.weight.sample(rng, f.spec.weight_shape)
-    seconds = f.time(*f.prepare(x, w), number=2, repeat=3)            # emulated: exists, means nothing
+    seconds = f.time(f.prepare(x, w), number=2, repeat=3)             # emulated: exists, means nothing
     assert len(seconds) == 3 and all(s > 0 for s in seconds)
 
 

@@ -11,6 +11,7 @@ for the life of the process, so asking twice costs one compile.
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Sequence
@@ -26,8 +27,17 @@ from .remote import RemoteLike, RemoteModule
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
 
-@lru_cache(maxsize=None)
+_COMPILE_LOCK = threading.Lock()
+"""One compile at a time: callers may be threads (one per board), TVM's compiler is shared."""
+
+
 def _compile(spec: OperatorSpec, target_json: str) -> tvm.runtime.Executable:
+    with _COMPILE_LOCK:
+        return _compile_once(spec, target_json)
+
+
+@lru_cache(maxsize=None)
+def _compile_once(spec: OperatorSpec, target_json: str) -> tvm.runtime.Executable:
     target = Target(target_json)
     funcs = {}
     for func in (spec.data_prim_func(), spec.kernel_prim_func()):

@@ -27,6 +27,10 @@ CROSS_COMPILERS = {"aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")
 """Target architecture -> (cross compiler command, Debian package that provides it)."""
 
 
+_EXPORT_LOCK = threading.Lock()
+"""TVM's library writer is not thread-safe (two threads exporting at once abort the process)."""
+
+
 def export(lib, path: str, target: TargetLike) -> str:
     """Write ``lib`` (an ``Executable`` or runtime module) as a shared library for
     ``target`` at ``path``, linking with the target's cross compiler when its architecture
@@ -36,7 +40,8 @@ def export(lib, path: str, target: TargetLike) -> str:
     arch = target_arch(resolve_target(target))
     host = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
     if arch == host:
-        lib.export_library(path)
+        with _EXPORT_LOCK:
+            lib.export_library(path)
         return path
     if arch not in CROSS_COMPILERS:
         raise RuntimeError(f"export: no cross compiler known for {arch} targets (known: {sorted(CROSS_COMPILERS)})")
@@ -44,7 +49,8 @@ def export(lib, path: str, target: TargetLike) -> str:
     if shutil.which(compiler) is None:
         raise RuntimeError(f"export: the {arch} cross compiler {compiler} is not installed; "
                            f"apt-get install {package} (or run `python -m tvm_ternary.emulator setup`)")
-    lib.export_library(path, fcompile=cc.cross_compiler(compiler))
+    with _EXPORT_LOCK:
+        lib.export_library(path, fcompile=cc.cross_compiler(compiler))
     return path
 
 
