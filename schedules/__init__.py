@@ -9,6 +9,8 @@ schedule, or None when it does not apply.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
@@ -16,7 +18,7 @@ from tvm.target import Target
 from .data import ActivationPack
 from .fgq import FgqKernel
 from .generic import GenericCPU
-from .isa import Isa, isa_of
+from .isa import Isa, isa_of, kernel_isa
 from .popcount import PopcountKernel
 
 
@@ -27,16 +29,18 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     return [PopcountKernel(), FgqKernel(), ActivationPack(), GenericCPU()]
 
 
-def weight_block(target: Target, scheme: str = "ternary") -> int:
+def weight_block(target: Target, scheme: str = "ternary", weight_shape: Sequence[int] = ()) -> int:
     """Output-channel block ``V`` of the kernels' weight layout for ``target``: one vector
-    of words (popcount schemes) or of 32-bit lanes (``fgq``)."""
-    isa = isa_of(target)
-    return isa.int32_lanes if scheme == "fgq" else isa.lanes
+    of words (popcount schemes; ``weight_shape`` decides whether 16-bit words fit) or of
+    32-bit lanes (``fgq``)."""
+    if scheme == "fgq":
+        return isa_of(target).int32_lanes
+    return kernel_isa(target, weight_shape).lanes
 
 
-def word_bits(target: Target) -> int:
-    """Word size of the popcount kernels for ``target`` (32 or 64)."""
-    return isa_of(target).word_bits
+def word_bits(target: Target, weight_shape: Sequence[int] = ()) -> int:
+    """Word size of the popcount kernels with weights ``weight_shape`` for ``target`` (16, 32 or 64)."""
+    return kernel_isa(target, weight_shape).word_bits
 
 
 def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
@@ -49,4 +53,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "rules_for", "schedule", "weight_block", "word_bits"]
+__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "weight_block", "word_bits"]

@@ -8,7 +8,7 @@ name        features                                      words/vec   accumulato
 ==========  ===========================================  ==========  ============
 avx512      avx512f + avx512vl + avx512vpopcntdq          16 (zmm)    28 of 32
 avx2        avx2 (popcount: ``vpshufb`` nibble lookup)    4 x u64     10 of 16
-neon        aarch64 neon (``cnt`` + pairwise adds)        4 (q)       20 of 32
+neon        aarch64 neon (``cnt`` + ``uadalp``)           8 x u16     20 of 32
 baseline    anything else LLVM targets (e.g. SSE2)        4           10 of 16
 ==========  ===========================================  ==========  ============
 
@@ -20,8 +20,12 @@ popcount's temporaries (the AVX2 nibble lookup needs its tables and masks; NEON'
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 from tvm.target import Target, codegen
+
+from tvm_ternary.operators.compute import MAX_NARROW_WORDS
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class Isa:
     """Vector registers a register tile may fill with accumulators."""
     word_bits: int = 32
     """Kernel word size. AVX2 uses 64: its popcount is a byte lookup summed by ``vpsadbw``
-    into 64-bit lanes, so 32-bit lanes cost extra regrouping (measured 1.5x slower)."""
+    into 64-bit lanes, so 32-bit lanes cost extra regrouping (measured 1.5x slower). NEON
+    uses 16: ``cnt`` counts bytes and one ``uadalp`` adds byte pairs into the 16-bit
+    accumulator lanes, where 32-bit lanes need a ``uaddlp`` more per word."""
 
     @property
     def int32_lanes(self) -> int:
@@ -45,8 +51,19 @@ class Isa:
 
 AVX512 = Isa("avx512", 16, 28)
 AVX2 = Isa("avx2", 4, 10, word_bits=64)
-NEON = Isa("neon", 4, 20)
+NEON = Isa("neon", 8, 20, word_bits=16)
 BASELINE = Isa("baseline", 4, 10)
+
+
+def kernel_isa(target: Target, weight_shape: Sequence[int] = ()) -> Isa:
+    """The ISA a popcount kernel with weights ``weight_shape`` (``[K, C, *kernel]``) uses:
+    16-bit words fall back to 32-bit ones where ``uint16`` accumulators could overflow."""
+    isa = isa_of(target)
+    if isa.word_bits == 16 and len(weight_shape) >= 2:
+        words = -(-int(weight_shape[1]) // 16) * int(np.prod(weight_shape[2:], dtype=np.int64))
+        if words > MAX_NARROW_WORDS:
+            return Isa(isa.name, isa.lanes * 16 // 32, isa.accumulator_budget)
+    return isa
 
 
 def isa_of(target: Target) -> Isa:

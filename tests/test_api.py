@@ -104,6 +104,12 @@ def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng, requ
                    request)
 
 
+def test_neon_reduction_too_long_for_16_bit_accumulators_uses_32_bit_words(rng, request):
+    f = tvm_ternary.op("dense", "ternary", (1, 70000), (6, 70000), target=RASP4)
+    assert f.spec.word_bits == 32 and f.spec.block == 4           # 4375 16-bit words would overflow uint16
+    run_and_check(runnable(f, request), rng)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_results_do_not_depend_on_thread_count(threads, rng):
     set_threads = tvm.get_global_func("runtime.config_threadpool")

@@ -1,6 +1,7 @@
 """Schedule rule dispatch (the per-target fast rules come with their own tests)."""
 
 import platform
+import re
 
 import numpy as np
 
@@ -45,10 +46,14 @@ def test_avx512_kernels_use_vpopcnt(op, scheme, params):
 
 
 @pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
-def test_neon_kernels_use_cnt_and_pairwise_accumulation(op, scheme, params):
+def test_neon_kernels_accumulate_popcounts_in_16_bit_lanes(op, scheme, params):
+    """cnt (bytes) then one uadalp into 16-bit accumulator lanes per word vector; no uaddlp
+    per word (the 32-bit-lane chain was cnt + uaddlp + uadalp)."""
     asm = kernel_asm(op, scheme, params, RASP4)
-    assert count(asm, "cnt") >= 2
-    assert count(asm, "uadalp") + count(asm, "uaddlp") >= 2
+    cnt = count(asm, "cnt")
+    assert cnt >= 2
+    assert len(re.findall(r"^\s+uadalp\s+v\d+\.8h, v\d+\.16b", asm, re.M)) == cnt
+    assert count(asm, "uaddlp") < cnt
 
 
 def test_isa_of_pinned_targets():
@@ -60,6 +65,12 @@ def test_isa_of_pinned_targets():
     assert schedules.word_bits(tvm.target.Target(AVX2)) == 64           # 4 x u64 per ymm
     assert schedules.weight_block(tvm.target.Target(AVX2)) == 4
     assert schedules.weight_block(tvm.target.Target(AVX2), "fgq") == 8   # int32 lanes
+    pi4 = tvm.target.Target(RASP4)
+    assert (schedules.word_bits(pi4), schedules.weight_block(pi4)) == (16, 8)       # 8 x u16 per q register
+    assert schedules.weight_block(pi4, "fgq") == 4
+    # 16-bit words while uint16 accumulators cannot overflow (<= 4095 words per output), else 32-bit
+    assert schedules.word_bits(pi4, (8, 512, 3, 3)) == 16
+    assert (schedules.word_bits(pi4, (8, 8192, 3, 3)), schedules.weight_block(pi4, "ternary", (8, 8192, 3, 3))) == (32, 4)
 
 
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="reads x86 CPU flags")

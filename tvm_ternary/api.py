@@ -188,6 +188,6 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     """
     target = resolve_target(target)
     spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
-                               stride, padding, schedules.weight_block(target, scheme), epilogue, next_padding,
-                               schedules.word_bits(target))
+                               stride, padding, schedules.weight_block(target, scheme, weight_shape), epilogue,
+                               next_padding, schedules.word_bits(target, weight_shape))
     return CompiledOperator(spec, target, remote)

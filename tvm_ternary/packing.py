@@ -7,7 +7,9 @@ Every bit-packed tensor in this package follows these rules:
   two words per pixel, which keeps register tiles small. A kernel may use 64-bit words
   instead (``word_bits=64``, AVX2: there a 64-bit popcount needs no regrouping of byte
   counts); with the same bit order a ``uint64`` word holds elements ``64w .. 64w+63`` and
-  its memory is that of two ``uint32`` words.
+  its memory is that of two ``uint32`` words. NEON kernels use 16-bit words
+  (``word_bits=16``): their popcounts then accumulate in 16-bit lanes (``cnt`` +
+  ``uadalp``), again the same bits and memory.
 * **Packed axis**: the reduction axis (input channels for conv2d, ``K`` for dense). It is
   always the innermost axis of a packed tensor, zero-padded up to a whole number of
   words: ``num_words(n) = ceil(n / 32)``.
@@ -57,9 +59,9 @@ WORD_DTYPE = "uint32"
 
 
 def word_dtype(word_bits: int = WORD_BITS) -> str:
-    """dtype of a ``word_bits``-bit word (32 or 64)."""
-    if word_bits not in (32, 64):
-        raise ValueError(f"packing: words are 32 or 64 bits, not {word_bits}")
+    """dtype of a ``word_bits``-bit word (16, 32 or 64)."""
+    if word_bits not in (16, 32, 64):
+        raise ValueError(f"packing: words are 16, 32 or 64 bits, not {word_bits}")
     return f"uint{word_bits}"
 
 

@@ -296,9 +296,9 @@ class _Rewriter(PyExprMutator):
             epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
         spec = OperatorSpec.create(
             layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1, layer.padding or 0,
-            schedules.weight_block(self.target, layer.scheme.name), epilogue,
+            schedules.weight_block(self.target, layer.scheme.name, layer.weight.shape), epilogue,
             None if layer.next_layer is None else (layer.next_layer.padding or 0),
-            schedules.word_bits(self.target))
+            schedules.word_bits(self.target, layer.weight.shape))
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
@@ -342,6 +342,9 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
             matcher.epilogue(layer)
     for layer in layers.values():
         nxt = matcher.requantize_target(layer, layers)
+        if nxt is not None and schedules.word_bits(target, layer.weight.shape) != \
+                schedules.word_bits(target, nxt.weight.shape):
+            nxt = layer.next_quantizer = None    # the kernels' words differ: no direct hand-over
         if nxt is not None:
             layer.next_layer = nxt
             layer.int_thresholds = fold_thresholds(layer, nxt)

@@ -1,7 +1,8 @@
 """TE compute of the operators, generic over spatial rank (2 for conv2d, 0 for dense).
 
 Packed schemes (ternary, fatnn, bitserial), layouts from :mod:`tvm_ternary.packing`, in
-words of the target's size (uint32; uint64 on AVX2, with int64 accumulators):
+words of the target's size (uint32; uint64 on AVX2, with int64 accumulators; uint16 on
+NEON, with uint16 accumulators):
 
 * data   ``xp`` ``[N, P', *(spatial + 2 pad), Cw]``: packed and pre-padded on the device
   by :func:`pack_data` (``P'`` adds the bipolar validity plane)
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 from tvm.ir import Expr as PrimExpr
 from tvm import te, tirx
 
@@ -60,10 +62,18 @@ def term_coefficients(scheme: PackedScheme) -> list[int]:
     return [c for c, _ in scheme.terms(zero, zero)]
 
 
-def accumulator_dtype(word: str) -> str:
+def accumulator_dtype(word: str, split: bool = True) -> str:
     """Accumulators as wide as the words: a 64-bit popcount's count stays in its 64-bit lane
-    (narrowing it would cost a shuffle per popcount)."""
-    return "int64" if word == "uint64" else "int32"
+    (narrowing it would cost a shuffle per popcount), and a 16-bit one in a ``uint16`` lane
+    (NEON: ``cnt`` + ``uadalp`` per word; callers keep the sum below 2^16, see
+    :data:`MAX_NARROW_WORDS`). A weighted sum of terms (``split=False``) needs signed 32 bits."""
+    if word == "uint64":
+        return "int64"
+    return "uint16" if word == "uint16" and split else "int32"
+
+
+MAX_NARROW_WORDS = 4095
+"""Most 16-bit words one output may reduce over with ``uint16`` accumulators (16 per word)."""
 
 
 def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[int],
@@ -98,9 +108,13 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     """
     n = int(xp.shape[0])
     kb, _, *kernel, cw, v = (int(d) for d in wp.shape)
-    acc_dtype = accumulator_dtype(str(xp.dtype))
     coefficients = term_coefficients(scheme)
     split = len(coefficients) <= MAX_SPLIT_TERMS
+    acc_dtype = accumulator_dtype(str(xp.dtype), split)
+    if acc_dtype == "uint16" and cw * int(np.prod(kernel)) > MAX_NARROW_WORDS:
+        raise ValueError(f"packed_correlation: {cw * int(np.prod(kernel))} 16-bit words per output overflow "
+                         f"uint16 accumulators (at most {MAX_NARROW_WORDS}); use 32-bit words")
+    wide = "int64" if acc_dtype == "int64" else "int32"
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
     word = te.reduce_axis((0, cw), name="rw")
 
@@ -122,7 +136,8 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     weights = coefficients if split else [1]
 
     def out(i, oc, *o):
-        value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)] for g, c in enumerate(weights)).astype("int32")
+        value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)].astype(wide)
+                    for g, c in enumerate(weights)).astype("int32")
         if scheme.valid_tap_coefficient:
             taps = valid_taps(o, kernel, stride, padding, spatial)
             value = value + scheme.valid_tap_coefficient * channels * taps
