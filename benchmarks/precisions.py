@@ -181,12 +181,14 @@ def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(t, axis=1)
 
 
-def ours(precision: str, fgq_group: int, remote=None):
+def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     """Factory for one of our precisions: runners for the kernel as it runs in a network
     (``hand``: packed, pre-padded input, fused requantize epilogue writing the next layer's
     packed planes; FGQ has no packed next layer and writes float32), the same kernel with
     the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``).
-    With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board."""
+    With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
+    with ``tuned`` (a :func:`tvm_ternary.tune` directory) kernels with a record use it
+    (``impl`` ``tuned`` / ``tuned-int32``)."""
     scheme, params = OURS[precision]
     if scheme == "fgq":
         params = dict(params, group_size=fgq_group)
@@ -196,7 +198,7 @@ def ours(precision: str, fgq_group: int, remote=None):
         epilogues = ["int32"] if scheme == "fgq" else ["requantize", "int32"]
         for epilogue in epilogues:
             f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
-                               epilogue=epilogue, remote=remote, **layer.conv_kwargs(), **params)
+                               epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **params)
             x = f.spec.scheme.activation.sample(rng, layer.data_shape)
             w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
             scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
@@ -208,7 +210,7 @@ def ours(precision: str, fgq_group: int, remote=None):
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
             else:
                 np.testing.assert_array_equal(got, expected)
-            impl = "hand" if epilogue == epilogues[0] else "hand-int32"
+            impl = ("tuned" if f.tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
             runners.append(Runner(impl, lambda repeat, f=f, args=args: time_operator(f, args, repeat)))
         values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
         runners.append(Runner("pack", lambda repeat: time_operator(f, [values, args[0]], repeat, "data")))

@@ -92,6 +92,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emulated", action="store_true",
                    help="the --rpc board is emulated (python -m tvm_ternary.emulator serve): its timings are not "
                         "Pi timings; recorded in the emulated column")
+    p.add_argument("--tuned", default=None, help="a tvm_ternary.tune directory: kernels with a record use it")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
     p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
     p.add_argument("--csv", default="speedup.csv", help="CSV output path")
@@ -110,6 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rpc and set(args.precisions) & set(BASELINES):
         p.error(f"--rpc times our kernels on the board; {sorted(set(args.precisions) & set(BASELINES))} run "
                 f"only on this host, so leave them out")
+    if args.tuned and not (Path(args.tuned) / "database_tuning_record.json").exists():
+        p.error(f"--tuned {args.tuned}: no tuning records there (run tvm_ternary.tune first)")
     if args.emulated and not args.rpc:
         p.error("--emulated describes an --rpc board")
     if args.rpc:
@@ -150,7 +153,8 @@ def measure(args) -> list[dict]:
         if args.emulated:
             print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
     rng = np.random.default_rng(0)
-    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group, remote) for name in args.precisions}
+    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group, remote, args.tuned)
+                 for name in args.precisions}
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
         for name, factory in factories.items():
@@ -167,7 +171,7 @@ def measure(args) -> list[dict]:
                              layer=layer.name, precision=name, impl=runner.impl,
                              median_ms=median_ms,
                              gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
-                             tuned=False, emulated=args.emulated))
+                             tuned=runner.impl.startswith("tuned"), emulated=args.emulated))
     add_speedups(rows)
     return rows
 
@@ -216,7 +220,7 @@ def print_bounds(rows: list[dict], target) -> None:
     print("bound (register-only instruction mix, 1 core): " +
           ", ".join(f"{name} {rate / 1e9:.0f} G MAC/s" for name, rate in bounds.items()))
     for precision, bound in bounds.items():
-        for impl in ("hand", "hand-int32"):
+        for impl in ("hand", "hand-int32", "tuned", "tuned-int32"):
             shares = [r["gops"] / 2 * 1e9 / bound for r in rows if r["precision"] == precision
                       and r["impl"] == impl and r["threads"] == 1 and r["layer"].startswith("conv")]
             if shares:

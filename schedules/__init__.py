@@ -43,6 +43,19 @@ def word_bits(target: Target, weight_shape: Sequence[int] = ()) -> int:
     return kernel_isa(target, weight_shape).word_bits
 
 
+TUNABLE_RULES = (PopcountKernel, FgqKernel)
+"""Rules whose knobs MetaSchedule searches (the kernels); data stages keep their fixed schedule."""
+
+
+def schedule_in_place(sch: s_tir.Schedule, target: Target, tunable: bool = True) -> None:
+    """Apply the first kernel rule that fits to ``sch`` in place: the search space of
+    :func:`tvm_ternary.tune` (``tunable=True`` samples the rule's knobs)."""
+    for rule in TUNABLE_RULES:
+        if rule().schedule(sch, target, tunable) is not None:
+            return
+    raise ValueError("schedules: no tunable rule applies (tuning covers the popcount and FGQ kernels)")
+
+
 def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
     """Schedule one operator PrimFunc with the first rule for ``target`` that applies."""
     for rule in rules_for(target):
@@ -53,4 +66,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "weight_block", "word_bits"]
+__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]

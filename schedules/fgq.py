@@ -37,7 +37,10 @@ class FgqKernel(ScheduleRule):
     """Schedule rule for the ``group`` + ``acc`` + ``out`` FGQ kernel."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
+        return self.schedule(s_tir.Schedule(func), target, tunable)
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
         if names != ["group", "acc", "out"]:
             return None

@@ -49,7 +49,10 @@ class PopcountKernel(ScheduleRule):
     """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
+        return self.schedule(s_tir.Schedule(func), target, tunable)
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         blocks = _blocks(sch)
         if set(blocks) - {"repad"} == {"acc", "out", "requant", "bits", "chunk", "pack"}:
             return self._requantize(sch, blocks, target, tunable)

@@ -11,6 +11,7 @@ for the life of the process, so asking twice costs one compile.
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from functools import lru_cache
@@ -20,7 +21,7 @@ import numpy as np
 import tvm
 from tvm.target import Target
 
-from . import schedules
+from . import schedules, tuning
 from .operators.spec import OperatorSpec
 from .schemes import make_scheme
 from .remote import RemoteLike, RemoteModule
@@ -31,19 +32,21 @@ _COMPILE_LOCK = threading.Lock()
 """One compile at a time: callers may be threads (one per board), TVM's compiler is shared."""
 
 
-def _compile(spec: OperatorSpec, target_json: str) -> tvm.runtime.Executable:
+def _compile(spec: OperatorSpec, target_json: str, tuned: str | None = None) -> tuple[tvm.runtime.Executable, bool]:
     with _COMPILE_LOCK:
-        return _compile_once(spec, target_json)
+        return _compile_once(spec, target_json, tuned)
 
 
 @lru_cache(maxsize=None)
-def _compile_once(spec: OperatorSpec, target_json: str) -> tvm.runtime.Executable:
+def _compile_once(spec: OperatorSpec, target_json: str, tuned: str | None) -> tuple[tvm.runtime.Executable, bool]:
+    """The module and whether its kernel uses a tuned record (the data stage keeps its rule)."""
     target = Target(target_json)
-    funcs = {}
-    for func in (spec.data_prim_func(), spec.kernel_prim_func()):
-        name = str(func.attrs["global_symbol"])
-        funcs[name] = schedules.schedule(func, target).mod["main"].with_attr("global_symbol", name)
-    return tvm.compile(tvm.IRModule(funcs), target=target)
+    data, kernel = spec.data_prim_func(), spec.kernel_prim_func()
+    tuned_kernel = tuning.tuned_schedule(kernel, target, tuned) if tuned else None
+    funcs = {str(data.attrs["global_symbol"]): schedules.schedule(data, target).mod["main"]}
+    funcs[spec.symbol] = (tuned_kernel or schedules.schedule(kernel, target)).mod["main"]
+    funcs = {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
+    return tvm.compile(tvm.IRModule(funcs), target=target), tuned_kernel is not None
 
 
 class CompiledOperator:
@@ -55,10 +58,11 @@ class CompiledOperator:
     :mod:`tvm_ternary.remote`); the module is uploaded at the first call.
     """
 
-    def __init__(self, spec: OperatorSpec, target: Target, remote: RemoteLike | None = None):
+    def __init__(self, spec: OperatorSpec, target: Target, remote: RemoteLike | None = None,
+                 tuned: str | os.PathLike | None = None):
         self.spec = spec
         self.target = target
-        self.executable = _compile(spec, target_key(target))
+        self.executable, self.tuned = _compile(spec, target_key(target), None if tuned is None else str(tuned))
         self.remote = None if remote is None else RemoteModule(self.executable, target, remote, spec.symbol)
 
     @property
@@ -159,7 +163,7 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
        stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
        target: TargetLike = "llvm", epilogue: str = "int32",
        next_padding: int | Sequence[int] | None = None, remote: RemoteLike | None = None,
-       **scheme_params) -> CompiledOperator:
+       tuned: str | os.PathLike | None = None, **scheme_params) -> CompiledOperator:
     """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
 
     Args:
@@ -176,6 +180,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             int32 result never reaches memory.
         remote: run on a board over TVM RPC: ``"host:port"`` (e.g. an emulated board,
             ``python -m tvm_ternary.emulator serve``) or ``{"tracker": "host:port", "key": k}``.
+        tuned: a tuning directory of :func:`tvm_ternary.tune`: the kernel uses its best
+            record for this operator and target (the hand schedule where it has none;
+            ``.tuned`` says which).
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
 
@@ -187,7 +194,16 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         ValueError / TypeError naming the operator and the violated constraint.
     """
     target = resolve_target(target)
-    spec = OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
+    spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
+                     **scheme_params)
+    return CompiledOperator(spec, target, remote, tuned)
+
+
+def make_spec(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
+              stride: int | Sequence[int], padding: int | Sequence[int], target: Target, epilogue: str = "int32",
+              next_padding: int | Sequence[int] | None = None, **scheme_params) -> OperatorSpec:
+    """The validated :class:`OperatorSpec` of :func:`op`'s arguments, with ``target``'s
+    weight block and word size."""
+    return OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
                                stride, padding, schedules.weight_block(target, scheme, weight_shape), epilogue,
                                next_padding, schedules.word_bits(target, weight_shape))
-    return CompiledOperator(spec, target, remote)
