@@ -42,9 +42,12 @@ class FgqKernel(ScheduleRule):
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-        if names != ["group", "acc", "out"]:
+        if names not in (["group", "acc", "out"], ["group", "acc", "out", "affine"]):
             return None
-        group, acc, out = (sch.get_sblock(name) for name in names)
+        group, acc, out = (sch.get_sblock(name) for name in names[:3])
+        if "affine" in names:           # float epilogue: computed where out was
+            sch.compute_inline(out)
+            out = sch.get_sblock("affine")
         acc_iters = sch.get(acc).iter_vars
         lanes = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) != REDUCE][-1]
         reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]

@@ -275,7 +275,8 @@ def test_requantize_errors():
 @pytest.mark.parametrize("epilogue,op,scheme,params", [
     ("affine", "conv2d", "ternary", {}), ("affine_relu", "conv2d", "fatnn", {}),
     ("affine_relu", "dense", "bitserial", dict(abits=2, wbits=2)),
-], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu"])
+    ("affine_relu", "conv2d", "fgq", dict(group_size=4, abits=4)),
+], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu", "conv-fgq-relu"])
 def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
     f = runnable(tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
@@ -285,12 +286,14 @@ def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     s = f.spec
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
     scale, bias = rng.standard_normal(s.weight_shape[0]), rng.standard_normal(s.weight_shape[0])
-    out = f(x, w, scale=scale, bias=bias)
+    scales = rng.random(s.scales_shape).astype(np.float32) if scheme == "fgq" else None   # FGQ: float sums
+    out = f(x, w, scales, scale=scale, bias=bias)
     assert out.dtype == np.float32 and out.shape == s.out_shape == f.out_shape
-    np.testing.assert_allclose(out, f.reference(x, w, scale=scale, bias=bias), rtol=1e-6, atol=1e-5)
+    tolerance = dict(rtol=1e-5, atol=1e-3) if scheme == "fgq" else dict(rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(out, f.reference(x, w, scales, scale=scale, bias=bias), **tolerance)
     if epilogue == "affine_relu":
         assert (out == 0).any() and (out >= 0).all()
     with pytest.raises(ValueError, match=r"scale and bias go with the affine epilogues"):
-        f(x, w)
+        f(x, w, scales)
     with pytest.raises(ValueError, match=r"scale has shape \(3,\), expected"):
-        f(x, w, scale=np.ones(3), bias=bias)
+        f(x, w, scales, scale=np.ones(3), bias=bias)

@@ -150,7 +150,7 @@ class CompiledOperator:
         if self.spec.epilogue == "requantize":
             return self.spec.reference_requantized(x, w, thresholds)
         if self.spec.epilogue.startswith("affine"):
-            return self.spec.reference_affine(x, w, scale, bias)
+            return self.spec.reference_affine(x, w, scale, bias, scales)
         return self.spec.reference(x, w, scales)
 
     def __repr__(self) -> str:

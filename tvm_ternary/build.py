@@ -4,8 +4,11 @@ executable for the standard Relax VM."""
 from __future__ import annotations
 
 import tvm
+from tvm.relax.backend.cpu_generic import legalize_passes
+from tvm.target import Target
 
-from .rewrite import rewrite_quantized
+from .rewrite import KERNEL_ATTR, rewrite_quantized
+from .schedules.float_ops import FloatCPU
 from .targets import TargetLike, resolve_target
 
 
@@ -13,8 +16,9 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
     """Compile ``mod`` for ``target`` with our kernels in place of its quantized layers.
 
     Runs :func:`tvm_ternary.rewrite.rewrite_quantized` (quantized conv2d/dense -> our
-    kernels with the target's hand-written schedules, weights packed now, epilogues fused)
-    and then TVM's standard Relax pipeline for everything else.
+    kernels with the target's hand-written schedules, weights packed now, epilogues fused),
+    schedules the float operators that remain (:func:`schedule_float_ops`) and then TVM's
+    standard Relax pipeline.
 
     Args:
         mod: a Relax ``IRModule`` with a ``main`` function, e.g. from
@@ -39,4 +43,19 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
     target = resolve_target(target)
     if target.kind.name != "llvm":
         raise ValueError(f"build: target kind {target.kind.name!r} is not supported; our kernels are CPU (llvm) code")
-    return tvm.compile(rewrite_quantized(mod, target), target=target)
+    return tvm.compile(schedule_float_ops(rewrite_quantized(mod, target), target), target=target)
+
+
+def schedule_float_ops(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Lower what the rewrite left to Relax (TVM's CPU legalization and fusion) and give
+    those functions :class:`tvm_ternary.schedules.float_ops.FloatCPU` schedules: TVM's
+    default CPU pipeline would run them serial and scalar. Our kernels keep theirs; every
+    function is then opaque, so the pipeline in ``tvm.compile`` fuses nothing further."""
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes(target))(mod)
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and KERNEL_ATTR in func.attrs):
+            continue
+        scheduled = FloatCPU().apply(func, target, False)
+        mod[gv] = (scheduled.mod["main"] if scheduled is not None else func).with_attr("op_pattern", 8)
+    return mod

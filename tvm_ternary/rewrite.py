@@ -15,8 +15,8 @@ which names the kernel scheme) and whose weights are constant integers. Each one
   run), and the kernel writes the next layer's packed input directly. Otherwise the
   kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax.
 
-FGQ kernels write their float32 (integer-valued) sums, and the epilogue stays in Relax.
-Everything else is left to Relax's normal lowering.
+FGQ kernels (float32, integer-valued sums) take the same float epilogue; they have no
+packed next layer. Everything else is left to Relax's normal lowering.
 """
 
 from __future__ import annotations
@@ -291,9 +291,7 @@ class _Rewriter(PyExprMutator):
         return self.functions[key]
 
     def _emit_layer(self, layer: Layer) -> None:
-        epilogue = "int32"
-        if isinstance(layer.scheme, PackedScheme):
-            epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
+        epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
         spec = OperatorSpec.create(
             layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1, layer.padding or 0,
             schedules.weight_block(self.target, layer.scheme.name, layer.weight.shape), epilogue,
@@ -338,8 +336,7 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         if layer is not None:
             layers[var] = layer
     for layer in layers.values():
-        if isinstance(layer.scheme, PackedScheme):
-            matcher.epilogue(layer)
+        matcher.epilogue(layer)
     for layer in layers.values():
         nxt = matcher.requantize_target(layer, layers)
         if nxt is not None and schedules.word_bits(target, layer.weight.shape) != \

@@ -82,7 +82,7 @@ class OperatorSpec:
         ``epilogue`` is ``"int32"`` (the integer result, NCHW), ``"affine"``/``"affine_relu"``
         (float32 ``y * scale[k] + bias[k]``, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
-        layer's padding). All but ``"int32"`` need a bit-packed scheme. ``word_bits`` is the kernel's word size (32, or
+        layer's padding; bit-packed schemes only). ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
@@ -102,7 +102,7 @@ class OperatorSpec:
                              f"{weight_shape[1]} (weight_shape[1])")
         if epilogue not in EPILOGUES:
             raise ValueError(f"{where}: epilogue must be one of {EPILOGUES}, got {epilogue!r}")
-        if epilogue != "int32" and not isinstance(scheme, PackedScheme):
+        if epilogue == "requantize" and not isinstance(scheme, PackedScheme):
             raise ValueError(f"{where}: the {epilogue} epilogue needs a bit-packed scheme "
                              f"(ternary, fatnn, bitserial), not {scheme.name}")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
@@ -237,9 +237,10 @@ class OperatorSpec:
             out.append(np.ascontiguousarray(v, np.float32))
         return out
 
-    def reference_affine(self, x: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    def reference_affine(self, x: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray,
+                         scales: np.ndarray | None = None) -> np.ndarray:
         """Reference of the affine epilogues (float64 math, float32 result)."""
-        y = self.reference(x, w).astype(np.float64)
+        y = self.reference(x, w, scales).astype(np.float64)
         index = (slice(None), slice(None)) + (None,) * (y.ndim - 2)
         v = y * np.asarray(scale, np.float64)[index[1:]] + np.asarray(bias, np.float64)[index[1:]]
         return (np.maximum(v, 0) if self.epilogue == "affine_relu" else v).astype(np.float32)

@@ -1,0 +1,71 @@
+"""A plain schedule for the float operators a model keeps (a float stem and classifier,
+pooling, residual adds) after Relax lowers them: TVM's default CPU pipeline leaves those
+loops serial and scalar.
+
+:class:`FloatCPU` inlines padding and elementwise stages, then for each remaining block
+vectorizes a run of its innermost spatial loop, puts the block's reduction loops outside
+that run (accumulators stay in registers), and runs the outer spatial loops in parallel.
+Reductions keep their order, so results are those of the unscheduled function.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+from .tiling import REDUCE, divisors
+
+VECTOR_RUN = 16
+"""Longest run of the innermost spatial loop computed as one vector."""
+
+
+def _inline_stages(sch: s_tir.Schedule) -> None:
+    """Inline producers (padding) and elementwise consumers where TVM allows it."""
+    changed = True
+    while changed:
+        changed = False
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        if len(blocks) <= 1:
+            return
+        for block in blocks:
+            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+                try:
+                    inline(block)
+                except Exception:  # TVM raises ScheduleError subclasses when a stage cannot be inlined
+                    continue
+                changed = True
+                break
+            if changed:
+                break
+
+
+class FloatCPU(ScheduleRule):
+    """Parallel outer loops, vectorized inner runs, reductions outside the runs."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        _inline_stages(sch)
+        for block in sch.get_child_blocks(sch.get_sblock("root")):
+            iters = sch.get(block).iter_vars
+            loops = sch.get_loops(block)
+            if len(loops) != len(iters):
+                continue                      # not a plain loop nest: leave it
+            spatial = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) != REDUCE]
+            reduce = [lp for lp, iv in zip(loops, iters) if int(iv.iter_type) == REDUCE]
+            if not spatial:
+                continue
+            inner_extent = int(sch.get(spatial[-1]).extent)
+            run = max(d for d in divisors(inner_extent) if d <= VECTOR_RUN)
+            outer, inner = sch.split(spatial[-1], [None, run])
+            sch.reorder(*spatial[:-1], outer, *reduce, inner)
+            if reduce:
+                local = sch.cache_write(block, 0, "local")
+                sch.reverse_compute_at(local, outer)
+                sch.vectorize(sch.get_loops(local)[-1])
+            elif run > 1:
+                sch.vectorize(inner)
+            sch.parallel(sch.fuse(*spatial[:-1], outer) if spatial[:-1] else outer)
+            if reduce:
+                sch.decompose_reduction(block, reduce[0])
+        return sch
