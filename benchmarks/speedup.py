@@ -1,10 +1,11 @@
-"""Every precision side by side, per layer: table, CSV and PNG plot.
+"""Every precision side by side, per layer and end to end: table, CSV and PNG plot.
 
-    python benchmarks/speedup.py                      # all precisions, 1 thread and all cores
+    python benchmarks/speedup.py                      # all precisions, layers and ResNet-18, 1 thread and all cores
     python benchmarks/speedup.py --scope layers --threads 1 \\
         --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
 
-Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096.
+Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096;
+``--scope model``: ResNet-18 end to end at 224x224, batch 1 (benchmarks/networks.py).
 Each kernel is checked against its reference once, then timed: median of --repeat runs
 after warm-up. fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8) measured
 in the same process. Timings on a shared machine are noisy; compare ratios from one run.
@@ -77,8 +78,8 @@ def set_threads(n: int) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scope", choices=["layers"], default="layers",
-                   help="what to measure (end-to-end networks come with the graph rewrite)")
+    p.add_argument("--scope", choices=["layers", "model", "all"], default="all",
+                   help="the layers, ResNet-18 end to end at 224x224 (model), or both")
     p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
     p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
@@ -106,6 +107,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.layers = LAYERS if args.layers == "all" else [LAYERS[names.index(n)] for n in args.layers.split(",")
                                                        if n in names or p.error(f"unknown layer {n}; choose from {names}")]
     args.threads = [os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")]
+    if args.scope != "layers":
+        if args.rpc:
+            p.error("--scope model runs on this host (PyTorch baselines); use --scope layers with --rpc")
+        from networks import NETWORK
+        args.layers = ([] if args.scope == "model" else args.layers) + [NETWORK]
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.rpc and set(args.precisions) & set(BASELINES):
@@ -158,7 +164,11 @@ def measure(args) -> list[dict]:
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
         for name, factory in factories.items():
-            runners[layer.name, name] = factory(layer, target, rng)
+            if layer.op == "model":
+                from networks import network_runner
+                runners[layer.name, name] = network_runner(name, args.fgq_group, target)
+            else:
+                runners[layer.name, name] = factory(layer, target, rng)
     rows = []
     jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions]
     for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
