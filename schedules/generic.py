@@ -13,7 +13,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-STAGES = ("count", "pack", "layout", "acc", "out")
+STAGES = ("count", "pad", "pack", "layout", "acc", "out")
 """Block names of the operator stages it accepts (see ``tvm_ternary.operators.compute``);
 not FGQ's ``group`` stage, which must be computed inside ``acc``, never whole."""
 

@@ -52,8 +52,9 @@ def test_every_quantized_layer_is_replaced_and_the_rest_left(scheme):
     before = calls(mod)
     assert before["relax.nn.conv2d"] == 3 and before["relax.matmul"] == 2 and before["tir:other"] == 3
     after = calls(rewrite_quantized(mod, TARGET))
-    assert after["tir:kernel"] == 3                        # conv, conv, dense
-    assert after["relax.nn.conv2d"] == 1 and after["relax.matmul"] == 1    # first and last layers, float
+    assert after["tir:kernel"] == 4                        # conv, conv, dense and the float first conv
+    assert after["tir:pad"] == 1                           # the float conv's padding stage
+    assert after["relax.nn.conv2d"] == 0 and after["relax.matmul"] == 1    # the float classifier stays
     assert after["tir:other"] == 0                         # no quantizer left in Relax
     if scheme == "ternary":
         # conv -> relu -> quantize -> conv is folded into thresholds: one data stage fewer
@@ -118,3 +119,19 @@ def test_folded_thresholds_reproduce_the_float_epilogue_for_every_accumulator(sc
     expected = (v[:, :, None] >= thresholds).sum(-1)
     got = (y[None, :, None] >= t[:, None, :]).sum(-1)
     assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding", [
+    ((2, 3, 23, 19), (20, 3, 7, 7), 2, 3),       # a stem: 3 channels, 7x7, stride 2, odd sizes, batch 2
+    ((1, 33, 9, 9), (7, 33, 3, 3), 1, 1),        # channels and filters not multiples of the vector
+    ((1, 16, 8, 8), (24, 16, 1, 1), 1, 0),       # 1x1
+])
+def test_float_convolutions_get_the_register_tiled_kernel(data_shape, weight_shape, stride, padding, rng):
+    x = torch.from_numpy(rng.standard_normal(data_shape).astype(np.float32))
+    conv = torch.nn.Conv2d(weight_shape[1], weight_shape[0], weight_shape[2], stride, padding, bias=False).eval()
+    mod = from_torch(conv, x)
+    rewritten = rewrite_quantized(mod, TARGET)
+    assert calls(rewritten)["relax.nn.conv2d"] == 0 and calls(rewritten)["tir:kernel"] == 1
+    with torch.no_grad():
+        expected = conv(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from . import schedules
 from .frontend import QUANTIZE_ATTR
-from .operators.compute import level_step, threshold_count
+from .packing import block_channels
+from .operators.compute import float_conv_nchw, level_step, pad_nchw, threshold_count
 from .operators.spec import OperatorSpec
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
 
@@ -76,6 +77,17 @@ class Layer:
     @property
     def where(self) -> str:
         return f"rewrite: {self.op}[{self.scheme.label()}] at {self.var.name}"
+
+
+@dataclass
+class FloatConv:
+    """A float conv2d the pass gives our float kernel (:func:`~.operators.compute.float_conv_nchw`)."""
+
+    data: relax.Expr
+    weight: np.ndarray
+    data_shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
 
 
 def _const(expr: relax.Expr) -> np.ndarray | None:
@@ -151,6 +163,22 @@ class _Matcher:
             layer.stride, layer.padding = tuple(int(s) for s in attrs.strides), tuple(pad[:2])
         self._check(layer)
         return layer
+
+    def float_conv(self, value: relax.Expr) -> FloatConv | None:
+        """A float32 NCHW conv2d with constant OIHW weights (groups 1, dilation 1, symmetric
+        padding) that is not a quantized layer: it gets our register-tiled float kernel."""
+        if _op_name(value) != "relax.nn.conv2d" or self.quantizer(value.args[0]) is not None:
+            return None
+        weight = _const(value.args[1])
+        attrs = value.attrs
+        pad = [int(q) for q in attrs.padding]
+        if weight is None or weight.dtype != np.float32 or str(value.args[0].ty.dtype.dtype) != "float32" \
+                or (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
+                or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:] \
+                or str(attrs.out_dtype) not in ("", "float32", "void", "None"):
+            return None
+        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape),
+                         tuple(int(q) for q in attrs.strides), tuple(pad[:2]))
 
     def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
         w = value.args[1]
@@ -266,10 +294,12 @@ def fold_thresholds(layer: Layer, nxt: Layer) -> np.ndarray:
 class _Rewriter(PyExprMutator):
     """Emits the planned kernels in place of the layers' bindings."""
 
-    def __init__(self, mod: tvm.IRModule, target: Target, layers: dict[relax.Var, Layer]):
+    def __init__(self, mod: tvm.IRModule, target: Target, layers: dict[relax.Var, Layer],
+                 float_convs: dict[relax.Var, FloatConv]):
         super().__init__(mod)
         self.target = target
         self.layers = layers
+        self.float_convs = float_convs
         self.absorbed = {v for layer in layers.values() for v in layer.chain}
         self.absorbed |= {layer.next_quantizer for layer in layers.values() if layer.next_layer is not None}
         self.functions: dict[tuple, relax.GlobalVar] = {}
@@ -278,6 +308,8 @@ class _Rewriter(PyExprMutator):
         layer = self.layers.get(binding.var)
         if layer is not None:
             self._emit_layer(layer)
+        elif binding.var in self.float_convs:
+            self.set_var_remap(binding.var, self._emit_float_conv(self.float_convs[binding.var]))
         elif binding.var not in self.absorbed:
             super().visit_var_binding_(binding)
 
@@ -289,6 +321,28 @@ class _Rewriter(PyExprMutator):
             scheduled = scheduled.without_attr("global_symbol").with_attrs({"op_pattern": 8, KERNEL_ATTR: role})
             self.functions[key] = self.builder_.add_func(scheduled, name)
         return self.functions[key]
+
+    def _emit_float_conv(self, conv: FloatConv) -> relax.Var:
+        """Pad on the device, then the register-tiled float kernel (weights blocked here)."""
+        k, c, *kernel = conv.weight.shape
+        lanes = schedules.isa_of(self.target).int32_lanes
+        spatial = [(size + 2 * p - w) // st + 1
+                   for size, w, st, p in zip(conv.data_shape[2:], kernel, conv.stride, conv.padding)]
+        x = te.placeholder(conv.data_shape, "float32", name="x")
+        xpad = pad_nchw(x, conv.padding)
+        blocked = block_channels(np.ascontiguousarray(conv.weight), lanes)          # [Kb, C, *kernel, V]
+        wb = te.placeholder(blocked.shape, "float32", name="weight")
+        kernel_xpad = te.placeholder(tuple(int(d) for d in xpad.shape), "float32", name="xpad")
+        out = float_conv_nchw(kernel_xpad, wb, k, spatial, conv.stride)
+        key = (conv.data_shape, conv.weight.shape, conv.stride, conv.padding)
+        pad = self._add(lambda: te.create_prim_func([x, xpad]), "tvm_ternary_float_pad", "conv2d[float]:pad",
+                        ("pad", *key))
+        kernel_gv = self._add(lambda: te.create_prim_func([kernel_xpad, wb, out]), "tvm_ternary_conv2d_float",
+                              "conv2d[float]:kernel", ("float", *key))
+        padded = self.builder_.emit(relax.call_tir(pad, [self.visit_expr(conv.data)],
+                                                   relax.TensorType(tuple(int(d) for d in xpad.shape), "float32")))
+        return self.builder_.emit(relax.call_tir(kernel_gv, [padded, relax.const(blocked)],
+                                                 relax.TensorType((conv.data_shape[0], k, *spatial), "float32")))
 
     def _emit_layer(self, layer: Layer) -> None:
         epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
@@ -345,7 +399,9 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         if nxt is not None:
             layer.next_layer = nxt
             layer.int_thresholds = fold_thresholds(layer, nxt)
-    rewriter = _Rewriter(mod, target, layers)
+    float_convs = {var: conv for var, value in graph.values.items() if var not in layers
+                   and (conv := matcher.float_conv(value)) is not None}
+    rewriter = _Rewriter(mod, target, layers, float_convs)
     new_main = rewriter.visit_expr(func)
     out = rewriter.builder_.get()
     out[out.get_global_var("main")] = relax.analysis.remove_all_unused(new_main)

@@ -308,3 +308,36 @@ def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: Fgq
     accumulated = te.compute((n, kb, *out_spatial, v), acc, name="acc")
     return te.compute((n, out_channels, *out_spatial),
                       lambda i, oc, *o: accumulated[(i, oc // v, *o, oc % v)], name="out")
+
+
+def pad_nchw(x: te.Tensor, padding: Sequence[int]) -> te.Tensor:
+    """Zero padding of a float NCHW tensor (stage ``pad``), the data stage of :func:`float_conv_nchw`."""
+    n, c, *spatial = (int(d) for d in x.shape)
+    shape = (n, c, *(size + 2 * p for size, p in zip(spatial, padding)))
+
+    def value(i, ch, *pos):
+        inner = [q - p for q, p in zip(pos, padding)]
+        return tirx.if_then_else(within_bounds(inner, spatial), x[(i, ch, *inner)], tirx.const(0.0, x.dtype))
+
+    return te.compute(shape, value, name="pad")
+
+
+def float_conv_nchw(xpad: te.Tensor, wb: te.Tensor, out_channels: int, out_spatial: Sequence[int],
+                    stride: Sequence[int]) -> te.Tensor:
+    """Float conv2d in the popcount kernels' form, so their schedule rule applies: ``acc``
+    ``[N, Kb, *out, 1, V]`` sums ``xpad[n, c, o*s + t] * wb[kb, c, *t, v]`` over channels and
+    taps (weights ``[Kb, C, *kernel, V]``, blocked by ``V`` output channels), and ``out``
+    writes NCHW."""
+    n = int(xpad.shape[0])
+    kb, c, *kernel, v = (int(d) for d in wb.shape)
+    rc = te.reduce_axis((0, c), name="rc")
+    taps = [te.reduce_axis((0, k), name=f"r{d}") for d, k in enumerate(kernel)]
+
+    def acc(i, ko, *rest):
+        *o, g, ki = rest
+        pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
+        return te.sum(xpad[(i, rc, *pos)] * wb[(ko, rc, *taps, ki)], axis=[rc, *taps])
+
+    accumulated = te.compute((n, kb, *out_spatial, 1, v), acc, name="acc")
+    return te.compute((n, out_channels, *out_spatial),
+                      lambda i, oc, *o: accumulated[(i, oc // v, *o, 0, oc % v)], name="out")
