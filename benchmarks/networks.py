@@ -4,8 +4,8 @@ batch 1, random weights, at every precision.
 * ``torch_fp32``: the float model; ``torch_int8``: PyTorch's FX graph-mode int8 (x86
   engine, default qconfig), quantize and dequantize inside the timed call as a deployed
   model would.
-* ``tvm_fp32``: the float model through ``tvm_ternary.build`` (Relax lowering with our float
-  schedules, untuned).
+* ``tvm_fp32``: the float model through ``tvm_ternary.build``: its convolutions become our
+  register-tiled float kernel, the rest Relax lowering with our plain float schedules; untuned.
 * ours: ``tvm_ternary.quantize(model, precision)`` built with ``tvm_ternary.build`` and
   checked against the PyTorch quantized model once: with the stem and classifier kept in
   float (``impl`` ``hand``, the default of ``quantize``) and with every layer quantized
