@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from tvm import relax
 
@@ -71,3 +72,18 @@ def test_quantized_resnet18_on_the_board_equals_the_host(board, tmp_path, scheme
     out = vm["main"](tvm.runtime.tensor(x.numpy(), dev)).numpy()
     host = relax.VirtualMachine(host_ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
     assert np.array_equal(out, host) and np.array_equal(out, expected(model, x))
+
+
+def test_float_stem_on_the_board(board, tmp_path, rng):
+    """The float conv kernel and the float schedules of build, for NEON, run on the board."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 12, 7, 2, 3, bias=False), torch.nn.BatchNorm2d(12),
+                                torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1)).eval()
+    x = torch.from_numpy(rng.standard_normal((1, 3, 29, 31)).astype(np.float32))
+    path = export(tvm_ternary.build(tvm_ternary.from_torch(model, x), "rasp4"), str(tmp_path / "stem.so"), "rasp4")
+    session = Remote(board.address).connect()
+    session.upload(path)
+    dev = session.cpu(0)
+    out = relax.VirtualMachine(session.load_module("stem.so"), dev)["main"](tvm.runtime.tensor(x.numpy(), dev))
+    with torch.no_grad():
+        want = model(x).numpy()
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
