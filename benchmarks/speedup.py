@@ -49,7 +49,7 @@ TORCH_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRU
                              "ATEN_CPU_CAPABILITY": "avx2"}}
 """``--torch-isa``: PyTorch's own switches (oneDNN fp32, fbgemm int8, ATen) that stand in for a
 host without AVX-512; they are read when torch loads, so the script re-executes itself with them."""
-MAIN_IMPLS = ("torch", "relax-default", "hand", "tuned")
+MAIN_IMPLS = ("torch", "relax-default", "relax+float-schedules", "hand", "tuned")
 """Implementations that stand for a precision in speedup columns and summaries."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
            "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated"]
@@ -266,7 +266,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.set_ylabel("speedup vs PyTorch fp32 (log)")
         ax.set_title(f"{t} thread(s)")
         ax.legend(fontsize=7, ncol=3, loc="lower left")
-    fig.suptitle(f"tvm-ternary layer speedups on {rows[0]['device']}")
+    fig.suptitle(f"tvm-ternary speedups per layer and end to end on {rows[0]['device']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
