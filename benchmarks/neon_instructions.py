@@ -41,14 +41,6 @@ BRANCH = re.compile(r"^\s+(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:[^,]+,\s*)*(\.?L\w+)\s*$
 INSTRUCTION = re.compile(r"^\s+([a-z][\w.]*)")
 
 
-def kernel_asm(f) -> list[str]:
-    """Lines of the kernel function (and its outlined parallel bodies) in ``f``'s module."""
-    asm = f.lib.inspect_source("asm")
-    start = re.search(rf"^{re.escape(f.spec.symbol)}_compute_:", asm, re.M)
-    following = re.search(r"^[A-Za-z_][\w.]*:", asm[start.end():], re.M)
-    return asm[start.end(): start.end() + following.start() if following else None].splitlines()
-
-
 def innermost_popcount_loop(lines: list[str]) -> list[str]:
     """Instructions of the innermost loop (a label and a later branch back to it) with ``cnt``."""
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
@@ -71,7 +63,7 @@ def measure(layer: str, precision: str) -> dict:
     scheme, params = PRECISIONS[precision]
     data, weight = LAYERS[layer]
     f = tvm_ternary.op("conv2d", scheme, data, weight, padding=1, target="rasp4", epilogue="requantize", **params)
-    body = innermost_popcount_loop(kernel_asm(f))
+    body = innermost_popcount_loop(f.kernel_asm().splitlines())
     macs = body.count("cnt") / terms_per_word(f.spec.scheme) * 128
     return {"layer": layer, "precision": precision, "instructions": len(body), "cnt": body.count("cnt"),
             "macs": macs, "per64": len(body) / macs * 64,

@@ -11,7 +11,6 @@ import tvm
 import tvm_ternary
 from tvm_ternary.targets import host_cannot_run, target_arch
 
-from .asm import function_asm
 from .conftest import AVX2, AVX512, RASP4
 
 TARGETS = [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512"), pytest.param(RASP4, id="rasp4")]
@@ -63,7 +62,7 @@ def run_or_inspect(f, rng, request):
     if g is not None:
         run_and_check(g, rng)
         return
-    asm = function_asm(f.lib, f.spec.symbol)
+    asm = f.kernel_asm()
     if f.spec.scheme.name != "fgq":
         isa = tvm_ternary.schedules.isa_of(f.target).name
         assert VECTOR_POPCOUNT[isa] in asm, f"{f!r}: no {VECTOR_POPCOUNT[isa]} in the kernel"

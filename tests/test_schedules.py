@@ -15,7 +15,7 @@ from tvm_ternary.operators import OperatorSpec
 from tvm_ternary.schemes import make_scheme
 from tvm_ternary.targets import resolve_target
 
-from .asm import count, function_asm
+from .asm import count
 from .conftest import AVX2, AVX512, RASP4, host_has_avx512_popcount
 
 KERNELS = [("conv2d", "ternary", {}), ("conv2d", "fatnn", {}), ("conv2d", "bitserial", dict(abits=2, wbits=2)),
@@ -27,7 +27,7 @@ KERNEL_IDS = ["conv-ternary", "conv-fatnn", "conv-w2a2", "conv-w1a1", "dense-ter
 def kernel_asm(op, scheme, params, target):
     shapes = ((1, 128, 14, 14), (128, 128, 3, 3)) if op == "conv2d" else ((1, 512), (256, 512))
     f = tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target, **params)
-    return function_asm(f.lib, f.spec.symbol)
+    return f.kernel_asm()
 
 
 @pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
@@ -142,9 +142,9 @@ def test_non_cpu_target_is_refused():
 def test_fgq_uses_byte_dot_product_instructions(group_size):
     shapes = ((1, 128, 14, 14), (128, 128, 3, 3))
     vnni = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX512, group_size=group_size, abits=8)
-    assert count(function_asm(vnni.lib, vnni.spec.symbol), "vpdpbusd") >= 1
+    assert count(vnni.kernel_asm(), "vpdpbusd") >= 1
     avx2 = tvm_ternary.op("conv2d", "fgq", *shapes, padding=1, target=AVX2, group_size=group_size, abits=8)
-    asm = function_asm(avx2.lib, avx2.spec.symbol)                       # haswell has no VNNI:
+    asm = avx2.kernel_asm()                       # haswell has no VNNI:
     assert count(asm, "vpdpbusd") == 0 and count(asm, "vpmaddubsw") >= 1 and count(asm, "vpmaddwd") >= 1
 
 

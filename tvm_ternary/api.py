@@ -12,6 +12,7 @@ for the life of the process, so asking twice costs one compile.
 from __future__ import annotations
 
 import os
+import re
 import threading
 from contextlib import contextmanager
 from functools import lru_cache
@@ -69,6 +70,17 @@ class CompiledOperator:
     def lib(self) -> tvm.runtime.Module:
         """The compiled runtime module (``inspect_source("asm")``, ``time_evaluator``)."""
         return self.executable.mod
+
+    def kernel_asm(self) -> str:
+        """The kernel's assembly alone: its body ``<symbol>_compute_`` and the parallel-loop
+        bodies TVM outlines after it (``.L__tvm_parallel_lambda*``), up to the next global
+        function of :attr:`lib`."""
+        asm = self.lib.inspect_source("asm")
+        start = re.search(rf"^{re.escape(self.spec.symbol)}_compute_:", asm, re.M)
+        if start is None:
+            raise RuntimeError(f"{self.spec.where}: no function {self.spec.symbol} in the module's assembly")
+        following = re.search(r"^[A-Za-z_][\w.]*:", asm[start.end():], re.M)
+        return asm[start.end(): start.end() + following.start() if following else None]
 
     @property
     def out_shape(self) -> tuple[int, ...]:
