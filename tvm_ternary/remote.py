@@ -21,7 +21,7 @@ from tvm import rpc
 from tvm.support import cc
 from tvm.target import Target
 
-from .targets import TargetLike, resolve_target, target_arch
+from .targets import TargetLike, host_arch, resolve_target, target_arch
 
 CROSS_COMPILERS = {"aarch64": ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")}
 """Target architecture -> (cross compiler command, Debian package that provides it)."""
@@ -36,10 +36,8 @@ def export(lib, path: str, target: TargetLike) -> str:
     ``target`` at ``path``, linking with the target's cross compiler when its architecture
     is not the host's. Raises ``RuntimeError`` naming the Debian package when the cross
     compiler is missing."""
-    import platform
     arch = target_arch(resolve_target(target))
-    host = {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine(), platform.machine())
-    if arch == host:
+    if arch == host_arch():
         with _EXPORT_LOCK:
             lib.export_library(path)
         return path

@@ -65,6 +65,11 @@ def target_key(target: Target) -> str:
     return str(target)
 
 
+def host_arch() -> str:
+    """This machine's CPU architecture, named as in target triples (``x86_64``, ``aarch64``)."""
+    return _ARCH_ALIASES.get(platform.machine(), platform.machine())
+
+
 def target_arch(target: Target) -> str:
     """CPU architecture of a target, from its ``mtriple`` (the host's when unset)."""
     triple = str(target.attrs.get("mtriple", "") or codegen.llvm_get_system_triple())
@@ -85,10 +90,9 @@ def host_cannot_run(target: Target) -> str | None:
 def _host_cannot_run(key: str) -> str | None:
     """:func:`host_cannot_run` by target JSON: LLVM's feature queries cost ~0.3 ms a call."""
     target = Target(key)
-    host_arch = _ARCH_ALIASES.get(platform.machine(), platform.machine())
-    arch = target_arch(target)
-    if arch != host_arch:
-        return f"the target is {arch} and this host is {host_arch}"
+    arch, host = target_arch(target), host_arch()
+    if arch != host:
+        return f"the target is {arch} and this host is {host}"
     if str(target.kind.name) != "llvm":
         return f"target kind {target.kind.name!r} is not a CPU target"
     missing = _isa_features(target) - _isa_features(_host_target())
