@@ -24,7 +24,7 @@ from tvm.target import Target
 
 from . import schedules, tuning
 from .operators.spec import OperatorSpec
-from .schemes import make_scheme
+from .schemes import Scheme, make_scheme
 from .remote import RemoteLike, RemoteModule
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
@@ -211,11 +211,13 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     return CompiledOperator(spec, target, remote, tuned)
 
 
-def make_spec(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
+def make_spec(name: str, scheme: str | Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
               stride: int | Sequence[int], padding: int | Sequence[int], target: Target, epilogue: str = "int32",
               next_padding: int | Sequence[int] | None = None, **scheme_params) -> OperatorSpec:
-    """The validated :class:`OperatorSpec` of :func:`op`'s arguments, with ``target``'s
-    weight block and word size."""
-    return OperatorSpec.create(name, make_scheme(name, scheme, **scheme_params), data_shape, weight_shape,
-                               stride, padding, schedules.weight_block(target, scheme, weight_shape), epilogue,
+    """The validated :class:`OperatorSpec` of :func:`op`'s arguments (``scheme`` a name with
+    ``scheme_params``, or a built :class:`Scheme`), with ``target``'s weight block and word size."""
+    if isinstance(scheme, str):
+        scheme = make_scheme(name, scheme, **scheme_params)
+    return OperatorSpec.create(name, scheme, data_shape, weight_shape, stride, padding,
+                               schedules.weight_block(target, scheme.name, weight_shape), epilogue,
                                next_padding, schedules.word_bits(target, weight_shape))

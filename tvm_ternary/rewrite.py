@@ -16,7 +16,8 @@ which names the kernel scheme) and whose weights are constant integers. Each one
   kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax.
 
 FGQ kernels (float32, integer-valued sums) take the same float epilogue; they have no
-packed next layer. Everything else is left to Relax's normal lowering.
+packed next layer. A float conv2d with constant weights becomes our register-tiled float
+kernel (:func:`~.operators.compute.float_conv_nchw`). Everything else is left to Relax.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from . import schedules
 from .frontend import QUANTIZE_ATTR
 from .packing import block_channels
 from .operators.compute import float_conv_nchw, level_step, pad_nchw, threshold_count
-from .operators.spec import OperatorSpec
+from .api import make_spec
+from .operators.spec import out_spatial
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
 
 KERNEL_ATTR = "tvm_ternary.kernel"
@@ -119,11 +121,21 @@ class _Graph:
         return users[0] if len(users) == 1 else None
 
 
-class _Matcher:
-    """Finds quantized layers and their epilogues."""
+def _conv_geometry(attrs) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(stride, padding)`` of a conv2d our kernels take (NCHW/OIHW, groups 1, dilation 1,
+    symmetric padding), else None."""
+    pad = [int(q) for q in attrs.padding]
+    if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
+            or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:]:
+        return None
+    return tuple(int(q) for q in attrs.strides), tuple(pad[:2])
 
-    def __init__(self, mod: tvm.IRModule, graph: _Graph):
-        self.mod, self.graph = mod, graph
+
+class _Matcher:
+    """Finds quantized layers and their epilogues for ``target``."""
+
+    def __init__(self, mod: tvm.IRModule, graph: _Graph, target: Target):
+        self.mod, self.graph, self.target = mod, graph, target
 
     def quantizer(self, expr: relax.Expr) -> tuple | None:
         """``(input, thresholds, info)`` if ``expr`` is a var bound to an activation quantizer."""
@@ -154,13 +166,11 @@ class _Matcher:
         layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]),
                       scheme, weight, data_shape)
         if op == "conv2d":
-            attrs = value.attrs
-            pad = [int(p) for p in attrs.padding]
-            if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
-                    or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:]:
+            geometry = _conv_geometry(value.attrs)
+            if geometry is None:
                 raise ValueError(f"{layer.where}: only NCHW/OIHW, groups=1, dilation=1 and symmetric padding "
-                                 f"are supported, got {attrs}")
-            layer.stride, layer.padding = tuple(int(s) for s in attrs.strides), tuple(pad[:2])
+                                 f"are supported, got {value.attrs}")
+            layer.stride, layer.padding = geometry
         self._check(layer)
         return layer
 
@@ -170,15 +180,11 @@ class _Matcher:
         if _op_name(value) != "relax.nn.conv2d" or self.quantizer(value.args[0]) is not None:
             return None
         weight = _const(value.args[1])
-        attrs = value.attrs
-        pad = [int(q) for q in attrs.padding]
+        geometry = _conv_geometry(value.attrs)
         if weight is None or weight.dtype != np.float32 or str(value.args[0].ty.dtype.dtype) != "float32" \
-                or (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
-                or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:] \
-                or str(attrs.out_dtype) not in ("", "float32", "void", "None"):
+                or geometry is None or str(value.attrs.out_dtype) not in ("", "float32", "void", "None"):
             return None
-        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape),
-                         tuple(int(q) for q in attrs.strides), tuple(pad[:2]))
+        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape), *geometry)
 
     def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
         w = value.args[1]
@@ -240,6 +246,8 @@ class _Matcher:
             return None
         if layer.scale is not None and np.any(layer.scale <= 0):
             return None                  # decreasing in y: the kernel's thresholds count upwards
+        if schedules.word_bits(self.target, layer.weight.shape) != schedules.word_bits(self.target, nxt.weight.shape):
+            return None                  # the two kernels' words differ: no direct hand-over
         layer.next_quantizer = quant
         return nxt
 
@@ -326,8 +334,7 @@ class _Rewriter(PyExprMutator):
         """Pad on the device, then the register-tiled float kernel (weights blocked here)."""
         k, c, *kernel = conv.weight.shape
         lanes = schedules.isa_of(self.target).int32_lanes
-        spatial = [(size + 2 * p - w) // st + 1
-                   for size, w, st, p in zip(conv.data_shape[2:], kernel, conv.stride, conv.padding)]
+        spatial = out_spatial(conv.data_shape[2:], kernel, conv.stride, conv.padding)
         x = te.placeholder(conv.data_shape, "float32", name="x")
         xpad = pad_nchw(x, conv.padding)
         blocked = block_channels(np.ascontiguousarray(conv.weight), lanes)          # [Kb, C, *kernel, V]
@@ -346,11 +353,9 @@ class _Rewriter(PyExprMutator):
 
     def _emit_layer(self, layer: Layer) -> None:
         epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
-        spec = OperatorSpec.create(
-            layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1, layer.padding or 0,
-            schedules.weight_block(self.target, layer.scheme.name, layer.weight.shape), epilogue,
-            None if layer.next_layer is None else (layer.next_layer.padding or 0),
-            schedules.word_bits(self.target, layer.weight.shape))
+        spec = make_spec(layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
+                         layer.padding or 0, self.target, epilogue,
+                         None if layer.next_layer is None else (layer.next_layer.padding or 0))
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
@@ -383,7 +388,7 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     quantized whose weights or quantizer do not fit its scheme."""
     func = mod["main"]
     graph = _Graph(func)
-    matcher = _Matcher(mod, graph)
+    matcher = _Matcher(mod, graph, target)
     layers = {}
     for var, value in graph.values.items():
         layer = matcher.layer(var, value)
@@ -393,9 +398,6 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
         matcher.epilogue(layer)
     for layer in layers.values():
         nxt = matcher.requantize_target(layer, layers)
-        if nxt is not None and schedules.word_bits(target, layer.weight.shape) != \
-                schedules.word_bits(target, nxt.weight.shape):
-            nxt = layer.next_quantizer = None    # the kernels' words differ: no direct hand-over
         if nxt is not None:
             layer.next_layer = nxt
             layer.int_thresholds = fold_thresholds(layer, nxt)

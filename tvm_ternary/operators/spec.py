@@ -30,6 +30,12 @@ DATA_DTYPE = "int32"
 EPILOGUES = ("int32", "affine", "affine_relu", "requantize")
 
 
+def out_spatial(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
+                padding: Sequence[int]) -> list[int]:
+    """Output sizes of a convolution over ``sizes`` (symmetric ``padding`` per axis)."""
+    return [(size + 2 * p - w) // st + 1 for size, w, st, p in zip(sizes, kernel, stride, padding)]
+
+
 def _as_shape(where: str, what: str, shape: Any, rank: int) -> tuple[int, ...]:
     try:
         dims = tuple(shape)
@@ -124,9 +130,7 @@ class OperatorSpec:
         """Shape of the integer result: ``(N, K, OH, OW)`` for conv2d, ``(N, M)`` for dense
         (with the requantize epilogue the kernel returns :meth:`kernel_output` instead)."""
         n, k = self.data_shape[0], self.weight_shape[0]
-        sizes = [(s + 2 * p - w) // st + 1 for s, w, st, p in
-                 zip(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding)]
-        return (n, k, *sizes)
+        return (n, k, *out_spatial(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding))
 
     @property
     def symbol(self) -> str:
