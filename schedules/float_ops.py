@@ -43,7 +43,8 @@ def _inline_stages(sch: s_tir.Schedule) -> None:
 class FloatCPU(ScheduleRule):
     """Parallel outer loops, vectorized inner runs, reductions outside the runs."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule:
+        """Always a schedule: blocks it cannot handle keep their loops."""
         sch = s_tir.Schedule(func)
         _inline_stages(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):

@@ -56,6 +56,5 @@ def schedule_float_ops(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     for gv, func in mod.functions_items():
         if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and KERNEL_ATTR in func.attrs):
             continue
-        scheduled = FloatCPU().apply(func, target, False)
-        mod[gv] = (scheduled.mod["main"] if scheduled is not None else func).with_attr("op_pattern", 8)
+        mod[gv] = FloatCPU().apply(func, target, False).mod["main"].with_attr("op_pattern", 8)
     return mod
