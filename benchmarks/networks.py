@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import tvm
-from precisions import Layer, Runner, time_python, time_tvm
+from precisions import Layer, Runner, time_tvm, torch_runner
 from torch import nn
 from tvm import relax
 
@@ -66,13 +66,6 @@ MODEL, INPUT = resnet18()
 NETWORK = Network("resnet18_224_end_to_end", "model", tuple(INPUT.shape), (), mac_count=count_macs(MODEL, INPUT))
 
 
-def _torch_runner(model: nn.Module, impl: str) -> Runner:
-    def timed(repeat):
-        with torch.inference_mode():
-            return time_python(lambda: model(INPUT), repeat)
-    return Runner(impl, timed)
-
-
 FLOAT_STEM_TOLERANCE = 1e-2
 """Relative error allowed on the logits. The float stem sums in another order than oneDNN,
 and at 224x224 that moves a handful of the ~200k first-quantizer inputs across a threshold.
@@ -95,7 +88,7 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
     with torch.no_grad():
         reference = MODEL(INPUT).numpy()
     if precision == "torch_fp32":
-        return _torch_runner(MODEL, "torch")
+        return torch_runner(lambda: MODEL(INPUT))
     if precision == "torch_int8":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -106,7 +99,7 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
             with torch.no_grad():
                 prepared(INPUT)
             int8 = convert_fx(prepared)
-        return _torch_runner(int8, "torch")
+        return torch_runner(lambda: int8(INPUT))
     if precision == "tvm_fp32":
         return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "relax+float-schedules")
     runners = []

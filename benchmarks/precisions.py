@@ -91,6 +91,14 @@ def time_operator(f, args, repeat: int, stage: str = "kernel", min_ms: int = 20)
     return float(np.median(f.time(args, repeat=repeat, min_repeat_ms=min_ms, stage=stage))) * 1e3
 
 
+def torch_runner(call: Callable[[], object]) -> Runner:
+    """A PyTorch call timed under ``torch.inference_mode`` (``impl="torch"``)."""
+    def timed(repeat):
+        with torch.inference_mode():
+            return time_python(call, repeat)
+    return Runner("torch", timed)
+
+
 def _torch_inputs(layer: Layer, rng: np.random.Generator):
     x = torch.from_numpy(rng.standard_normal(layer.data_shape).astype(np.float32))
     w = torch.from_numpy(rng.standard_normal(layer.weight_shape).astype(np.float32) * 0.05)
@@ -103,11 +111,7 @@ def torch_fp32(layer: Layer, target, rng) -> Runner:
         call = lambda: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)  # noqa: E731
     else:
         call = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
-
-    def timed(repeat):
-        with torch.inference_mode():
-            return time_python(call, repeat)
-    return Runner("torch", timed)
+    return torch_runner(call)
 
 
 def torch_int8(layer: Layer, target, rng) -> Runner:
@@ -133,11 +137,7 @@ def torch_int8(layer: Layer, target, rng) -> Runner:
     error = (out - reference)[inside].abs().max().item()
     if error > 0.05:   # one output quantization step
         raise RuntimeError(f"torch_int8 {layer.name}: error {error} against fp32 on quantized values")
-
-    def timed(repeat):
-        with torch.inference_mode():
-            return time_python(lambda: module(qx), repeat)
-    return Runner("torch", timed)
+    return torch_runner(lambda: module(qx))
 
 
 def tvm_fp32(layer: Layer, target, rng) -> Runner:
