@@ -43,9 +43,10 @@ def ternary_dense(remote, rng, shape=((2, 100), (24, 100))):
 
 def test_setup_is_idempotent(board):
     assert emulator.is_ready()
-    start = time.monotonic()
+    stamp = emulator.default_dir() / "rootfs" / ".ready"
+    built = stamp.stat().st_mtime_ns
     rootfs = emulator.setup()
-    assert time.monotonic() - start < 10 and (rootfs / ".ready").exists()
+    assert rootfs == stamp.parent and stamp.stat().st_mtime_ns == built     # nothing rebuilt
 
 
 def test_board_stop_ends_all_its_processes(rng):
@@ -87,7 +88,7 @@ def test_unreachable_and_busy_boards_are_errors(board, rng):
         del session
 
 
-def test_instructions_the_cortex_a72_lacks_fault_and_the_board_serves_on(board):
+def test_instructions_the_cortex_a72_lacks_fault_and_the_board_serves_on(board, rng):
     """fp16 vector arithmetic (ARMv8.2) runs on qemu's default CPU but not on a Pi 4."""
     a = te.placeholder((64,), "float16", name="a")
     c = te.compute((64,), lambda i: a[i] * a[i] + a[i], name="c")
@@ -106,7 +107,8 @@ def test_instructions_the_cortex_a72_lacks_fault_and_the_board_serves_on(board):
         with pytest.raises(Exception, match="kShutdown"):
             session.load_module("half.so")["half"](x, tvm.runtime.empty((64,), "float16", dev))
         del session, x, dev
-    assert Remote(board.address).connect().cpu(0) is not None           # still serving
+    f, x, w = ternary_dense(board.address, rng)                          # still serving
+    np.testing.assert_array_equal(f(x, w), f.reference(x, w))
 
 
 def test_tracker_with_two_boards_under_one_key_serves_two_clients(rng):
