@@ -4,10 +4,12 @@
 AVX2 (see below).
 
 ``movemask_<V>``: ``V`` 0/1 int32 lanes -> one integer with bit ``l`` = lane ``l`` (the
-"movemask" that packs threshold results into words). Its description is the plain loop
-``out += bits[l] << l``; its implementation shifts the whole vector by the lane index and
-or-reduces it (``llvm.vector.reduce.or``), which LLVM lowers to vector compares and a
-shuffle tree instead of ``V`` scalar extract/shift/or steps.
+"movemask" that packs threshold results into words). The description is the plain loop
+``out += bits[l] << l``; the implementation truncates the lanes to ``uint1`` and reinterprets
+the ``V`` one-bit lanes as one ``V``-bit integer. LLVM folds that truncation into the
+comparison that made the bits, so the bits never exist as 0/1 vectors: on AVX-512 the
+compares write a mask register read by one ``kmovw``; AVX2 uses ``vmovmskps``; NEON ands
+with the lane powers of two and adds them across the vector (``addv``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ def movemask_name(lanes: int) -> str:
     return f"tvm_ternary_movemask_{lanes}"
 
 
-def _movemask(lanes: int):
+def _movemask_desc(lanes: int):
     @T.prim_func(s_tir=True)
     def desc(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
              out: T.Buffer((1,), "uint32", offset_factor=1, scope="local")):
@@ -35,22 +37,23 @@ def _movemask(lanes: int):
                     v = T.axis.reduce(lanes, lane)
                     out[0] = out[0] + T.shift_left(T.Cast("uint32", bits[v]), T.Cast("uint32", v))
 
+    return desc
+
+
+def _movemask_impl(lanes: int):
     @T.prim_func(s_tir=True)
     def impl(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
              out: T.Buffer((1,), "uint32", offset_factor=1, scope="local")):
         with T.sblock("root"):
             T.reads(out[0:1], bits[0:lanes])
             T.writes(out[0:1])
-            out[0] = out[0] + T.call_llvm_pure_intrin(
-                "uint32", "llvm.vector.reduce.or",
-                T.shift_left(T.Cast(f"uint32x{lanes}", bits[T.ramp(0, 1, lanes)]),
-                             T.ramp(T.uint32(0), T.uint32(1), lanes)))
+            out[0] = out[0] + T.Cast("uint32", T.reinterpret(f"uint{lanes}", T.Cast(f"uint1x{lanes}", bits[T.ramp(0, 1, lanes)])))
 
-    return desc, impl
+    return impl
 
 
 for _lanes in MOVEMASK_LANES:
-    TensorIntrin.register(movemask_name(_lanes), *_movemask(_lanes), override=True)
+    TensorIntrin.register(movemask_name(_lanes), _movemask_desc(_lanes), _movemask_impl(_lanes), override=True)
 
 
 DOT_U8I8_16X4 = "tvm_ternary_dot_u8i8_16x4"

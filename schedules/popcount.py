@@ -99,7 +99,8 @@ class PopcountKernel(ScheduleRule):
             sch.reorder(word, no, part, ni, plane)
             at, parallel_loops, inner = no, (word, no), (ni, plane)
         sch.compute_at(chunk, part)
-        sch.compute_at(bits, part)
+        *_, chunk_plane, chunk_item, _ = sch.get_loops(chunk)
+        sch.compute_at(bits, chunk_item)        # one vector of bits at a time, straight into its movemask
         sch.compute_at(acc, part)
         tile = [("pixel", int(sch.get(owi).extent))] if spatial else [("batch", int(sch.get(ni).extent))]
         sch.set_scope(bits, 0, "local")
@@ -108,7 +109,7 @@ class PopcountKernel(ScheduleRule):
         sch.reverse_compute_at(local, at)
         reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents, sch.fuse(*parallel_loops), tunable)
         sch.vectorize(sch.get_loops(bits)[-1])
-        for loop in inner:
+        for loop in (*inner, chunk_plane, chunk_item):
             sch.unroll(loop)
         if "repad" in blocks:
             loops = sch.get_loops(blocks["repad"])

@@ -45,6 +45,16 @@ def test_avx512_kernels_use_vpopcnt(op, scheme, params):
     assert count(asm, "popcntl") + count(asm, "popcntq") == 0
 
 
+def test_avx512_requantize_epilogue_reads_comparisons_as_mask_registers():
+    """Threshold compares land in k registers and ``kmovw`` reads 16 channel bits at once;
+    no 0/1 vectors go through memory into a shuffle-tree or-reduction."""
+    f = tvm_ternary.op("conv2d", "ternary", (1, 64, 14, 14), (64, 64, 3, 3), padding=1, target=AVX512,
+                       epilogue="requantize")
+    asm = f.kernel_asm()
+    assert count(asm, "kmovw") >= 2 * 7                   # two planes per pixel of a 7-pixel tile
+    assert count(asm, "vpshufd") == 0 and count(asm, "vpmovm2d") <= 1
+
+
 @pytest.mark.parametrize("op,scheme,params", KERNELS, ids=KERNEL_IDS)
 def test_neon_kernels_accumulate_popcounts_in_16_bit_lanes(op, scheme, params):
     """cnt (bytes) then one uadalp into 16-bit accumulator lanes per word vector; no uaddlp
@@ -99,7 +109,7 @@ def test_requantize_epilogue_is_fused_and_tensorized(target, lanes):
     fused = OperatorSpec.create("conv2d", make_scheme("conv2d", "ternary"), (1, 64, 8, 8), (64, 64, 3, 3), 1, 1,
                                 lanes, "requantize")
     script = schedules.schedule(fused.kernel_prim_func(), tvm.target.Target(target)).mod.script()
-    assert "llvm.vector.reduce.or" in script                  # movemask over the V lanes
+    assert f'T.reinterpret("uint{lanes}"' in script             # movemask over the V lanes
     assert f"T.vectorized({lanes})" in script
     assert script.count("T.parallel") == 2                     # the tile loop nest and repad
     assert 'acc_local = T.sblock_alloc_buffer' in script or 'scope="local"' in script
