@@ -14,7 +14,7 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
   after the reduction (the epilogue never round-trips int32 through memory);
 * runs the outer tile loops in parallel.
 
-With the requantize epilogue (blocks ``requant``, ``bits``, ``chunk``, ``pack``, ``repad``
+With the requantize epilogue (blocks ``bits``, ``chunk``, ``pack``, ``repad``
 after ``out``), the tile is driven by the packing of the next layer's words instead: for
 each 32-channel output word, row and pixel tile, the word's ``V``-channel blocks are
 handled one after another (conv2d; dense keeps the whole word's accumulators): the
@@ -54,7 +54,7 @@ class PopcountKernel(ScheduleRule):
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         blocks = _blocks(sch)
-        if set(blocks) - {"repad"} == {"acc", "out", "requant", "bits", "chunk", "pack"}:
+        if set(blocks) - {"repad"} == {"acc", "out", "bits", "chunk", "pack"}:
             return self._requantize(sch, blocks, target, tunable)
         if set(blocks) == {"acc", "out", "affine"}:     # float epilogue: computed where out was
             sch.compute_inline(blocks.pop("out"))
@@ -76,7 +76,6 @@ class PopcountKernel(ScheduleRule):
         acc, pack, chunk, bits = blocks["acc"], blocks["pack"], blocks["chunk"], blocks["bits"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = isa_of(target).accumulator_budget
-        sch.compute_inline(blocks["requant"])
         sch.compute_inline(blocks["out"])
         n, plane, *spatial, word, part = sch.get_loops(pack)
         if spatial:                     # conv2d: a word's channel blocks one at a time, per pixel tile

@@ -56,6 +56,11 @@ class Encoding:
         """Smallest and largest representable value."""
         raise NotImplementedError
 
+    @property
+    def level_step(self) -> int:
+        """Distance between consecutive values (2 for bipolar's odd values)."""
+        return 1
+
     def describe(self) -> str:
         """The value set in words, for error messages."""
         raise NotImplementedError
@@ -78,6 +83,14 @@ class Encoding:
     def plane_bit_te(self, value: PrimExpr, plane: PrimExpr) -> PrimExpr:
         """Device encoding: 0/1 (int32) for bit ``plane`` of the int32 ``value``."""
         raise NotImplementedError
+
+    def plane_bit_of_levels(self, reached: list[PrimExpr], plane: PrimExpr) -> PrimExpr:
+        """Device requantization: 0/1 (int32) for bit ``plane`` of the value whose level is
+        ``#{l : reached[l]}`` (``reached[l]``: the input is at or above threshold ``l``;
+        level ``j`` is ``lo + step * j``). Encodings may override it with a shorter logic
+        formula of the same planes."""
+        level = sum(r.astype("int32") for r in reached)
+        return self.plane_bit_te(self.value_range[0] + self.level_step * level, plane)
 
     def pad_bit(self, plane: int) -> int:
         """The bit a padded tap holds in ``plane`` (tail bits beyond the packed axis are 0
@@ -109,6 +122,12 @@ class TernaryEncoding(Encoding):
 
     def plane_bit_te(self, value, plane):
         return tirx.Select(plane == self.MASK, value != 0, value < 0).astype("int32")
+
+    def plane_bit_of_levels(self, reached, plane):
+        """Three levels (two thresholds): negative below the first, positive at or above
+        the second. Two compares and an or, where the level count takes three compares."""
+        negative = tirx.Not(reached[0])
+        return tirx.Select(plane == self.MASK, tirx.Or(negative, reached[1]), negative).astype("int32")
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,10 @@ class BipolarEncoding(Encoding):
     @property
     def needs_validity_plane(self) -> bool:
         return True
+
+    @property
+    def level_step(self) -> int:
+        return 2
 
     @property
     def value_range(self) -> tuple[int, int]:

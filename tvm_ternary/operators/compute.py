@@ -15,7 +15,7 @@ Stages (block names, which schedules refer to): ``pack`` (values -> padded plane
 data function), ``acc`` (the popcount reduction over kernel taps and words, one
 accumulator per popcount term) and ``out`` (combines the terms, adds fatnn's correction:
 the epilogue). With the
-requantize epilogue (:func:`requantize_pack`), ``requant``, ``bits``, ``chunk``, ``pack``
+requantize epilogue (:func:`requantize_pack`), ``bits``, ``chunk``, ``pack``
 and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32;
 with the affine epilogue (:func:`affine`), ``affine`` writes float32.
 
@@ -40,7 +40,7 @@ from tvm import te, tirx
 
 from ..packing import (WORD_BITS, WORD_DTYPE, num_words, pack_planes_te, valid_word_te, within_bounds,
                        word_dtype)
-from ..encodings import BipolarEncoding, Encoding
+from ..encodings import Encoding
 from ..schemes import FgqScheme, PackedScheme
 
 
@@ -188,12 +188,7 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
 def threshold_count(encoding: Encoding) -> int:
     """Thresholds that requantize to ``encoding``: one fewer than its number of levels."""
     lo, hi = encoding.value_range
-    return (hi - lo) // level_step(encoding)
-
-
-def level_step(encoding: Encoding) -> int:
-    """Distance between consecutive values of ``encoding`` (2 for bipolar's odd values)."""
-    return 2 if isinstance(encoding, BipolarEncoding) else 1
+    return (hi - lo) // encoding.level_step
 
 
 def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
@@ -201,20 +196,16 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     """Epilogue for a quantized next layer: int32 ``y`` ``[N, K, *o]`` -> its packed,
     pre-padded planes ``[N, P', *(o + 2 pad), Kw]`` (what :func:`pack_data` would produce).
 
-    ``requant``: ``q = lo + step * #{l : y >= thresholds[l, k]}`` with ``thresholds``
-    ``[L, K]`` int32 ascending per channel (per-channel scale, bias, BatchNorm and the next
-    quantizer fold into them; a channel with a negative scale is handled by negating its
-    weights). ``bits``: each plane's 0/1 per channel (channels padded to whole words; the
-    validity plane for bipolar encodings). ``chunk``: ``lanes`` consecutive bits as one
+    ``bits``: each plane's 0/1 per channel (channels padded to whole words; the validity
+    plane for bipolar encodings) of ``q = lo + step * #{l : y >= thresholds[l, k]}``, with
+    ``thresholds`` ``[L, K]`` int32 ascending per channel (per-channel scale, bias, BatchNorm
+    and the next quantizer fold into them; a channel with a negative scale is handled by
+    negating its weights), by :meth:`Encoding.plane_bit_of_levels`. ``chunk``: ``lanes`` consecutive bits as one
     integer (a movemask, which schedules tensorize). ``pack``: the chunks of a word.
     ``repad``: the next layer's value-domain padding, when it has any.
     """
     n, k, *o = (int(d) for d in y.shape)
-    lo = encoding.value_range[0]
-    step = level_step(encoding)
     levels = int(thresholds.shape[0])
-    q = te.compute(y.shape, lambda i, oc, *pos: lo + step * sum(
-        (y[(i, oc, *pos)] >= thresholds[level, oc]).astype("int32") for level in range(levels)), name="requant")
     stored = encoding.num_planes
     planes = stored + int(encoding.needs_validity_plane)
     words = num_words(k, word_bits)
@@ -222,7 +213,8 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
 
     def bit(i, plane, *rest):
         *pos, c = rest
-        value = encoding.plane_bit_te(q[(i, c, *pos)], plane)
+        value = encoding.plane_bit_of_levels([y[(i, c, *pos)] >= thresholds[level, c] for level in range(levels)],
+                                             plane)
         if encoding.needs_validity_plane:
             value = tirx.if_then_else(plane == stored, 1, value)
         return tirx.if_then_else(c < k, value, 0)

@@ -18,7 +18,7 @@ from tvm import te, tirx
 from .. import reference
 from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import (affine, fgq_correlation, layout_fgq_data, level_step, pack_data, packed_correlation,
+from .compute import (affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
                       quantize_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -253,7 +253,7 @@ class OperatorSpec:
         """Reference of the requantize epilogue: the next layer's packed, padded planes."""
         y = self.reference(x, w).astype(np.int64)
         enc = self.scheme.activation
-        q = enc.value_range[0] + level_step(enc) * (y[..., None] >= np.asarray(thresholds)[
+        q = enc.value_range[0] + enc.level_step * (y[..., None] >= np.asarray(thresholds)[
             (slice(None),) + (None,) * (y.ndim - 2)]).sum(-1)
         return pack_planes_padded(q, enc, self.next_padding, enc.needs_validity_plane, self.word_bits)
 
