@@ -13,6 +13,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .generic import inline_quantizer
+from .tiling import TILE_SCOPE
 
 MAX_VECTOR_ROW = 64
 """Rows up to this many values are vectorized whole (LLVM splits them into registers)."""
@@ -36,7 +37,7 @@ class ActivationPack(ScheduleRule):
         width = int(sch.get(w).extent)
         sch.reorder(n, h, word, plane, bit, w)
         sch.parallel(sch.fuse(n, h))
-        local = sch.cache_write(pack, 0, "local")
+        local = sch.cache_write(pack, 0, TILE_SCOPE)
         sch.reverse_compute_at(local, plane)
         if width <= MAX_VECTOR_ROW:
             sch.vectorize(w)

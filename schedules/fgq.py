@@ -18,7 +18,7 @@ from tvm.target import Target
 
 from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
-from .tiling import REDUCE, loops_by_extent, register_tile, tile_output
+from .tiling import REDUCE, TILE_SCOPE, loops_by_extent, register_tile, tile_budget, tile_output
 
 ACCUMULATORS_PER_PIXEL = 2
 """Per pixel and lane vector: the float sum and the int32 group sum."""
@@ -52,7 +52,7 @@ class FgqKernel(ScheduleRule):
         lanes = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) != REDUCE][-1]
         reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]
         quads = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
-        budget = isa_of(target).accumulator_budget
+        budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_PIXEL, budget, tunable)
         reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable)
         if reduce:                        # inside the innermost reduction (over groups)
@@ -64,7 +64,7 @@ class FgqKernel(ScheduleRule):
         inner = [loops[name] for name, _ in tile if name in loops]
         outer = [loops["quad"]] if "quad" in loops else []
         sch.reorder(*outer, *inner, loops["lane"], loops["byte"])
-        sch.set_scope(group, 0, "local")
+        sch.set_scope(group, 0, TILE_SCOPE)
         intrinsic = dot_intrinsic(target, lanes)
         if intrinsic is None:
             sch.vectorize(loops["lane"])

@@ -14,7 +14,7 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
-from .tiling import REDUCE, divisors
+from .tiling import REDUCE, TILE_SCOPE, divisors
 
 VECTOR_RUN = 16
 """Longest run of the innermost spatial loop computed as one vector."""
@@ -61,7 +61,7 @@ class FloatCPU(ScheduleRule):
             outer, inner = sch.split(spatial[-1], [None, run])
             sch.reorder(*spatial[:-1], outer, *reduce, inner)
             if reduce:
-                local = sch.cache_write(block, 0, "local")
+                local = sch.cache_write(block, 0, TILE_SCOPE)
                 sch.reverse_compute_at(local, outer)
                 sch.vectorize(sch.get_loops(local)[-1])
             elif run > 1:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
+from .tiling import TILE_SCOPE
+
 MOVEMASK_LANES = (4, 8, 16)
 
 
@@ -27,8 +29,8 @@ def movemask_name(lanes: int) -> str:
 
 def _movemask_desc(lanes: int):
     @T.prim_func(s_tir=True)
-    def desc(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-             out: T.Buffer((1,), "uint32", offset_factor=1, scope="local")):
+    def desc(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE),
+             out: T.Buffer((1,), "uint32", offset_factor=1, scope=TILE_SCOPE)):
         with T.sblock("root"):
             T.reads(out[0:1], bits[0:lanes])
             T.writes(out[0:1])
@@ -42,8 +44,8 @@ def _movemask_desc(lanes: int):
 
 def _movemask_impl(lanes: int):
     @T.prim_func(s_tir=True)
-    def impl(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope="local"),
-             out: T.Buffer((1,), "uint32", offset_factor=1, scope="local")):
+    def impl(bits: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE),
+             out: T.Buffer((1,), "uint32", offset_factor=1, scope=TILE_SCOPE)):
         with T.sblock("root"):
             T.reads(out[0:1], bits[0:lanes])
             T.writes(out[0:1])
@@ -66,7 +68,7 @@ def _dot_desc(lanes: int):
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
              b: T.Buffer((lanes, 4), "int8", offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")):
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE)):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
@@ -82,7 +84,7 @@ def _dot_desc(lanes: int):
 @T.prim_func(s_tir=True)
 def _dot_vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
               b: T.Buffer((16, 4), "int8", offset_factor=1),
-              c: T.Buffer((16,), "int32", offset_factor=1, scope="local")):
+              c: T.Buffer((16,), "int32", offset_factor=1, scope=TILE_SCOPE)):
     with T.sblock("root"):
         T.reads(c[0:16], a[0:4], b[0:16, 0:4])
         T.writes(c[0:16])
@@ -105,7 +107,7 @@ its weights are ternary, so ``|a0*b0 + a1*b1| <= 510``."""
 @T.prim_func(s_tir=True)
 def _dot8_avx2(a: T.Buffer((4,), "uint8", offset_factor=1),
                b: T.Buffer((8, 4), "int8", offset_factor=1),
-               c: T.Buffer((8,), "int32", offset_factor=1, scope="local")):
+               c: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE)):
     with T.sblock("root"):
         T.reads(c[0:8], a[0:4], b[0:8, 0:4])
         T.writes(c[0:8])

@@ -34,7 +34,7 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import MAX_BATCH_TILE, acc_shape, batch_tile, divisors, pick_tile, register_tile, tile_output
+from .tiling import MAX_BATCH_TILE, TILE_SCOPE, acc_shape, batch_tile, divisors, pick_tile, register_tile, tile_budget, tile_output
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue, whose bit vectors and movemask chunks need
@@ -63,7 +63,7 @@ class PopcountKernel(ScheduleRule):
             return None
         acc, out = blocks["acc"], blocks["out"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
-        budget = isa_of(target).accumulator_budget
+        budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable)
         reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
         if reduce:
@@ -75,7 +75,7 @@ class PopcountKernel(ScheduleRule):
     def _requantize(self, sch, blocks, target, tunable):
         acc, pack, chunk, bits = blocks["acc"], blocks["pack"], blocks["chunk"], blocks["bits"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
-        budget = isa_of(target).accumulator_budget
+        budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         sch.compute_inline(blocks["out"])
         n, plane, *spatial, word, part = sch.get_loops(pack)
         if spatial:                     # conv2d: a word's channel blocks one at a time, per pixel tile
@@ -102,9 +102,9 @@ class PopcountKernel(ScheduleRule):
         sch.compute_at(bits, chunk_item)        # one vector of bits at a time, straight into its movemask
         sch.compute_at(acc, part)
         tile = [("pixel", int(sch.get(owi).extent))] if spatial else [("batch", int(sch.get(ni).extent))]
-        sch.set_scope(bits, 0, "local")
-        sch.set_scope(chunk, 0, "local")
-        local = sch.cache_write(pack, 0, "local")
+        sch.set_scope(bits, 0, TILE_SCOPE)
+        sch.set_scope(chunk, 0, TILE_SCOPE)
+        local = sch.cache_write(pack, 0, TILE_SCOPE)
         sch.reverse_compute_at(local, at)
         reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents, sch.fuse(*parallel_loops), tunable)
         sch.vectorize(sch.get_loops(bits)[-1])
