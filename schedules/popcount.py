@@ -34,7 +34,8 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import MAX_BATCH_TILE, TILE_SCOPE, acc_shape, batch_tile, divisors, pick_tile, register_tile, tile_budget, tile_output
+from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, acc_shape, batch_tile, divisors, pick_tile, register_tile,
+                     tile_budget, tile_output)
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue, whose bit vectors and movemask chunks need
