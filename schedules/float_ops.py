@@ -2,10 +2,13 @@
 pooling, residual adds) after Relax lowers them: TVM's default CPU pipeline leaves those
 loops serial and scalar.
 
-:class:`FloatCPU` inlines padding and elementwise stages, then for each remaining block
-vectorizes a run of its innermost spatial loop, puts the block's reduction loops outside
-that run (accumulators stay in registers), and runs the outer spatial loops in parallel.
-Reductions keep their order, so results are those of the unscheduled function.
+:class:`FloatCPU` inlines elementwise stages, then for each remaining block vectorizes a
+run of its innermost spatial loop, puts the block's reduction loops outside that run
+(accumulators stay in registers), and runs the outer spatial loops in parallel. A stage
+feeding a reduction (the padding of a pooling) is computed per run instead of inlined: the
+reduction then reads a small padded tile without a bounds check per tap (ResNet-18's 3x3
+max pool went from 0.70 to 0.19 ms). Reductions keep their order, so results are those of
+the unscheduled function.
 """
 
 from __future__ import annotations
@@ -20,8 +23,17 @@ VECTOR_RUN = 16
 """Longest run of the innermost spatial loop computed as one vector."""
 
 
+def _reduces(sch: s_tir.Schedule, block) -> bool:
+    return any(int(iv.iter_type) == REDUCE for iv in sch.get(block).iter_vars)
+
+
+def _feeds_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(_reduces(sch, consumer) for consumer in sch.get_consumers(block))
+
+
 def _inline_stages(sch: s_tir.Schedule) -> None:
-    """Inline producers (padding) and elementwise consumers where TVM allows it."""
+    """Inline producers and elementwise consumers where TVM allows it, except producers of
+    a reduction (computed per run, see the module doc)."""
     changed = True
     while changed:
         changed = False
@@ -29,7 +41,9 @@ def _inline_stages(sch: s_tir.Schedule) -> None:
         if len(blocks) <= 1:
             return
         for block in blocks:
-            for inline in (sch.compute_inline, sch.reverse_compute_inline):
+            inlines = (sch.reverse_compute_inline,) if _feeds_reduction(sch, block) else \
+                (sch.compute_inline, sch.reverse_compute_inline)
+            for inline in inlines:
                 try:
                     inline(block)
                 except Exception:  # TVM raises ScheduleError subclasses when a stage cannot be inlined
@@ -48,6 +62,8 @@ class FloatCPU(ScheduleRule):
         sch = s_tir.Schedule(func)
         _inline_stages(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
+            if _feeds_reduction(sch, block):
+                continue                      # computed inside its consumer's runs
             iters = sch.get(block).iter_vars
             loops = sch.get_loops(block)
             if len(loops) != len(iters):
@@ -64,6 +80,9 @@ class FloatCPU(ScheduleRule):
                 local = sch.cache_write(block, 0, TILE_SCOPE)
                 sch.reverse_compute_at(local, outer)
                 sch.vectorize(sch.get_loops(local)[-1])
+                for producer in sch.get_producers(block):
+                    sch.compute_at(producer, outer)
+                    sch.vectorize(sch.get_loops(producer)[-1])
             elif run > 1:
                 sch.vectorize(inner)
             sch.parallel(sch.fuse(*spatial[:-1], outer) if spatial[:-1] else outer)

@@ -6,12 +6,14 @@ import re
 import numpy as np
 
 import pytest
+import torch
 import tvm
 from tvm import te
 
 import tvm_ternary
 from tvm_ternary import schedules
 from tvm_ternary.operators import OperatorSpec
+from tvm_ternary.schedules.float_ops import FloatCPU
 from tvm_ternary.schemes import make_scheme
 from tvm_ternary.targets import resolve_target
 
@@ -197,3 +199,23 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
             np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-4)
         else:
             np.testing.assert_array_equal(args[-1].numpy(), expected)
+
+
+def test_float_pooling_reads_a_padded_tile_and_equals_pytorch():
+    """FloatCPU computes a pooling's padding per vector run (no bounds check per tap in the
+    reduction) and keeps PyTorch's result exactly, on an odd shape with stride 2."""
+    from tvm.relax.backend.cpu_generic import legalize_passes
+
+    x = torch.randn(2, 5, 13, 11, generator=torch.Generator().manual_seed(0))
+    mod = tvm_ternary.from_torch(torch.nn.MaxPool2d(3, 2, 1).eval(), x)
+    target = tvm.target.Target(AVX2)
+    with target:
+        mod = tvm.transform.Sequential(legalize_passes(target))(mod)
+    (name, func), = [(gv.name_hint, f) for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    sch = FloatCPU().apply(func, target, False)
+    assert "if_then_else" not in str(sch.get(sch.get_sblock("pool_max_update")).body)
+    assert sch.mod.script().index("T.parallel") < sch.mod.script().index('T.sblock("pad_temp")')
+    lib = tvm.compile(tvm.IRModule({name: sch.mod["main"].with_attr("global_symbol", name)}), target=target)
+    out = tvm.runtime.tensor(np.zeros((2, 5, 7, 6), "float32"))
+    lib[name](tvm.runtime.tensor(x.numpy()), out)
+    np.testing.assert_array_equal(out.numpy(), torch.nn.functional.max_pool2d(x, 3, 2, 1).numpy())
