@@ -46,6 +46,16 @@ def _blocks(sch: s_tir.Schedule) -> dict:
     return {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
+def _channel_blocks(sch: s_tir.Schedule, acc) -> int:
+    """Output-channel blocks per conv tile: 2 for the float conv kernel, whose every
+    multiply-add otherwise comes with a load (a broadcast input and, per tap, the weight
+    vector), so two blocks share each broadcast; 1 for the popcount kernels, where two
+    blocks measured slower (spills)."""
+    buffer = sch.get(acc).writes[0].source
+    blocks = int(buffer.shape[1])
+    return 2 if "float" in str(buffer.dtype) and len(buffer.shape) > 4 and blocks % 2 == 0 else 1
+
+
 class PopcountKernel(ScheduleRule):
     """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
 
@@ -65,7 +75,7 @@ class PopcountKernel(ScheduleRule):
         acc, out = blocks["acc"], blocks["out"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
-        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable)
+        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, _channel_blocks(sch, acc))
         reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
         if reduce:
             sch.decompose_reduction(acc, reduce[0])

@@ -95,11 +95,12 @@ def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel,
     return reduce
 
 
-def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable):
-    """Tile an NCHW output (loops ``n, ko, oh, ow, ki``) by a pixel run of its rows, so that
-    ``tile x per_pixel`` accumulators fit the register budget, and compute ``acc`` there.
-    Returns the tile's names and the fused parallel loop."""
-    groups = per_pixel
+def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1):
+    """Tile an NCHW output (loops ``n, ko, oh, ow, ki``) by ``channel_blocks`` blocks of output
+    channels and a pixel run of its rows, so that ``blocks x tile x per_pixel`` accumulators
+    fit the register budget, and compute ``acc`` there. Returns the tile's names and the
+    fused parallel loop."""
+    groups = per_pixel * channel_blocks
     oh, ow = spatial
     width = int(sch.get(ow).extent)
     if tunable:
@@ -107,12 +108,13 @@ def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable):
     else:
         factors = [None, pick_tile(width, groups, budget)]
     owo, owi = sch.split(ow, factors)
-    sch.reorder(n, ko, oh, owo, owi, ki)
+    koo, koi = sch.split(ko, [None, channel_blocks])
+    sch.reorder(n, koo, oh, owo, koi, owi, ki)
     sch.compute_at(sch.get_sblock("acc"), owo)
     tile = int(sch.get(owi).extent)
     fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
-    parallel = sch.fuse(n, ko, oh) if fused == 3 else sch.fuse(n, ko)
-    return [("pixel", tile)], parallel
+    parallel = sch.fuse(n, koo, oh) if fused == 3 else sch.fuse(n, koo)
+    return [("block", channel_blocks), ("pixel", tile)], parallel
 
 
 MAX_BATCH_TILE = 4
@@ -144,11 +146,12 @@ def tile_dense(sch, n, ko, ki, groups, budget, tunable):
     return tile, sch.fuse(kso, no)
 
 
-def tile_output(sch, out, lanes, per_item, budget, tunable):
+def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1):
     """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes`` and tile it
-    (:func:`tile_conv` or :func:`tile_dense`); returns the tile's names and the parallel loop."""
+    (:func:`tile_conv` with ``channel_blocks``, or :func:`tile_dense`); returns the tile's
+    names and the parallel loop."""
     n, k, *spatial = sch.get_loops(out)
     ko, ki = sch.split(k, [None, lanes])
     if spatial:
-        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable)
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks)
     return tile_dense(sch, n, ko, ki, per_item, budget, tunable)
