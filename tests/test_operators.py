@@ -1,10 +1,15 @@
 """OperatorSpec: shapes, stages and the PrimFunc signatures other parts of the product use."""
 
 import numpy as np
+import pytest
+import tvm
 
+from tvm_ternary import schedules
 from tvm_ternary.operators import OperatorSpec
 from tvm_ternary.packing import num_words
 from tvm_ternary.schemes import make_scheme
+
+from .conftest import AVX2
 
 
 def create(op, scheme, data, weight, stride=1, padding=0, block=1, **params):
@@ -83,3 +88,36 @@ def test_fatnn_correction_folds_into_requantize_thresholds():
     planes, thresholds = spec.weight_args(w, thresholds=np.tile([0, 10], (8, 1)))
     np.testing.assert_array_equal(thresholds[:, 0], [0 + 360, 10 + 360])   # t - sum(w), sum(w[0]) = -360
     np.testing.assert_array_equal(thresholds[:, 1], [0 - 360, 10 - 360])
+
+
+@pytest.mark.parametrize("scheme,params,thresholds", [
+    ("ternary", {}, [-0.5, 0.25]), ("fatnn", {}, [0.0, 0.75]),
+    ("bitserial", dict(abits=2, wbits=2), [-0.5, 0.0, 0.5]),
+    ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar"), [0.0])],
+    ids=["ternary", "fatnn", "w2a2", "w1a1"])
+def test_quantize_stage_from_compares_equals_counted_levels(scheme, params, thresholds):
+    """With ascending thresholds the fused quantize + pack stage derives planes straight from
+    the compares; it must write the same words as counting levels first, at borders (pad
+    bits), channel tails, and for inputs exactly on a threshold."""
+    spec = create("conv2d", scheme, (2, 37, 5, 6), (4, 37, 3, 3), padding=1, **params)
+    enc = spec.scheme.activation
+    lo, step = enc.value_range[0], enc.level_step
+    rng = np.random.default_rng(0)
+    x = rng.choice(np.array([*thresholds, *rng.standard_normal(8)], np.float32), spec.data_shape)
+    outputs = []
+    for ascending in (True, False):
+        func = spec.quantize_data_prim_func(lo, step, len(thresholds), ascending)
+        lib = tvm.compile(tvm.IRModule({"q": schedules.schedule(func, tvm.target.Target(AVX2)).mod["main"]
+                                        .with_attr("global_symbol", "q")}), target=tvm.target.Target(AVX2))
+        shape, dtype = spec.kernel_input_shape()
+        out = tvm.runtime.tensor(np.zeros(shape, dtype))
+        lib["q"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.asarray(thresholds, np.float32)), out)
+        outputs.append(out.numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    levels = lo + step * (x[..., None] >= np.asarray(thresholds, np.float32)).sum(-1)
+    data = spec.data_prim_func()
+    lib = tvm.compile(tvm.IRModule({"d": schedules.schedule(data, tvm.target.Target(AVX2)).mod["main"]
+                                    .with_attr("global_symbol", "d")}), target=tvm.target.Target(AVX2))
+    packed = tvm.runtime.tensor(np.zeros(shape, dtype))
+    lib["d"](tvm.runtime.tensor(levels.astype(np.int32)), packed)
+    np.testing.assert_array_equal(outputs[0], packed.numpy())   # and equal to packing the levels

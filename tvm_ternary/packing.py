@@ -153,9 +153,14 @@ def within_bounds(pos: Sequence[PrimExpr], sizes: Sequence[int]) -> PrimExpr:
 
 
 def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = (),
-                   validity: bool = False, name: str = "pack", word_bits: int = WORD_BITS) -> te.Tensor:
+                   validity: bool = False, name: str = "pack", word_bits: int = WORD_BITS,
+                   thresholds: te.Tensor | None = None) -> te.Tensor:
     """Device packing: ``x`` ``[A, C, *spatial]`` (any integer or float dtype holding integer
     values) -> ``uint32 [A, P + validity, *(spatial + 2 * padding), Cw]``.
+
+    With ``thresholds`` (``[L]``, ascending), ``x`` holds the float inputs of a quantizer
+    whose levels are the encoding's values: each element's planes come straight from its
+    compares ``x >= thresholds[j]`` (:meth:`~tvm_ternary.encodings.Encoding.plane_bit_of_levels`).
 
     Without padding and validity this is the layout of :func:`pack_planes`. Spatial
     ``padding`` is written here, in the value domain (each plane holds the encoding's
@@ -172,7 +177,11 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
         *pos, element = rest
         src = [q - p for q, p in zip(pos, padding)]
         inside = within_bounds(src, spatial) if src else None
-        value = encoding.plane_bit_te(x[(i, element, *src)].astype("int32"), plane)
+        if thresholds is None:
+            value = encoding.plane_bit_te(x[(i, element, *src)].astype("int32"), plane)
+        else:
+            value = encoding.plane_bit_of_levels(
+                [x[(i, element, *src)] >= thresholds[j] for j in range(int(thresholds.shape[0]))], plane)
         if validity:
             value = tirx.if_then_else(plane == stored, 1, value)
         if inside is None:

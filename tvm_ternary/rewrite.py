@@ -359,9 +359,11 @@ class _Rewriter(PyExprMutator):
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
-            quant = self._add(lambda: spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds)),
+            ascending = bool(np.all(np.diff(layer.thresholds) >= 0))
+            quant = self._add(lambda: spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds),
+                                                                   ascending),
                               name + "_quantize", spec.where + ":quantize",
-                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds)))
+                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds), ascending))
             shape, dtype = spec.kernel_input_shape()
             data = self.builder_.emit(relax.call_tir(
                 quant, [self.visit_expr(layer.quantizer_input), relax.const(layer.thresholds)],

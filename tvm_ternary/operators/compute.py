@@ -44,12 +44,14 @@ from ..encodings import Encoding
 from ..schemes import FgqScheme, PackedScheme
 
 
-def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int = WORD_BITS) -> te.Tensor:
+def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int = WORD_BITS,
+              thresholds: te.Tensor | None = None) -> te.Tensor:
     """Values ``[N, C, *spatial]`` -> the kernel's packed, pre-padded planes
     ``[N, kernel_planes, *(spatial + 2 pad), Cw]`` (stage ``pack``): padded taps hold the
-    encoding's pad bits, bipolar activations get the validity plane."""
+    encoding's pad bits, bipolar activations get the validity plane. With ``thresholds``,
+    ``x`` is float and quantized on the way (see :func:`~tvm_ternary.packing.pack_planes_te`)."""
     return pack_planes_te(x, scheme.activation, padding, scheme.activation.needs_validity_plane,
-                          word_bits=word_bits)
+                          word_bits=word_bits, thresholds=thresholds)
 
 
 MAX_SPLIT_TERMS = 4

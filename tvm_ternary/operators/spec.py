@@ -19,7 +19,7 @@ from .. import reference
 from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
 from .compute import (affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
-                      quantize_levels, requantize_pack, threshold_count)
+                      UNROLLED_THRESHOLDS, quantize_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -153,15 +153,27 @@ class OperatorSpec:
         x = te.placeholder(self.data_shape, DATA_DTYPE, name="x")
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
 
-    def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int) -> tirx.PrimFunc:
+    def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int,
+                                ascending: bool = False) -> tirx.PrimFunc:
         """PrimFunc ``(x float32 [data_shape], thresholds float32 [num_thresholds]) -> kernel
         input``: the activation quantizer (:func:`.compute.quantize_levels`) fused with the
-        data stage, for graphs whose activations arrive in float."""
+        data stage, for graphs whose activations arrive in float. When the thresholds are
+        ``ascending`` and the quantizer's levels are the activation encoding's values, the
+        planes come straight from the threshold compares (no level count in between: two
+        compares serve both ternary planes)."""
         x = te.placeholder(self.data_shape, "float32", name="x")
         thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
-        levels = quantize_levels(x, thresholds, lo, step, DATA_DTYPE)
-        return te.create_prim_func([x, thresholds, self._data_stage(levels)]).with_attr(
-            "global_symbol", self.symbol + "_quantize")
+        if ascending and self._levels_are_encoding_values(lo, step, num_thresholds):
+            staged = pack_data(x, self.scheme, self.padding, self.word_bits, thresholds)
+        else:
+            staged = self._data_stage(quantize_levels(x, thresholds, lo, step, DATA_DTYPE))
+        return te.create_prim_func([x, thresholds, staged]).with_attr("global_symbol", self.symbol + "_quantize")
+
+    def _levels_are_encoding_values(self, lo: float, step: float, num_thresholds: int) -> bool:
+        if not isinstance(self.scheme, PackedScheme) or num_thresholds > UNROLLED_THRESHOLDS:
+            return False
+        enc = self.scheme.activation
+        return (lo, step, num_thresholds) == (enc.value_range[0], enc.level_step, threshold_count(enc))
 
     @lru_cache(maxsize=None)   # specs are immutable; building the TE stage costs ~0.1 ms
     def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:
