@@ -66,19 +66,28 @@ MODEL, INPUT = resnet18()
 NETWORK = Network("resnet18_224_end_to_end", "model", tuple(INPUT.shape), (), mac_count=count_macs(MODEL, INPUT))
 
 
-FLOAT_STEM_TOLERANCE = 1e-2
-"""Relative error allowed on the logits. The float stem sums in another order than oneDNN,
-and at 224x224 that moves a handful of the ~200k first-quantizer inputs across a threshold.
-All-integer models are bit-identical (tests/test_build.py); a real bug moves the logits by
-far more."""
+FLOAT_STEM_TOLERANCE = 5e-2
+"""Relative error allowed on the logits of a model with a float stem. The stem sums in
+another order than oneDNN, so a first-quantizer input within an ulp of a threshold may land
+on the other side: most runs see none (error ~4e-7), some see a flip that moves the random
+ResNet-18's logits by ~2e-2 (observed 1.7e-2 to 1.9e-2)."""
+
+FLOAT_TOLERANCE = 1e-4
+"""Relative error allowed for the float model (no quantizers): summation order only."""
+
+ALL_QUANTIZED_TOLERANCE = 1e-5
+"""Relative error allowed with every layer quantized: no float stem, so the integer layers
+are bit-identical to PyTorch and only the float classifier scale remains; this is the check
+that catches kernel bugs."""
 
 
-def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, impl: str) -> Runner:
+def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, impl: str,
+                tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
     vm = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())
     args = [tvm.runtime.tensor(INPUT.numpy())]
     got = vm["main"](*args).numpy()
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
-    if error > FLOAT_STEM_TOLERANCE:
+    if error > tolerance:
         raise AssertionError(f"networks.py: {impl} logits differ from PyTorch's by {error:.2e} (relative)")
     return Runner(impl, lambda repeat: time_tvm(vm, "main", args, repeat))
 
@@ -101,12 +110,14 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
             int8 = convert_fx(prepared)
         return torch_runner(lambda: int8(INPUT))
     if precision == "tvm_fp32":
-        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "relax+float-schedules")
+        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "relax+float-schedules",
+                           FLOAT_TOLERANCE)
     runners = []
-    for keep_first_last, impl in ((True, "hand"), (False, "hand-all-quantized")):
+    for keep_first_last, impl, tolerance in ((True, "hand", FLOAT_STEM_TOLERANCE),
+                                             (False, "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
         quantized = tvm_ternary.quantize(MODEL, precision, INPUT, keep_first_last=keep_first_last,
                                          group_size=fgq_group)
         with torch.no_grad():
             expected = quantized(INPUT).numpy()
-        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, INPUT), target, expected, impl))
+        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, INPUT), target, expected, impl, tolerance))
     return tuple(runners)
