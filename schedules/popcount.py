@@ -10,8 +10,9 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
 * computes ``acc`` inside that tile with the reductions (kernel taps, words) outside the
   unrolled tile, so each weight vector is loaded once and each input word is broadcast
   (folded into the instruction where the ISA allows) for ``G`` popcount terms;
-* keeps the accumulators in registers (``local`` scope), combines and stores them right
-  after the reduction (the epilogue never round-trips int32 through memory);
+* keeps the accumulators in registers (a stack buffer under 1 KiB, see
+  :data:`tiling.TILE_SCOPE`), combines and stores them right after the reduction (the
+  epilogue never round-trips int32 through memory);
 * runs the outer tile loops in parallel.
 
 With the requantize epilogue (blocks ``bits``, ``chunk``, ``pack``, ``repad``
