@@ -34,7 +34,7 @@ from tvm.target import Target
 from . import schedules
 from .frontend import QUANTIZE_ATTR
 from .packing import block_channels
-from .operators.compute import float_conv_nchw, pad_nchw, threshold_count
+from .operators.compute import float_conv_nchw, pad_nchw, quantizer_levels
 from .api import make_spec
 from .operators.spec import out_spatial
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
@@ -208,7 +208,7 @@ class _Matcher:
         except ValueError as err:
             raise ValueError(f"{layer.where}: {err}") from None
         enc = scheme.activation
-        expected = (float(enc.value_range[0]), float(enc.level_step), threshold_count(enc))
+        expected = quantizer_levels(enc)
         got = (layer.lo, layer.step, len(layer.thresholds))
         if got != expected:
             raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "

@@ -180,9 +180,8 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
                        tirx.Cast(dtype, x(*i) >= thresholds[0]))
     else:
         j = te.reduce_axis((0, count_thresholds), name="j")
-        counted = te.compute(x.shape, lambda *i: te.sum(tirx.Cast(dtype, x(*i) >= thresholds[j]), axis=j),
-                             name="count")
-        count = counted
+        count = te.compute(x.shape, lambda *i: te.sum(tirx.Cast(dtype, x(*i) >= thresholds[j]), axis=j),
+                           name="count")
     return te.compute(x.shape, lambda *i: tirx.const(lo, dtype) + tirx.const(step, dtype) * count(*i),
                       name="levels")
 
@@ -191,6 +190,12 @@ def threshold_count(encoding: Encoding) -> int:
     """Thresholds that requantize to ``encoding``: one fewer than its number of levels."""
     lo, hi = encoding.value_range
     return (hi - lo) // encoding.level_step
+
+
+def quantizer_levels(encoding: Encoding) -> tuple[float, float, int]:
+    """``(lo, step, number of thresholds)`` of the activation quantizer (see
+    :func:`quantize_levels`) whose levels are exactly ``encoding``'s values."""
+    return float(encoding.value_range[0]), float(encoding.level_step), threshold_count(encoding)
 
 
 def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,

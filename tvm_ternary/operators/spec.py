@@ -19,7 +19,7 @@ from .. import reference
 from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
 from ..schemes import FgqScheme, PackedScheme, Scheme
 from .compute import (affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
-                      UNROLLED_THRESHOLDS, quantize_levels, requantize_pack, threshold_count)
+                      UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -172,8 +172,7 @@ class OperatorSpec:
     def _levels_are_encoding_values(self, lo: float, step: float, num_thresholds: int) -> bool:
         if not isinstance(self.scheme, PackedScheme) or num_thresholds > UNROLLED_THRESHOLDS:
             return False
-        enc = self.scheme.activation
-        return (lo, step, num_thresholds) == (enc.value_range[0], enc.level_step, threshold_count(enc))
+        return (lo, step, num_thresholds) == quantizer_levels(self.scheme.activation)
 
     @lru_cache(maxsize=None)   # specs are immutable; building the TE stage costs ~0.1 ms
     def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:
