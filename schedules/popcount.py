@@ -53,8 +53,7 @@ def _channel_blocks(sch: s_tir.Schedule, acc) -> int:
     vector), so two blocks share each broadcast; 1 for the popcount kernels, where two
     blocks measured slower (spills)."""
     buffer = sch.get(acc).writes[0].source
-    blocks = int(buffer.shape[1])
-    return 2 if "float" in str(buffer.dtype) and len(buffer.shape) > 4 and blocks % 2 == 0 else 1
+    return 2 if "float" in str(buffer.dtype) and int(buffer.shape[1]) % 2 == 0 else 1
 
 
 class PopcountKernel(ScheduleRule):

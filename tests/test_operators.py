@@ -104,20 +104,19 @@ def test_quantize_stage_from_compares_equals_counted_levels(scheme, params, thre
     lo, step = enc.value_range[0], enc.level_step
     rng = np.random.default_rng(0)
     x = rng.choice(np.array([*thresholds, *rng.standard_normal(8)], np.float32), spec.data_shape)
-    outputs = []
-    for ascending in (True, False):
-        func = spec.quantize_data_prim_func(lo, step, len(thresholds), ascending)
-        lib = tvm.compile(tvm.IRModule({"q": schedules.schedule(func, tvm.target.Target(AVX2)).mod["main"]
-                                        .with_attr("global_symbol", "q")}), target=tvm.target.Target(AVX2))
-        shape, dtype = spec.kernel_input_shape()
-        out = tvm.runtime.tensor(np.zeros(shape, dtype))
-        lib["q"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.asarray(thresholds, np.float32)), out)
-        outputs.append(out.numpy())
-    np.testing.assert_array_equal(outputs[0], outputs[1])
-    levels = lo + step * (x[..., None] >= np.asarray(thresholds, np.float32)).sum(-1)
-    data = spec.data_prim_func()
-    lib = tvm.compile(tvm.IRModule({"d": schedules.schedule(data, tvm.target.Target(AVX2)).mod["main"]
-                                    .with_attr("global_symbol", "d")}), target=tvm.target.Target(AVX2))
-    packed = tvm.runtime.tensor(np.zeros(shape, dtype))
-    lib["d"](tvm.runtime.tensor(levels.astype(np.int32)), packed)
-    np.testing.assert_array_equal(outputs[0], packed.numpy())   # and equal to packing the levels
+    t = np.asarray(thresholds, np.float32)
+    direct, counted = (run_data_stage(spec, spec.quantize_data_prim_func(lo, step, len(t), ascending), x, t)
+                       for ascending in (True, False))
+    np.testing.assert_array_equal(direct, counted)
+    levels = (lo + step * (x[..., None] >= t).sum(-1)).astype(np.int32)
+    np.testing.assert_array_equal(direct, run_data_stage(spec, spec.data_prim_func(), levels))  # = packing the levels
+
+
+def run_data_stage(spec, func, *inputs):
+    """Schedule ``func`` (a data stage of ``spec``) for AVX2, run it on ``inputs``, return its output."""
+    target = tvm.target.Target(AVX2)
+    lib = tvm.compile(tvm.IRModule({"stage": schedules.schedule(func, target).mod["main"]
+                                    .with_attr("global_symbol", "stage")}), target=target)
+    out = tvm.runtime.tensor(np.zeros(*spec.kernel_input_shape()))
+    lib["stage"](*(tvm.runtime.tensor(a) for a in inputs), out)
+    return out.numpy()
