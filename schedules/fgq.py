@@ -36,8 +36,11 @@ def dot_intrinsic(target: Target, lanes: int) -> str | None:
 class FgqKernel(ScheduleRule):
     """Schedule rule for the ``group`` + ``acc`` + ``out`` FGQ kernel."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        return self.schedule(s_tir.Schedule(func), target, tunable)
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
+              seed: int | None = None) -> s_tir.Schedule | None:
+        """Schedule ``func`` (None if the rule does not apply); ``seed`` seeds the sampling of
+        ``tunable`` as in :meth:`.PopcountKernel.apply`."""
+        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""

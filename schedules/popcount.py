@@ -59,8 +59,12 @@ def _channel_blocks(sch: s_tir.Schedule, acc) -> int:
 class PopcountKernel(ScheduleRule):
     """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        return self.schedule(s_tir.Schedule(func), target, tunable)
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
+              seed: int | None = None) -> s_tir.Schedule | None:
+        """Schedule ``func`` (None if the rule does not apply). ``seed`` (1 to 2**31 - 1) seeds
+        the schedule's random state, which ``tunable`` samples the knobs from: the same seed
+        gives the same sample; None draws it from the device's random source."""
+        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""

@@ -12,6 +12,7 @@ from tvm import te
 
 import tvm_ternary
 from tvm_ternary import schedules
+from tvm_ternary.api import make_spec
 from tvm_ternary.operators import OperatorSpec
 from tvm_ternary.schedules.float_ops import FloatCPU
 from tvm_ternary.schemes import make_scheme
@@ -97,13 +98,58 @@ def spec(scheme="ternary", padding=1, **params):
 
 
 @pytest.mark.parametrize("tunable", [False, True])
-def test_popcount_rule_tiles_registers_and_vectorizes(tunable):
-    sch = schedules.PopcountKernel().apply(spec().kernel_prim_func(), tvm.target.Target(AVX2), tunable)
+def test_popcount_rule_tiles_registers_and_vectorizes(tunable, rng):
+    seed = sample_seed(rng)
+    sch = schedules.PopcountKernel().apply(spec().kernel_prim_func(), tvm.target.Target(AVX2), tunable, seed=seed)
     script = sch.mod.script()
-    assert "T.parallel" in script and "T.vectorized(8)" in script
-    assert 'scope="local"' not in script               # tile buffers on the stack (see the asm test below)
+    assert "T.parallel" in script and "T.vectorized(8)" in script, f"seed {seed}"
+    assert 'scope="local"' not in script, f"seed {seed}"   # tile buffers on the stack (see the asm test below)
     sampled = [inst.kind.name for inst in sch.trace.insts if inst.kind.name.startswith("Sample")]
     assert bool(sampled) == tunable
+
+
+def sample_seed(rng: np.random.Generator) -> int:
+    """A seed for a sampled schedule (``apply(..., seed=)``), drawn from the test's ``rng`` so
+    that a failing sample is reproduced by its test id; tests report it when they fail."""
+    return int(rng.integers(1, 2**31 - 1, endpoint=True))
+
+
+SAMPLED_KERNELS = [("ternary", "int32", {}), ("bitserial", "requantize", dict(abits=2, wbits=2)),
+                   ("fgq", "int32", dict(group_size=4, abits=4))]
+
+
+def avx2_spec(scheme: str, epilogue: str, params: dict) -> OperatorSpec:
+    """A conv2d spec laid out for the AVX2 target, as :func:`tvm_ternary.op` makes it."""
+    return make_spec("conv2d", scheme, (2, 40, 7, 14), (24, 40, 3, 3), 1, 1, tvm.target.Target(AVX2), epilogue,
+                     **params)
+
+
+@pytest.mark.parametrize("scheme,epilogue,params", SAMPLED_KERNELS, ids=["ternary", "requantize", "fgq"])
+def test_same_seed_samples_the_same_schedule(scheme, epilogue, params, rng):
+    """A seed fixes the sampled knobs (trace decisions and the scheduled TIR alike), and the
+    seeds do reach the sampling: a few of them give more than one schedule."""
+    func = avx2_spec(scheme, epilogue, params).kernel_prim_func()
+    target, rule = tvm.target.Target(AVX2), schedules.FgqKernel() if scheme == "fgq" else schedules.PopcountKernel()
+    seeds = [sample_seed(rng) for _ in range(8)]
+    scripts = set()
+    for seed in seeds:
+        first, second = (rule.apply(func, target, True, seed=seed) for _ in range(2))
+        assert str(first.trace) == str(second.trace), f"seed {seed}"
+        assert first.mod.script() == second.mod.script(), f"seed {seed}"
+        scripts.add(first.mod.script())
+    assert len(scripts) > 1, f"seeds {seeds} all sampled the same schedule"
+
+
+@pytest.mark.parametrize("scheme,epilogue,params", SAMPLED_KERNELS, ids=["ternary", "requantize", "fgq"])
+def test_fixed_schedule_is_deterministic(scheme, epilogue, params):
+    """``tunable=False`` samples nothing: every rule's schedule of the kernel and of its data
+    stage is the same each time, whatever the schedule's random state."""
+    s = avx2_spec(scheme, epilogue, params)
+    target = tvm.target.Target(AVX2)
+    for func in (s.kernel_prim_func(), s.data_prim_func()):
+        first, second = (schedules.schedule(func, target) for _ in range(2))
+        assert not [inst for inst in first.trace.insts if inst.kind.name.startswith("Sample")]
+        assert str(first.trace) == str(second.trace) and first.mod.script() == second.mod.script()
 
 
 @pytest.mark.parametrize("target,lanes", [(AVX2, 8), (AVX512, 16), (RASP4, 4)], ids=["avx2", "avx512", "neon"])
@@ -189,16 +235,18 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     args = f.prepare(x, w, scales, thresholds)
     expected = f.reference(x, w, scales, thresholds)
     target = tvm.target.Target(AVX2)
-    for _ in range(3):
-        sch = schedules.rules_for(target)[0 if scheme != "fgq" else 1].apply(s.kernel_prim_func(), target, True)
+    rule = schedules.rules_for(target)[0 if scheme != "fgq" else 1]
+    for seed in [sample_seed(rng) for _ in range(3)]:
+        sch = rule.apply(s.kernel_prim_func(), target, True, seed=seed)
         assert any(inst.kind.name.startswith("Sample") for inst in sch.trace.insts)
         kernel = tvm.compile(sch.mod, target=target)
         args[-1].copyfrom(np.zeros(args[-1].shape, args[-1].dtype))     # the sample must write it all
         kernel[s.symbol](*args)
+        message = f"the sample of {type(rule).__name__}.apply(..., seed={seed})"
         if scheme == "fgq":
-            np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-4, err_msg=message)
         else:
-            np.testing.assert_array_equal(args[-1].numpy(), expected)
+            np.testing.assert_array_equal(args[-1].numpy(), expected, err_msg=message)
 
 
 def test_float_pooling_reads_a_padded_tile_and_equals_pytorch():
@@ -219,3 +267,18 @@ def test_float_pooling_reads_a_padded_tile_and_equals_pytorch():
     out = tvm.runtime.tensor(np.zeros((2, 5, 7, 6), "float32"))
     lib[name](tvm.runtime.tensor(x.numpy()), out)
     np.testing.assert_array_equal(out.numpy(), torch.nn.functional.max_pool2d(x, 3, 2, 1).numpy())
+
+
+def test_float_schedule_lets_errors_other_than_schedule_errors_through(monkeypatch):
+    """A ``ScheduleError`` means "this stage cannot be inlined" and is passed over; any other
+    error in inlining is a bug and surfaces."""
+    x = te.placeholder((4, 16), "float32", name="x")
+    y = te.compute((4, 16), lambda i, j: x[i, j] + 1, name="y")
+    z = te.compute((4, 16), lambda i, j: y[i, j] * 2, name="z")
+
+    def broken(self, block):
+        raise TypeError("compute_inline: a bug")
+
+    monkeypatch.setattr(tvm.s_tir.Schedule, "compute_inline", broken)
+    with pytest.raises(TypeError, match="a bug"):
+        FloatCPU().apply(te.create_prim_func([x, z]), tvm.target.Target(AVX2), False)
