@@ -2,14 +2,18 @@
 batch 1, random weights, at every precision.
 
 * ``torch_fp32``: the float model; ``torch_int8``: PyTorch's FX graph-mode int8 (x86
-  engine, default qconfig), quantize and dequantize inside the timed call as a deployed
-  model would.
-* ``tvm_fp32``: the float model through ``tvm_ternary.build``: its convolutions become our
-  register-tiled float kernel, the rest Relax lowering with our plain float schedules; untuned.
-* ours: ``tvm_ternary.quantize(model, precision)`` built with ``tvm_ternary.build`` and
+  engine, default qconfig, ``impl`` ``torch-fx``), quantize and dequantize inside the timed
+  call as a deployed model would; checked against the float model (:data:`INT8_TOLERANCE`).
+* ``tvm_fp32``: the float model through ``tvm_ternary.build`` (``impl`` ``build``): its
+  convolutions become our register-tiled float kernel, the rest Relax lowering with our
+  plain float schedules; untuned.
+* ours: ``tvm_ternary.quantize(model, scheme)`` built with ``tvm_ternary.build`` and
   checked against the PyTorch quantized model once: with the stem and classifier kept in
   float (``impl`` ``hand``, the default of ``quantize``) and with every layer quantized
-  (``hand-all-quantized``).
+  (``hand-all-quantized``). ``w2a2`` (unsigned weights) is a layer kernel only: a model's
+  W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights).
+
+Every contender is timed by :mod:`harness` (a Python loop around the model call).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import tvm
-from precisions import Layer, Runner, time_tvm, torch_runner
+from harness import Runner, runner
+from precisions import Layer, torch_runner
 from torch import nn
 from tvm import relax
 
@@ -75,21 +80,36 @@ ResNet-18's logits by ~2e-2 (observed 1.7e-2 to 1.9e-2)."""
 FLOAT_TOLERANCE = 1e-4
 """Relative error allowed for the float model (no quantizers): summation order only."""
 
+INT8_TOLERANCE = 0.1
+"""Relative error allowed for PyTorch's FX int8 model against the float model: 8-bit
+quantization error of a random ResNet-18 (observed: see the README's benchmark section)."""
+
+QUANTIZE_SCHEME = {"w2a2_bw": "w2a2"}
+"""Benchmark precision -> ``tvm_ternary.quantize`` scheme where the names differ."""
+
+LAYER_ONLY = {"w2a2"}
+"""Precisions that no quantized model uses (unsigned weights): no model rows."""
+
 ALL_QUANTIZED_TOLERANCE = 1e-5
 """Relative error allowed with every layer quantized: no float stem, so the integer layers
 are bit-identical to PyTorch and only the float classifier scale remains; this is the check
 that catches kernel bugs."""
 
 
-def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, impl: str,
-                tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
-    vm = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())
-    args = [tvm.runtime.tensor(INPUT.numpy())]
-    got = vm["main"](*args).numpy()
+def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: float) -> None:
+    """Raise when ``got`` differs from ``expected`` by more than ``tolerance`` (relative L2)."""
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
     if error > tolerance:
-        raise AssertionError(f"networks.py: {impl} logits differ from PyTorch's by {error:.2e} (relative)")
-    return Runner(impl, lambda repeat: time_tvm(vm, "main", args, repeat))
+        raise AssertionError(f"networks.py: {impl} logits differ from the reference by {error:.2e} (relative), "
+                             f"more than {tolerance:.0e}")
+
+
+def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, impl: str,
+                tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
+    main = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())["main"]
+    x = tvm.runtime.tensor(INPUT.numpy())
+    check_logits(main(x).numpy(), expected, impl, tolerance)
+    return runner(impl, [lambda: main(x)])
 
 
 def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Runner, ...]:
@@ -97,7 +117,7 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
     with torch.no_grad():
         reference = MODEL(INPUT).numpy()
     if precision == "torch_fp32":
-        return torch_runner(lambda: MODEL(INPUT))
+        return torch_runner([lambda: MODEL(INPUT)])
     if precision == "torch_int8":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
@@ -108,14 +128,19 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
             with torch.no_grad():
                 prepared(INPUT)
             int8 = convert_fx(prepared)
-        return torch_runner(lambda: int8(INPUT))
+        with torch.no_grad():
+            check_logits(int8(INPUT).numpy(), reference, "torch-fx int8", INT8_TOLERANCE)
+        return torch_runner([lambda: int8(INPUT)], "torch-fx")
     if precision == "tvm_fp32":
-        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "relax+float-schedules",
-                           FLOAT_TOLERANCE)
+        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "build", FLOAT_TOLERANCE)
+    if precision in LAYER_ONLY:
+        raise ValueError(f"networks.py: no model of precision {precision!r}: it is a layer kernel only "
+                         f"(a model's W2A2 is w2a2_bw)")
     runners = []
     for keep_first_last, impl, tolerance in ((True, "hand", FLOAT_STEM_TOLERANCE),
                                              (False, "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
-        quantized = tvm_ternary.quantize(MODEL, precision, INPUT, keep_first_last=keep_first_last,
+        quantized = tvm_ternary.quantize(MODEL, QUANTIZE_SCHEME.get(precision, precision), INPUT,
+                                         keep_first_last=keep_first_last,
                                          group_size=fgq_group)
         with torch.no_grad():
             expected = quantized(INPUT).numpy()

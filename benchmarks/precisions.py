@@ -1,22 +1,24 @@
 """The precisions that benchmarks/speedup.py compares, each a factory of timed runners.
 
 A runner holds everything a layer needs at one precision, already prepared (weights
-packed or quantized, inputs in the layout the kernel reads), so that :meth:`Runner.time`
-measures only what a network would run per layer:
+packed or quantized, inputs in the layout the kernel reads), and is timed by
+:mod:`harness` (a Python loop around one call, the same for every contender):
 
 * ``torch_fp32``: ``torch.nn.functional.conv2d``/``linear`` (oneDNN).
 * ``torch_int8``: ``torch.ao.nn.quantized`` Conv2d/Linear with the x86 (fbgemm) engine,
   quint8 input and output, quantize/dequantize outside the timed call.
 * ``tvm_fp32``: the same layer through TVM's default Relax pipeline, untuned.
-* ours (``w1a1``, ``w2a2``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``): the kernel of
-  :func:`tvm_ternary.op` on already packed input with the fused requantize epilogue that
-  writes the next layer's packed input (``impl="hand"``), the same kernel writing int32
-  (``hand-int32``), and the stand-alone packing of the layer's input (``pack``).
+* ours (``w1a1``, ``w2a2``, ``w2a2_bw``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``):
+  the kernel of :func:`tvm_ternary.op` on already packed input with the fused requantize
+  epilogue that writes the next layer's packed input (``impl="hand"``), the same kernel
+  writing int32 (``hand-int32``), and the stand-alone packing of the layer's input (``pack``).
+
+A layer with ``cold=True`` gives each contender copies of its weights to cycle through
+(:func:`harness.weight_copies`), so the weights stream from memory on every call.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -24,6 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 import tvm
+from harness import Runner, board_runner, runner, weight_copies
 from tvm import relax
 
 import tvm_ternary
@@ -39,6 +42,8 @@ class Layer:
     weight_shape: tuple[int, ...]
     stride: int = 1
     padding: int = 0
+    cold: bool = False
+    """Time with the weights out of cache: each call uses the next of enough weight copies."""
 
     @property
     def macs(self) -> int:
@@ -53,50 +58,12 @@ class Layer:
         return dict(stride=self.stride, padding=self.padding) if self.op == "conv2d" else {}
 
 
-@dataclass
-class Runner:
-    """A prepared layer at one precision: ``time()`` it; ``impl`` labels the implementation."""
-
-    impl: str
-    time: Callable[[int], float]
-    """``time(repeat)``: the median over ``repeat`` runs, in milliseconds."""
-
-
-def time_python(fn: Callable[[], object], repeat: int, min_ms: float = 20.0) -> float:
-    """Median over ``repeat`` runs of a batch of calls lasting >= ``min_ms`` (after warm-up)."""
-    fn()
-    start = time.perf_counter()
-    fn()
-    once = max(time.perf_counter() - start, 1e-7)
-    number = max(1, int(min_ms / 1e3 / once))
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        samples.append((time.perf_counter() - start) / number)
-    return float(np.median(samples)) * 1e3
-
-
-def time_tvm(module, name: str, args, repeat: int, min_ms: int = 20) -> float:
-    """Median over ``repeat`` runs of TVM's C++ time evaluator (no Python in the loop);
-    ``module`` is a runtime module or a Relax VirtualMachine."""
-    result = module.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=min_ms)(*args)
-    return float(np.median(result.results)) * 1e3
-
-
-def time_operator(f, args, repeat: int, stage: str = "kernel", min_ms: int = 20) -> float:
-    """Median milliseconds over ``repeat`` runs of a :class:`tvm_ternary.CompiledOperator`'s
-    kernel or data stage, where it runs (host or board)."""
-    return float(np.median(f.time(args, repeat=repeat, min_repeat_ms=min_ms, stage=stage))) * 1e3
-
-
-def torch_runner(call: Callable[[], object]) -> Runner:
-    """A PyTorch call timed under ``torch.inference_mode`` (``impl="torch"``)."""
+def torch_runner(calls: list[Callable[[], object]], impl: str = "torch") -> Runner:
+    """PyTorch ``calls`` timed by the harness under ``torch.inference_mode``."""
     def timed(repeat):
         with torch.inference_mode():
-            return time_python(call, repeat)
-    return Runner("torch", timed)
+            return runner(impl, calls).time(repeat)
+    return Runner(impl, timed)
 
 
 def _torch_inputs(layer: Layer, rng: np.random.Generator):
@@ -107,11 +74,11 @@ def _torch_inputs(layer: Layer, rng: np.random.Generator):
 
 def torch_fp32(layer: Layer, target, rng) -> Runner:
     x, w = _torch_inputs(layer, rng)
+    copies = [w.clone() for _ in range(weight_copies(w.nbytes, layer.cold))]
     if layer.op == "conv2d":
-        call = lambda: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)  # noqa: E731
-    else:
-        call = lambda: torch.nn.functional.linear(x, w)  # noqa: E731
-    return torch_runner(call)
+        return torch_runner([lambda w=w: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)
+                             for w in copies])
+    return torch_runner([lambda w=w: torch.nn.functional.linear(x, w) for w in copies])
 
 
 def torch_int8(layer: Layer, target, rng) -> Runner:
@@ -121,23 +88,27 @@ def torch_int8(layer: Layer, target, rng) -> Runner:
     x, w = _torch_inputs(layer, rng)
     qw = torch.quantize_per_channel(w, w.abs().amax(dim=tuple(range(1, w.dim()))) / 127,
                                     torch.zeros(w.shape[0], dtype=torch.long), 0, torch.qint8)
-    if layer.op == "conv2d":
-        module = nnq.Conv2d(layer.weight_shape[1], layer.weight_shape[0], layer.weight_shape[2:],
-                            stride=layer.stride, padding=layer.padding)
-    else:
-        module = nnq.Linear(layer.weight_shape[1], layer.weight_shape[0])
-    module.set_weight_bias(qw, None)
-    module.scale, module.zero_point = 0.05, 64
+    def module():
+        if layer.op == "conv2d":
+            m = nnq.Conv2d(layer.weight_shape[1], layer.weight_shape[0], layer.weight_shape[2:],
+                           stride=layer.stride, padding=layer.padding)
+        else:
+            m = nnq.Linear(layer.weight_shape[1], layer.weight_shape[0])
+        m.set_weight_bias(qw, None)                    # packs its own copy of the weights
+        m.scale, m.zero_point = 0.05, 64
+        return m
+
+    modules = [module() for _ in range(weight_copies(qw.numel(), layer.cold))]
     qx = torch.quantize_per_tensor(x.clamp(min=0), 0.02, 0, torch.quint8)
     reference = (torch.nn.functional.conv2d(qx.dequantize(), qw.dequantize(), stride=layer.stride,
                                             padding=layer.padding) if layer.op == "conv2d"
                  else torch.nn.functional.linear(qx.dequantize(), qw.dequantize()))
-    out = module(qx).dequantize()
+    out = modules[0](qx).dequantize()
     inside = (reference > -64 * 0.05) & (reference < 191 * 0.05)   # not clipped by quint8 output
     error = (out - reference)[inside].abs().max().item()
     if error > 0.05:   # one output quantization step
         raise RuntimeError(f"torch_int8 {layer.name}: error {error} against fp32 on quantized values")
-    return torch_runner(lambda: module(qx))
+    return torch_runner([lambda m=m: m(qx) for m in modules])
 
 
 def tvm_fp32(layer: Layer, target, rng) -> Runner:
@@ -153,23 +124,29 @@ def tvm_fp32(layer: Layer, target, rng) -> Runner:
                 y = relax.op.matmul(xv, relax.op.permute_dims(wv))
             out = bb.emit_output(bb.emit(y))
         bb.emit_func_output(out)
-    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())
+    main = relax.VirtualMachine(tvm.compile(bb.get(), target=target), tvm.cpu())["main"]
     args = [tvm.runtime.tensor(x), tvm.runtime.tensor(w)]
     expected = (torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=layer.stride,
                                            padding=layer.padding) if layer.op == "conv2d"
                 else torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w))).numpy()
-    np.testing.assert_allclose(vm["main"](*args).numpy(), expected, rtol=1e-3, atol=1e-3)
-    return Runner("relax-default", lambda repeat: time_tvm(vm, "main", args, repeat))
+    np.testing.assert_allclose(main(*args).numpy(), expected, rtol=1e-3, atol=1e-3)
+    copies = [args[1]] + [tvm.runtime.tensor(w) for _ in range(weight_copies(w.nbytes, layer.cold) - 1)]
+    return runner("relax-default", [lambda w=w: main(args[0], w) for w in copies])
 
 
 OURS = {
     "w1a1": ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),
     "w2a2": ("bitserial", dict(abits=2, wbits=2)),
+    "w2a2_bw": ("bitserial", dict(abits=2, wbits=2, weight_encoding="bipolar")),
     "ternary": ("ternary", {}),
     "fatnn": ("fatnn", {}),
     "fgq_w2a4": ("fgq", dict(abits=4)),
     "fgq_w2a8": ("fgq", dict(abits=8)),
 }
+"""Our precisions: kernel scheme and parameters. ``w2a2`` is the conventional bit-serial
+kernel, unsigned 2-bit activations × unsigned 2-bit weights {0..3} (4 AND-popcounts per
+word); ``w2a2_bw`` has bipolar weights {-3,-1,1,3} (2 more popcounts per word), which is what
+``tvm_ternary.quantize(model, "w2a2")`` builds, so it is the W2A2 of the model rows."""
 
 
 def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -179,6 +156,16 @@ def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     t = np.tile(np.round(levels).astype(np.int64), (spec.weight_shape[0], 1)) + \
         rng.integers(-1, 2, (spec.weight_shape[0], spec.threshold_count))
     return np.sort(t, axis=1)
+
+
+def kernel_calls(f, args: list, cold: bool) -> list[Callable[[], object]]:
+    """Calls of ``f``'s compiled kernel on ``args`` (from ``f.prepare``): one, or with
+    ``cold`` one per copy of its weight tensors (``args[1:-1]``)."""
+    kernel = f.lib[f.spec.symbol]
+    weights = args[1:-1]
+    copies = [weights] + [[tvm.runtime.tensor(a.numpy()) for a in weights]
+                          for _ in range(weight_copies(sum(a.numpy().nbytes for a in weights), cold) - 1)]
+    return [lambda a=[args[0], *ws, args[-1]]: kernel(*a) for ws in copies]
 
 
 def ours(precision: str, fgq_group: int, remote=None, tuned=None):
@@ -211,9 +198,13 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
             else:
                 np.testing.assert_array_equal(got, expected)
             impl = ("tuned" if f.tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
-            runners.append(Runner(impl, lambda repeat, f=f, args=args: time_operator(f, args, repeat)))
+            runners.append(board_runner(impl, f, args) if remote else runner(impl, kernel_calls(f, args, layer.cold)))
         values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
-        runners.append(Runner("pack", lambda repeat: time_operator(f, [values, args[0]], repeat, "data")))
+        if remote:
+            runners.append(board_runner("pack", f, [values, args[0]], stage="data"))
+        else:
+            pack = f.lib[f.spec.symbol + "_data"]
+            runners.append(runner("pack", [lambda: pack(values, args[0])]))
         return tuple(runners)
 
     return make

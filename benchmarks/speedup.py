@@ -4,11 +4,14 @@
     python benchmarks/speedup.py --scope layers --threads 1 \\
         --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
 
-Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096;
-``--scope model``: ResNet-18 end to end at 224x224, batch 1 (benchmarks/networks.py).
-Each kernel is checked against its reference once, then timed: median of --repeat runs
-after warm-up. fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8) measured
-in the same process. Timings on a shared machine are noisy; compare ratios from one run.
+Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096
+(weights hot: they stay in cache between calls) and 4096->4096 cold (each call streams its
+weights from memory); ``--scope model``: ResNet-18 end to end at 224x224, batch 1
+(benchmarks/networks.py). Each kernel is checked against its reference once, then timed
+by one harness for every contender (benchmarks/harness.py: a Python loop around one call,
+median of --repeat batches, threads pinned by nobody). fp32/int8 speedups are against
+PyTorch (oneDNN fp32, fbgemm int8) measured in the same process. Timings on a shared
+machine are noisy; compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ import json
 import os
 import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-import torch
-import tvm
-from tqdm import tqdm
-
-import tvm_ternary
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+harness.unpin_threads()                    # before TVM configures its pool
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import tvm  # noqa: E402
 from bound import measure_bounds  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import tvm_ternary  # noqa: E402
 
 from tvm_ternary.schedules import isa_of  # noqa: E402
 from tvm_ternary.targets import describe, host_cannot_run, resolve_target  # noqa: E402
@@ -42,6 +49,7 @@ LAYERS = [
     Layer("conv3x3_512x7x7", "conv2d", (1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
     Layer("dense_512x1000", "dense", (1, 512), (1000, 512)),
     Layer("dense_4096x4096", "dense", (1, 4096), (4096, 4096)),
+    Layer("dense_4096x4096_cold", "dense", (1, 4096), (4096, 4096), cold=True),
 ]
 BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "tvm_fp32": tvm_fp32}
 PRECISIONS = [*BASELINES, *OURS]
@@ -49,10 +57,10 @@ TORCH_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRU
                              "ATEN_CPU_CAPABILITY": "avx2"}}
 """``--torch-isa``: PyTorch's own switches (oneDNN fp32, fbgemm int8, ATen) that stand in for a
 host without AVX-512; they are read when torch loads, so the script re-executes itself with them."""
-MAIN_IMPLS = ("torch", "relax-default", "relax+float-schedules", "hand", "tuned")
+MAIN_IMPLS = ("torch", "torch-fx", "relax-default", "build", "hand", "tuned")
 """Implementations that stand for a precision in speedup columns and summaries."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
-           "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated"]
+           "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated", "timing"]
 
 
 def cpu_model() -> str:
@@ -78,9 +86,11 @@ def set_threads(n: int) -> None:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scope", choices=["layers", "model", "all"], default="all",
-                   help="the layers, ResNet-18 end to end at 224x224 (model), or both")
-    p.add_argument("--threads", default="1,all", help="comma list of thread counts; 'all' = every core")
+    p.add_argument("--scope", choices=["layers", "model", "all"], default=None,
+                   help="the layers, ResNet-18 end to end at 224x224 (model), or both (default: all; with "
+                        "--rpc: layers)")
+    p.add_argument("--threads", default="1,all",
+                   help="comma list of thread counts; 'all' = every CPU this process may run on")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
     p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
     p.add_argument("--target", default="host", help="'host', 'llvm', a preset ('x86', 'avx512') or a JSON target dict")
@@ -103,10 +113,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = sorted(set(args.precisions) - set(PRECISIONS))
     if unknown:
         p.error(f"unknown precisions {unknown}; choose from {PRECISIONS}")
+    args.scope = args.scope or ("layers" if args.rpc else "all")
     names = [layer.name for layer in LAYERS]
-    args.layers = LAYERS if args.layers == "all" else [LAYERS[names.index(n)] for n in args.layers.split(",")
-                                                       if n in names or p.error(f"unknown layer {n}; choose from {names}")]
-    args.threads = [os.cpu_count() if t == "all" else int(t) for t in args.threads.split(",")]
+    default_layers = [layer for layer in LAYERS if not (args.rpc and layer.cold)]
+    args.layers = default_layers if args.layers == "all" else [
+        LAYERS[names.index(n)] for n in args.layers.split(",")
+        if n in names or p.error(f"unknown layer {n}; choose from {names}")]
+    if args.rpc and any(layer.cold for layer in args.layers):
+        p.error("--rpc: cold-weight layers rotate weight copies between calls, which the board's time "
+                "evaluator cannot; leave them out")
+    args.threads = [harness.usable_cpus() if t == "all" else int(t) for t in args.threads.split(",")]
     if args.scope != "layers":
         if args.rpc:
             p.error("--scope model runs on this host (PyTorch baselines); use --scope layers with --rpc")
@@ -147,6 +163,21 @@ def parse_target(text: str):
     return resolve_target(json.loads(text) if text.startswith("{") else text)
 
 
+def print_header(args, target, device: str) -> None:
+    """What this run compares and how: machine, ISA of our kernels, threads, versions, timing."""
+    print(f"device: {device}")
+    print(f"target: {describe(target)}, our kernels' ISA: {isa_of(target).name}"
+          + ("" if args.rpc else f"; CPUs usable by this process: {harness.usable_cpus()}"))
+    print(f"threads: {', '.join(map(str, args.threads))}; thread pinning: none (TVM_BIND_THREADS=0, PyTorch's "
+          f"OpenMP unbound; checked at the end)")
+    print(f"versions: tvm-ternary {metadata.version('tvm-ternary')}, TVM {tvm.__version__}, "
+          f"PyTorch {torch.__version__}, Python {platform.python_version()}")
+    print(f"timing: {harness.TIMING_BOARD if args.rpc else harness.TIMING_LOCAL}")
+    if any(layer.op == "dense" for layer in args.layers):
+        print("weights: hot (in cache between calls) except *_cold layers, which cycle through copies adding up "
+              f"to twice the {harness.last_level_cache_bytes() >> 20} MiB last-level cache")
+
+
 def measure(args) -> list[dict]:
     target = parse_target(args.target)
     remote = parse_remote(args.rpc)
@@ -156,21 +187,27 @@ def measure(args) -> list[dict]:
     device = cpu_model() + ("" if args.torch_isa == "native" else f" (PyTorch limited to {args.torch_isa})")
     if remote is not None:
         device = f"{'emulated ' if args.emulated else ''}{remote}"
-        if args.emulated:
-            print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
+    print_header(args, target, device)
+    if args.emulated:
+        print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
     rng = np.random.default_rng(0)
     factories = {name: BASELINES.get(name) or ours(name, args.fgq_group, remote, args.tuned)
                  for name in args.precisions}
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
         for name, factory in factories.items():
-            if layer.op == "model":
-                from networks import network_runner
-                runners[layer.name, name] = network_runner(name, args.fgq_group, target)
-            else:
+            if layer.op != "model":
                 runners[layer.name, name] = factory(layer, target, rng)
+                continue
+            from networks import LAYER_ONLY, network_runner
+            if name in LAYER_ONLY:
+                tqdm.write(f"note: no {layer.name} row for {name}: a layer kernel only (unsigned weights)")
+                continue
+            runners[layer.name, name] = network_runner(name, args.fgq_group, target)
     rows = []
-    jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions]
+    jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions
+            if (layer.name, name) in runners]
+    timing = "board-time-evaluator" if remote else "python-call"
     for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
         if remote is None:
             set_threads(threads)
@@ -181,7 +218,11 @@ def measure(args) -> list[dict]:
                              layer=layer.name, precision=name, impl=runner.impl,
                              median_ms=median_ms,
                              gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
-                             tuned=runner.impl.startswith("tuned"), emulated=args.emulated))
+                             tuned=runner.impl.startswith("tuned"), emulated=args.emulated, timing=timing))
+    pinned = harness.pinned_threads()
+    if pinned:
+        raise SystemExit(f"speedup.py: threads were pinned during the run, so the contenders did not run alike: "
+                         f"{pinned}")
     add_speedups(rows)
     return rows
 

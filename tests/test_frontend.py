@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -48,3 +49,15 @@ def test_from_torch_errors():
 def test_single_output_is_not_wrapped_in_a_tuple():
     mod = from_torch(nn.Linear(4, 2).eval(), torch.randn(1, 4))
     assert isinstance(mod["main"].ret_ty, relax.TensorType)
+
+
+def test_import_raises_no_pytree_future_warnings():
+    """torch 2.13's ``isinstance(treespec, LeafSpec)`` deprecation, raised inside torch.export
+    once per copied spec, is not passed on to the user."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 6, 6)
+    model = quantize(small_net(), "ternary", x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from_torch(model, x)
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]

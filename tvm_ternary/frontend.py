@@ -11,6 +11,7 @@ finds it. Without the rewrite the module still runs, in plain Relax.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Sequence
 
 import torch
@@ -63,6 +64,10 @@ def from_torch(model: nn.Module, example_inputs: tuple | torch.Tensor) -> tvm.IR
     if model.training:
         raise ValueError("from_torch: the model is in training mode; call model.eval() first "
                          "(quantized layers export their integer inference semantics)")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch 2.13's pytree deprecation, raised from inside torch.export's own code (not ours
+        # to fix), once per copied spec: a wall of FutureWarnings on every model
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         program = torch.export.export(model, inputs)
-    return from_exported_program(program, unwrap_unit_return_tuple=True, custom_convert_map=CUSTOM_CONVERT_MAP)
+        return from_exported_program(program, unwrap_unit_return_tuple=True,
+                                     custom_convert_map=CUSTOM_CONVERT_MAP)

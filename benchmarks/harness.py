@@ -1,0 +1,121 @@
+"""The one timing harness of the benchmarks: every contender goes through it, so that how a
+contender is timed is a property of this code, not of care taken in each runner.
+
+* **Calls as a user makes them.** On this host every contender, PyTorch and ours, is timed
+  by the same Python loop around one call: a PyTorch module or functional call (which
+  allocates its output), our compiled kernel function called from Python on prepared device
+  tensors (which writes into a preallocated output, as inside a built model), or a built
+  model's Relax VM ``main`` (which allocates its output). Call overhead is in every number.
+  On a board (``--rpc``) only our kernels run, timed by TVM's ``time_evaluator`` there (the
+  board's clock, no call overhead), since a Python loop would time the network.
+* **Median** of ``repeat`` batches, each of as many calls as last at least ``min_ms``, after
+  a warm-up call.
+* **Cold weights**: a contender gives several calls with their own copies of the weights,
+  and the loop cycles through them; with copies whose bytes add up to twice the last-level
+  cache, each call finds its weights evicted, as in a model larger than the cache.
+* **Threads are pinned by nobody**: :func:`unpin_threads` stops TVM from binding its workers
+  to cores (``TVM_BIND_THREADS=0``, read when its pool is configured), PyTorch's OpenMP
+  threads are unbound by default, and :func:`pinned_threads` checks both at the end.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+TIMING_LOCAL = ("every contender timed by the same Python loop around one call as a user makes it "
+                "(PyTorch module/functional call; our kernel function on prepared tensors; a built model's "
+                "Relax VM main): call overhead included, median of batches >= 20 ms")
+TIMING_BOARD = "our kernels timed on the board by TVM's time_evaluator (board clock, no call overhead)"
+
+
+@dataclass
+class Runner:
+    """A prepared contender: ``time(repeat)`` gives its median milliseconds per call;
+    ``impl`` labels the implementation in the results."""
+
+    impl: str
+    time: Callable[[int], float]
+
+
+def time_calls(calls: Sequence[Callable[[], object]], repeat: int, min_ms: float = 20.0) -> float:
+    """Median milliseconds per call over ``repeat`` batches lasting >= ``min_ms`` each,
+    cycling through ``calls`` (one per weight copy; a single call for hot weights)."""
+    cycle = itertools.cycle(calls)
+    for _ in range(len(calls)):                   # warm-up: every copy once
+        next(cycle)()
+    start = time.perf_counter()
+    next(cycle)()
+    once = max(time.perf_counter() - start, 1e-7)
+    number = max(1, math.ceil(min_ms / 1e3 / once))
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            next(cycle)()
+        samples.append((time.perf_counter() - start) / number)
+    return float(np.median(samples)) * 1e3
+
+
+def runner(impl: str, calls: Sequence[Callable[[], object]]) -> Runner:
+    """A :class:`Runner` timing ``calls`` with :func:`time_calls`."""
+    return Runner(impl, lambda repeat: time_calls(calls, repeat))
+
+
+def board_runner(impl: str, f, args: list, stage: str = "kernel") -> Runner:
+    """A :class:`Runner` timing a :class:`tvm_ternary.CompiledOperator`'s kernel or data
+    stage on its board with TVM's time evaluator (see :data:`TIMING_BOARD`)."""
+    return Runner(impl, lambda repeat: float(np.median(f.time(args, repeat=repeat, min_repeat_ms=20,
+                                                                stage=stage))) * 1e3)
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache this OS reports (Linux sysfs); 64 MiB if unknown."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=64 << 20)
+
+
+def weight_copies(bytes_per_copy: int, cold: bool) -> int:
+    """How many copies of a contender's weights to cycle through: 1 when hot; when cold,
+    enough to add up to twice the last-level cache (and at least 2)."""
+    if not cold:
+        return 1
+    return max(2, math.ceil(2 * last_level_cache_bytes() / max(bytes_per_copy, 1)))
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask), not all CPUs of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def unpin_threads() -> None:
+    """Keep TVM from pinning its worker threads one per core (PyTorch's are not pinned
+    either); call before TVM's thread pool is configured."""
+    os.environ["TVM_BIND_THREADS"] = "0"
+
+
+def pinned_threads() -> list[str]:
+    """Threads of this process whose affinity is narrower than the process's CPUs, as
+    ``"name (tid): cpus"``; empty when nothing is pinned (Linux; empty elsewhere)."""
+    allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
+    pinned = []
+    for task in Path("/proc/self/task").glob("*"):
+        try:
+            cpus = os.sched_getaffinity(int(task.name))
+            name = (task / "comm").read_text().strip()
+        except (OSError, ValueError):
+            continue                                  # the thread ended meanwhile
+        if cpus != allowed:
+            pinned.append(f"{name} ({task.name}): {sorted(cpus)}")
+    return pinned
