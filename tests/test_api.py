@@ -2,19 +2,32 @@
 and clear errors on bad input."""
 
 import os
-import warnings
+import re
 
 import numpy as np
 import pytest
 import tvm
 
 import tvm_ternary
-from tvm_ternary.targets import host_cannot_run, target_arch
+from tvm_ternary import schedules
+from tvm_ternary.targets import host_cannot_run, resolve_target, target_arch
 
+from .asm import count
 from .conftest import AVX2, AVX512, RASP4
 
 TARGETS = [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512"), pytest.param(RASP4, id="rasp4")]
-VECTOR_POPCOUNT = {"avx2": "vpshufb", "avx512": "vpopcnt", "neon": "cnt"}
+X86_INSTRUCTIONS = {
+    "avx2": {"popcount": [("vpshufb",), ("vpsadbw",)], "fgq": [("vpmaddubsw",), ("vpmaddwd",)],
+             "requantize": [("vmovmskps",)]},
+    "avx512": {"popcount": [("vpopcntd", "vpopcntq")], "fgq": [("vpdpbusd",)],
+               "requantize": [("kmovw", "kmovd")]},
+}
+"""Per x86 ISA, the instructions a kernel must use: the vector popcount, or FGQ's byte dot
+product (the AVX512 target is Zen 4, which has VNNI), and the requantize epilogue's movemask
+(on AVX-512 compares into k registers read by ``kmovw``, or ``kmovd`` where LLVM joins two
+16-bit masks first). Each tuple lists alternatives, one of which must occur."""
+RELU = ("vmaxss", "vmaxps")
+"""The affine_relu epilogue's float max (scalar or vector)."""
 
 SCHEMES = [
     ("ternary", {}),
@@ -43,29 +56,57 @@ CONV_IDS = ["c3-7x7-s2-p3", "n2-c33-3x3", "c64-1x1", "c130-s2-p0", "c33-p3"]
 DENSE_SHAPES = [((1, 3), (5, 3)), ((2, 33), (9, 33)), ((3, 130), (7, 130)), ((1, 64), (8, 64))]
 
 
-def runnable(f, request):
-    """``f`` where this host can run it, on the emulated Pi 4 for aarch64 targets, or None
-    (with a warning in the test report) when neither can: AVX-512 on an AVX2-only host."""
+def kernel_instructions(f: tvm_ternary.CompiledOperator) -> list[tuple[str, ...]]:
+    """What ``f``'s x86 kernel must use (:data:`X86_INSTRUCTIONS`, :data:`RELU`), for its
+    target's ISA, scheme and epilogue; each tuple lists alternatives."""
+    table = X86_INSTRUCTIONS[schedules.isa_of(f.target).name]
+    needed = list(table["fgq" if f.spec.scheme.name == "fgq" else "popcount"])
+    if f.spec.epilogue == "requantize":
+        needed += table["requantize"]
+    if f.spec.epilogue == "affine_relu":
+        needed.append(RELU)
+    return needed
+
+
+def check_kernel_asm(f: tvm_ternary.CompiledOperator) -> str:
+    """Assert that ``f``'s kernel assembly has every instruction of :func:`kernel_instructions`;
+    return them, for the test report."""
+    asm = f.kernel_asm()
+    names = ["/".join(alternatives) for alternatives in kernel_instructions(f)]
+    missing = [name for name in names if not any(count(asm, m) for m in name.split("/"))]
+    assert not missing, f"{f!r}: no {', '.join(missing)} in the kernel assembly"
+    return ", ".join(names)
+
+
+def built_for_this_cpu(f: tvm_ternary.CompiledOperator) -> tvm_ternary.CompiledOperator | None:
+    """``f``'s operator built for this CPU (``"host"``) if this CPU has the target's vector ISA
+    and the schedules there are ``f``'s, TIR for TIR, else None: an AVX-512 kernel then runs
+    on a CPU that has AVX-512 VPOPCNTDQ but not all of the target's features (znver4 has
+    sse4a and avx512bf16, an Ice Lake has neither); only LLVM's instruction selection differs."""
+    host = resolve_target("host")
+    if schedules.isa_of(host).name != schedules.isa_of(f.target).name:
+        return None
+    for func in (f.spec.data_prim_func(), f.spec.kernel_prim_func()):
+        if schedules.schedule(func, host).mod.script() != schedules.schedule(func, f.target).mod.script():
+            return None
+    return tvm_ternary.CompiledOperator(f.spec, host)
+
+
+def runnable(f: tvm_ternary.CompiledOperator, request: pytest.FixtureRequest) -> tvm_ternary.CompiledOperator:
+    """What runs ``f``'s case: ``f`` on the emulated Pi 4 for aarch64 targets; for x86 targets,
+    after checking the kernel's assembly (:func:`check_kernel_asm`, on every host), ``f`` if
+    this host can run it, else :func:`built_for_this_cpu`. Where none can (AVX-512 on an
+    AVX2-only host), the test is skipped with the reason, after the assembly check."""
     if target_arch(f.target) == "aarch64":
         return tvm_ternary.CompiledOperator(f.spec, f.target, remote=request.getfixturevalue("board").address)
+    checked = check_kernel_asm(f)
     reason = host_cannot_run(f.target)
     if reason is None:
         return f
-    warnings.warn(f"not run here ({reason}): {f!r} compiled only")
-    return None
-
-
-def run_or_inspect(f, rng, request):
-    """Run and check ``f`` (on the host or the emulated board); where that is impossible,
-    check that its assembly has the vector popcount instead, and say so in the report."""
-    g = runnable(f, request)
-    if g is not None:
-        run_and_check(g, rng)
-        return
-    asm = f.kernel_asm()
-    if f.spec.scheme.name != "fgq":
-        isa = tvm_ternary.schedules.isa_of(f.target).name
-        assert VECTOR_POPCOUNT[isa] in asm, f"{f!r}: no {VECTOR_POPCOUNT[isa]} in the kernel"
+    same_schedule = built_for_this_cpu(f)
+    if same_schedule is None:
+        pytest.skip(f"assembly checked ({checked}), not run: {reason}")
+    return same_schedule
 
 
 def run_and_check(f, rng):
@@ -92,15 +133,34 @@ def run_and_check(f, rng):
 def test_conv2d_exact(scheme, params, data_shape, weight_shape, stride, padding, target, rng, request):
     f = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride=stride, padding=padding,
                        target=target, **params)
-    run_or_inspect(f, rng, request)
+    run_and_check(runnable(f, request), rng)
 
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("scheme,params", SCHEMES, ids=SCHEME_IDS)
 @pytest.mark.parametrize("data_shape,weight_shape", DENSE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng, request):
-    run_or_inspect(tvm_ternary.op("dense", scheme, data_shape, weight_shape, target=target, **params), rng,
-                   request)
+    run_and_check(runnable(tvm_ternary.op("dense", scheme, data_shape, weight_shape, target=target, **params),
+                           request), rng)
+
+
+@pytest.mark.parametrize("target,scheme,params,epilogue,asm_of,missing", [
+    (AVX512, "ternary", {}, "int32", dict(target=AVX2), "vpopcntd/vpopcntq"),
+    (AVX512, "fgq", dict(group_size=4, abits=4), "int32", dict(target=AVX2), "vpdpbusd"),
+    (AVX512, "ternary", {}, "requantize", dict(epilogue="int32"), "kmovw/kmovd"),
+    (AVX512, "fatnn", {}, "affine_relu", dict(epilogue="affine"), "vmaxss/vmaxps"),
+    (AVX2, "fgq", dict(group_size=4, abits=4), "int32", dict(target=AVX512), "vpmaddubsw, vpmaddwd"),
+], ids=["avx512-popcount", "avx512-vnni", "avx512-movemask", "relu", "avx2-fgq"])
+def test_assembly_check_fails_without_the_kernel_instructions(target, scheme, params, epilogue, asm_of, missing,
+                                                              monkeypatch):
+    """The check that stands in for a run where the host cannot run a kernel can fail: given
+    the assembly of a kernel built otherwise, it names the instructions missing."""
+    args = dict(scheme=scheme, data_shape=(2, 33, 7, 9), weight_shape=(20, 33, 3, 3), padding=1, target=target,
+                epilogue=epilogue, **params)
+    f = tvm_ternary.op("conv2d", **args)
+    monkeypatch.setattr(f, "kernel_asm", tvm_ternary.op("conv2d", **{**args, **asm_of}).kernel_asm)
+    with pytest.raises(AssertionError, match=rf"no {re.escape(missing)} in the kernel assembly"):
+        check_kernel_asm(f)
 
 
 def test_neon_reduction_too_long_for_16_bit_accumulators_uses_32_bit_words(rng, request):
@@ -248,8 +308,6 @@ def test_requantize_epilogue_writes_the_next_layers_planes(scheme, params, op, d
     thresholds += rng.integers(-2, 3, thresholds.shape)
     thresholds.sort(axis=1)
     f = runnable(f, request)
-    if f is None:
-        return
     out = f(x, w, thresholds=thresholds)
     assert (out.shape, str(out.dtype)) == s.kernel_output() and out.shape == f.out_shape
     np.testing.assert_array_equal(out, f.reference(x, w, thresholds=thresholds))
@@ -280,8 +338,6 @@ def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
     f = runnable(tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
                                 epilogue=epilogue, **params), request)
-    if f is None:
-        return
     s = f.spec
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
     scale, bias = rng.standard_normal(s.weight_shape[0]), rng.standard_normal(s.weight_shape[0])
@@ -296,3 +352,31 @@ def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
         f(x, w, scales)
     with pytest.raises(ValueError, match=r"scale has shape \(3,\), expected"):
         f(x, w, scales, scale=np.ones(3), bias=bias)
+
+
+def test_the_default_target_is_the_host():
+    f = tvm_ternary.op("dense", "ternary", (1, 40), (3, 40))
+    assert str(f.target) == str(tvm_ternary.resolve_target("host"))
+
+
+HOST_ISA = tvm_ternary.schedules.isa_of(tvm_ternary.resolve_target("host")).name
+
+
+@pytest.mark.skipif(HOST_ISA not in ("avx2", "avx512"), reason=f"the host's ISA is {HOST_ISA}: the generic x86 "
+                                                               f"target warns only on an x86 host with AVX2 or better")
+def test_a_generic_x86_target_on_an_avx2_host_warns_once_per_target(monkeypatch, recwarn):
+    monkeypatch.setattr(tvm_ternary.api, "_WARNED_GENERIC", set())
+    dense = dict(name="dense", scheme="ternary", data_shape=(1, 40), weight_shape=(3, 40))
+    with pytest.warns(tvm_ternary.SlowPathWarning,
+                      match=rf'dense\[ternary\]: target llvm \(x86_64\) is generic x86-64 and gets the baseline '
+                            rf'\(SSE2\) schedules, but this CPU has {HOST_ISA.upper()}: target="host"( or '
+                            rf'"{HOST_ISA}")? uses it'):
+        tvm_ternary.op(**dense, target="llvm")
+    recwarn.clear()
+    tvm_ternary.op(**dense, target="llvm")                          # once per process
+    tvm_ternary.op(**dense, target=AVX2)                            # pinned: what was asked for
+    tvm_ternary.op(**dense, target={"kind": "llvm", "mattr": ["+avx2"]})
+    tvm_ternary.op(**dense)                                         # the host
+    assert not [w for w in recwarn if issubclass(w.category, tvm_ternary.SlowPathWarning)]
+    with pytest.warns(tvm_ternary.SlowPathWarning, match=r"target llvm mcpu=x86-64 \(x86_64\) is generic"):
+        tvm_ternary.op(**dense, target={"kind": "llvm", "mcpu": "x86-64"})      # another generic target

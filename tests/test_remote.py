@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from tvm import relax
 
 import tvm_ternary
 from tvm_ternary import remote as remote_module
+from tvm_ternary.emulator import Tracker, free_port
 from tvm_ternary.remote import Remote, export
 
 from .test_build import expected, resnet
@@ -87,3 +89,23 @@ def test_float_stem_on_the_board(board, tmp_path, rng):
     with torch.no_grad():
         want = model(x).numpy()
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_tracker_that_refuses_connections_is_reported_as_such_at_once():
+    remote = Remote.parse({"tracker": f"127.0.0.1:{free_port()}", "key": "rasp4", "request_timeout": 20,
+                           "connect_timeout": 20})
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"remote: cannot reach tracker 127\.0\.0\.1:\d+ key 'rasp4': the tracker "
+                                           r"does not accept connections \(Connection refused\)"):
+        remote.connect()
+    assert time.monotonic() - start < 10                      # not TVM's minute of retries, nor our timeout
+
+
+def test_a_tracker_without_a_free_board_is_reported_as_such():
+    with Tracker() as tracker:
+        remote = Remote.parse({"tracker": tracker.address, "key": "rasp4", "request_timeout": 1,
+                               "connect_timeout": 1})
+        with pytest.raises(RuntimeError, match=r"remote: tracker 127\.0\.0\.1:\d+ key 'rasp4': no board with key "
+                                               r"'rasp4' was free within 2 s \(the tracker holds a request until "
+                                               r"one is: none is registered under this key"):
+            remote.connect()

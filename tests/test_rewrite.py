@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -10,7 +12,8 @@ import torch
 import tvm
 from tvm import relax
 
-from tvm_ternary import from_torch, make_scheme, quantize
+from tvm_ternary import SlowPathWarning, from_torch, make_scheme, quantize
+from tvm_ternary.frontend import quantize_prim_func
 from tvm_ternary.rewrite import KERNEL_ATTR, Layer, fold_thresholds, rewrite_quantized
 
 from .conftest import AVX2
@@ -135,3 +138,46 @@ def test_float_convolutions_get_the_register_tiled_kernel(data_shape, weight_sha
     with torch.no_grad():
         expected = conv(x).numpy()
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def quantized_conv(weight_as_input: bool, thresholds_as_input: bool) -> tvm.IRModule:
+    """``main(x[, w][, t])``: a ternary activation quantizer, then conv2d; the weights and the
+    quantizer's thresholds are constants or function inputs."""
+    weight = relax.const(np.ones((4, 8, 3, 3), np.float32))
+    thresholds = relax.const(np.array([-0.5, 0.5], np.float32))
+    x = relax.Var("x", relax.TensorType((1, 8, 5, 5), "float32"))
+    params = [x]
+    if weight_as_input:
+        weight = relax.Var("w", relax.TensorType((4, 8, 3, 3), "float32"))
+        params.append(weight)
+    if thresholds_as_input:
+        thresholds = relax.Var("t", relax.TensorType((2,), "float32"))
+        params.append(thresholds)
+    bb = relax.BlockBuilder()
+    with bb.function("main", params):
+        with bb.dataflow():
+            quantizer = bb.add_func(quantize_prim_func((1, 8, 5, 5), "float32", 2, -1.0, 1.0,
+                                                       json.dumps({"scheme": "ternary"})), "tvm_ternary_quantize")
+            q = bb.emit(relax.call_tir(quantizer, [x, thresholds], relax.TensorType((1, 8, 5, 5), "float32")))
+            out = bb.emit_output(bb.emit(relax.op.nn.conv2d(q, weight, padding=1)))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("weight_as_input,thresholds_as_input,what", [
+    (True, False, "its weights are"), (False, True, "its activation thresholds are"),
+    (True, True, "its weights and activation thresholds are"),
+], ids=["weights", "thresholds", "both"])
+def test_a_quantized_layer_with_variable_parameters_stays_in_relax_with_a_warning(
+        weight_as_input, thresholds_as_input, what):
+    with pytest.warns(SlowPathWarning, match=rf"rewrite: conv2d\[ternary\] at lv\d*: {what} not constants, so "
+                                             r"the layer stays a float Relax conv2d"):
+        rewritten = rewrite_quantized(quantized_conv(weight_as_input, thresholds_as_input), TARGET)
+    assert calls(rewritten)["relax.nn.conv2d"] == 1 and calls(rewritten)["tir:kernel"] == 0
+
+
+def test_a_quantized_layer_with_constant_parameters_gets_our_kernel_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPathWarning)
+        rewritten = rewrite_quantized(quantized_conv(False, False), TARGET)
+    assert calls(rewritten)["relax.nn.conv2d"] == 0 and calls(rewritten)["tir:kernel"] == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +47,35 @@ def test_tune_locally_resume_and_apply(tmp_path, rng):
     check(other, rng)
 
 
+def test_tune_with_foreign_handlers_on_metaschedules_logger(tmp_path):
+    """An unnamed handler (pytest's log capture, a user's ``addHandler``) and a named one that
+    MetaSchedule's dictConfig does not know crashed the second ``tune`` of a process; both
+    stay attached and still receive records afterwards."""
+    class Recording(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    unnamed, named = Recording(), Recording()
+    named.set_name("users_own")
+    logger.addHandler(unnamed)
+    logger.addHandler(named)
+    try:
+        shape = dict(name="dense", scheme="ternary", data_shape=(1, 64), weight_shape=(8, 64))
+        for i in range(2):
+            tvm_ternary.tune(**shape, target=AVX2, trials=1, work_dir=tmp_path / str(i), seed=i)
+            assert len(measured(tmp_path / str(i))) == 1
+        logger.warning("after tuning")
+        assert unnamed.messages[-1] == named.messages[-1] == "after tuning"
+    finally:
+        logger.removeHandler(unnamed)
+        logger.removeHandler(named)
+
+
 def test_tune_over_a_tracker_of_emulated_boards(tmp_path, rng):
     with Tracker() as tracker, Board(tracker=tracker.address, key="rasp4"), \
             Board(tracker=tracker.address, key="rasp4"):
@@ -67,3 +98,34 @@ def test_tune_errors(tmp_path):
         tvm_ternary.tune(**CONV, target="rasp4", trials=1, work_dir=tmp_path)
     with pytest.raises(ValueError, match="holds no tuning records"):
         tvm_ternary.op(**CONV, target=AVX2, tuned=tmp_path / "empty")
+
+
+DENSE = dict(name="dense", scheme="ternary", data_shape=(1, 64), weight_shape=(8, 64))
+
+
+@pytest.fixture(scope="module")
+def dense_tuned(tmp_path_factory):
+    """A tuning directory with one record: DENSE on AVX2."""
+    return tvm_ternary.tune(**DENSE, target=AVX2, trials=1, work_dir=tmp_path_factory.mktemp("dense"), seed=0)
+
+
+def test_a_missing_tuning_record_is_logged_and_a_found_one_is_not(dense_tuned, caplog):
+    with caplog.at_level(logging.WARNING, logger="tvm_ternary"):
+        assert tvm_ternary.op(**DENSE, target=AVX2, tuned=dense_tuned).tuned
+        assert not tvm_ternary.op("dense", "ternary", (1, 96), (8, 96), target=AVX2, tuned=dense_tuned).tuned
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("tvm_ternary")] == [
+        f"dense[ternary]: no tuning record for this operator and target (llvm mcpu=haswell (x86_64)) in "
+        f"{dense_tuned}; the hand schedule is used"]
+
+
+def test_tuning_more_into_a_directory_recompiles_its_kernels(dense_tuned, tmp_path):
+    """More records (appended as ``tune`` appends them; here a copy of the first, instead of a
+    second tuning run) make the next ``op`` compile again instead of reusing its cache."""
+    work_dir = shutil.copytree(dense_tuned, tmp_path / "more")
+    first = tvm_ternary.op(**DENSE, target=AVX2, tuned=work_dir)
+    assert first.tuned and tvm_ternary.op(**DENSE, target=AVX2, tuned=work_dir).executable is first.executable
+    with open(work_dir / "database_tuning_record.json", "r+") as fh:
+        fh.write(fh.readlines()[-1])
+    assert len(records(work_dir)) == 2
+    again = tvm_ternary.op(**DENSE, target=AVX2, tuned=work_dir)
+    assert again.tuned and again.executable is not first.executable

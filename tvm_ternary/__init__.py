@@ -18,6 +18,7 @@ os.environ.setdefault("TVM_NUM_THREADS", str(_cpus))
 from . import reference  # noqa: E402
 from .api import CompiledOperator, op  # noqa: E402
 from .build import build  # noqa: E402
+from .diagnostics import SlowPathWarning  # noqa: E402
 from .frontend import from_torch  # noqa: E402
 from .quant import QUANTIZE_SCHEMES, quantize  # noqa: E402
 from .remote import Remote, export  # noqa: E402
@@ -30,4 +31,5 @@ target = resolve_target
 ``tvm.target.Target`` (see :mod:`tvm_ternary.targets`)."""
 
 __all__ = ["quantize", "QUANTIZE_SCHEMES", "from_torch", "build", "export", "Remote", "op", "CompiledOperator",
-           "make_scheme", "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS", "tune"]
+           "make_scheme", "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS", "tune",
+           "SlowPathWarning"]

@@ -1,19 +1,26 @@
 """``tvm_ternary.op``: compile one operator for a target and call it on numpy values.
 
 >>> f = op("conv2d", scheme="ternary", data_shape=(1, 64, 56, 56),
-...        weight_shape=(64, 64, 3, 3), stride=1, padding=1, target="llvm")
+...        weight_shape=(64, 64, 3, 3), stride=1, padding=1, target="host")
 >>> y = f(x, w)                # values in, int32 NCHW out
 >>> f.lib.inspect_source("asm")
 
-Compiled kernels are cached per (operator, shapes, scheme, stride, padding, target)
-for the life of the process, so asking twice costs one compile.
+The default target is ``"host"``, this CPU. A generic x86 target (``"llvm"``, no ``mcpu``)
+gets the baseline SSE2 schedules; on a CPU with AVX2 or AVX-512 that is a
+:class:`~tvm_ternary.diagnostics.SlowPathWarning` (once per target and process).
+
+Compiled kernels are cached per (operator, shapes, scheme, stride, padding, target, tuning
+directory and the state of its records) for the life of the process, so asking twice
+costs one compile, and tuning more into a directory compiles its next use again.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Sequence
@@ -23,10 +30,14 @@ import tvm
 from tvm.target import Target
 
 from . import schedules, tuning
+from .diagnostics import SlowPathWarning
 from .operators.spec import OperatorSpec
 from .schemes import Scheme, make_scheme
 from .remote import RemoteLike, RemoteModule
-from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
+from .targets import (PRESETS, TargetLike, describe, host_arch, host_cannot_run, resolve_target, target_arch,
+                      target_key)
+
+_LOG = logging.getLogger(__name__)
 
 
 _COMPILE_LOCK = threading.Lock()
@@ -35,15 +46,21 @@ _COMPILE_LOCK = threading.Lock()
 
 def _compile(spec: OperatorSpec, target_json: str, tuned: str | None = None) -> tuple[tvm.runtime.Executable, bool]:
     with _COMPILE_LOCK:
-        return _compile_once(spec, target_json, tuned)
+        return _compile_once(spec, target_json, tuned, tuning.database_state(tuned) if tuned else None)
 
 
 @lru_cache(maxsize=None)
-def _compile_once(spec: OperatorSpec, target_json: str, tuned: str | None) -> tuple[tvm.runtime.Executable, bool]:
-    """The module and whether its kernel uses a tuned record (the data stage keeps its rule)."""
+def _compile_once(spec: OperatorSpec, target_json: str, tuned: str | None,
+                  database_state: tuple[int, int] | None) -> tuple[tvm.runtime.Executable, bool]:
+    """The module and whether its kernel uses a tuned record (the data stage keeps its rule).
+    ``database_state`` (:func:`tuning.database_state` of ``tuned``) is only a cache key: a
+    kernel compiled before more tuning into ``tuned`` is not reused after it."""
     target = Target(target_json)
     data, kernel = spec.data_prim_func(), spec.kernel_prim_func()
     tuned_kernel = tuning.tuned_schedule(kernel, target, tuned) if tuned else None
+    if tuned and tuned_kernel is None:
+        _LOG.warning("%s: no tuning record for this operator and target (%s) in %s; the hand schedule is used",
+                     spec.where, describe(target), tuned)
     funcs = {str(data.attrs["global_symbol"]): schedules.schedule(data, target).mod["main"]}
     funcs[spec.symbol] = (tuned_kernel or schedules.schedule(kernel, target)).mod["main"]
     funcs = {name: f.with_attr("global_symbol", name) for name, f in funcs.items()}
@@ -171,9 +188,33 @@ class CompiledOperator:
                 f"stride={s.stride}, padding={s.padding}, target={describe(self.target)})")
 
 
+_GENERIC_MCPUS = ("", "generic", "x86-64")
+"""``mcpu`` values that name no CPU: LLVM then targets baseline x86-64 (SSE2)."""
+
+_WARNED_GENERIC: set[str] = set()
+"""Keys of the generic targets :func:`_warn_if_generic` has warned about in this process."""
+
+
+def _warn_if_generic(target: Target, where: str) -> None:
+    """Warn once per target and process when ``target`` is generic x86-64 (no ``mcpu`` or a
+    generic one, no ``mattr``: the baseline SSE2 schedules) on a host with AVX2 or better,
+    naming the host's best target: ``"host"``, and the preset of its ISA if it can run it."""
+    key = target_key(target)
+    if key in _WARNED_GENERIC or str(target.attrs.get("mcpu", "")) not in _GENERIC_MCPUS \
+            or target.attrs.get("mattr") or target_arch(target) != "x86_64" or host_arch() != "x86_64":
+        return
+    host = schedules.isa_of(resolve_target("host"))
+    if host.name not in ("avx2", "avx512") or schedules.isa_of(target) == host:
+        return
+    _WARNED_GENERIC.add(key)
+    best = 'target="host"' + ("" if host_cannot_run(Target(PRESETS[host.name])) else f' or "{host.name}"')
+    warnings.warn(f"{where}: target {describe(target)} is generic x86-64 and gets the baseline (SSE2) schedules, "
+                  f"but this CPU has {host.name.upper()}: {best} uses it", SlowPathWarning, stacklevel=3)
+
+
 def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence[int],
        stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
-       target: TargetLike = "llvm", epilogue: str = "int32",
+       target: TargetLike = "host", epilogue: str = "int32",
        next_padding: int | Sequence[int] | None = None, remote: RemoteLike | None = None,
        tuned: str | os.PathLike | None = None, **scheme_params) -> CompiledOperator:
     """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
@@ -183,7 +224,10 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             "dense" (data ``(N, K)``, weight ``(M, K)``; no stride/padding).
         scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
         stride, padding: an int or one int per spatial axis (conv2d only).
-        target: a kind string ("llvm"), "host", a dict or a ``tvm.target.Target``.
+        target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``,
+            ``"rasp4"``, ...), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
+            schedules; a :class:`~tvm_ternary.diagnostics.SlowPathWarning` on a CPU with AVX2
+            or better, once per target), a dict or a ``tvm.target.Target``.
         epilogue: "int32" (the integer result); "affine" / "affine_relu" (float32
             ``y * scale[k] + bias[k]``, then ReLU); or "requantize": per-channel integer
             thresholds turn the result into the next layer's values (same encoding as this
@@ -193,8 +237,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         remote: run on a board over TVM RPC: ``"host:port"`` (e.g. an emulated board,
             ``python -m tvm_ternary.emulator serve``) or ``{"tracker": "host:port", "key": k}``.
         tuned: a tuning directory of :func:`tvm_ternary.tune`: the kernel uses its best
-            record for this operator and target (the hand schedule where it has none;
-            ``.tuned`` says which).
+            record for this operator and target (where it has none, the hand schedule, and
+            a warning on the ``tvm_ternary.api`` logger; ``.tuned`` says which). Tuning more
+            into the directory makes the next call compile again.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
 
@@ -208,6 +253,8 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      **scheme_params)
+    if remote is None:
+        _warn_if_generic(target, spec.where)
     return CompiledOperator(spec, target, remote, tuned)
 
 

@@ -34,6 +34,10 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
     Raises:
         TypeError for a module that is not a Relax ``IRModule``; ValueError for a layer
         whose weights or quantizer do not fit its scheme, or an unsupported target.
+
+    Warns:
+        :class:`~tvm_ternary.diagnostics.SlowPathWarning` for a quantized layer left to
+        plain Relax because its weights or thresholds are not constants.
     """
     if not isinstance(mod, tvm.IRModule):
         hint = " (call tvm_ternary.from_torch(model, example_inputs) first)" if hasattr(mod, "forward") else ""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import threading
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -112,29 +114,45 @@ class Remote:
         thread = threading.Thread(target=lambda: result.append(_attempt(opener)), daemon=True)
         thread.start()
         thread.join(timeout)
+        if not result and self.tracker:
+            raise RuntimeError(f"remote: {self}: no board with key {self.key!r} was free within {timeout:.0f} s "
+                               f"(the tracker holds a request until one is: none is registered under this "
+                               f"key, all are busy, or the tracker hangs)")
         if not result:
             raise RuntimeError(f"remote: {self} did not answer within {timeout:.0f} s "
                                f"(busy with another session, or hung)")
         session, err = result[0]
         if err is not None:
-            message = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
-            raise RuntimeError(f"remote: cannot reach {self}: {message}")
+            raise RuntimeError(f"remote: cannot reach {self}: {_last_line(err)}")
         return session
 
     def _request(self, host: str, port: int) -> rpc.client.RPCSession:
-        import time
-        tracker = rpc.connect_tracker(host, port)
+        """A session on the board the tracker assigns (it holds the request while none is
+        free). Fails at once, saying so, when the tracker refuses connections (TVM's client
+        would retry for a minute), and with the last error when requests keep failing for
+        ``request_timeout`` (e.g. the board assigned does not answer)."""
         deadline = time.monotonic() + self.request_timeout
         while True:
             try:
-                return tracker.request(self.key, session_timeout=int(self.session_timeout), max_retry=1)
-            except Exception:
+                socket.create_connection((host, port), timeout=self.connect_timeout).close()
+            except OSError as err:
+                raise RuntimeError(f"the tracker does not accept connections ({err.strerror or err})") from None
+            try:
+                return rpc.connect_tracker(host, port).request(self.key, session_timeout=int(self.session_timeout),
+                                                               max_retry=1)
+            except Exception as err:   # TVM's RuntimeError naming the last socket or RPC error
                 if time.monotonic() >= deadline:
-                    raise RuntimeError(f"no free board with key {self.key!r} within {self.request_timeout:.0f} s")
+                    raise RuntimeError(f"no board with key {self.key!r} could be opened within "
+                                       f"{self.request_timeout:.0f} s; last error: {_last_line(err)}") from None
                 time.sleep(0.5)
 
 
 RemoteLike = Union[str, dict, Remote]
+
+
+def _last_line(err: BaseException) -> str:
+    """The last line of an error's message (TVM's errors carry a traceback before it)."""
+    return str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
 
 
 def _attempt(opener) -> tuple:

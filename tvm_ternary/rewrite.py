@@ -18,11 +18,15 @@ which names the kernel scheme) and whose weights are constant integers. Each one
 FGQ kernels (float32, integer-valued sums) take the same float epilogue; they have no
 packed next layer. A float conv2d with constant weights becomes our register-tiled float
 kernel (:func:`~.operators.compute.float_conv_nchw`). Everything else is left to Relax.
+A conv2d/matmul after an activation quantizer whose weights or thresholds are not
+constants (parameters kept as function inputs) stays in Relax too, where it still computes
+the right values, with a :class:`~tvm_ternary.diagnostics.SlowPathWarning` naming it.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +36,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
 from . import schedules
+from .diagnostics import SlowPathWarning
 from .frontend import QUANTIZE_ATTR
 from .packing import block_channels
 from .operators.compute import float_conv_nchw, pad_nchw, quantizer_levels
@@ -78,7 +83,12 @@ class Layer:
 
     @property
     def where(self) -> str:
-        return f"rewrite: {self.op}[{self.scheme.label()}] at {self.var.name}"
+        return _where(self.op, self.scheme, self.var)
+
+
+def _where(op: str, scheme: Scheme, var: relax.Var) -> str:
+    """How messages name a layer: ``rewrite: conv2d[ternary] at lv5``."""
+    return f"rewrite: {op}[{scheme.label()}] at {var.name}"
 
 
 @dataclass
@@ -160,7 +170,13 @@ class _Matcher:
         params = dict(info["scheme"])
         scheme = make_scheme(op, params.pop("scheme"), **params)
         weight = self._weight(op, value)
-        if weight is None or thresholds is None:
+        variable = [what for what, const in (("weights", weight), ("activation thresholds", thresholds))
+                    if const is None]
+        if variable:
+            warnings.warn(f"{_where(op, scheme, var)}: its {' and '.join(variable)} are not constants, so the "
+                          f"layer stays a float Relax {name.split('.')[-1]} instead of our kernel (right, but slow); "
+                          f"import the model with its parameters as constants (tvm_ternary.from_torch does) "
+                          f"or bind them (relax.transform.BindParams)", SlowPathWarning)
             return None
         data_shape = tuple(int(d) for d in value.args[0].ty.shape)
         layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]),
@@ -387,7 +403,9 @@ class _Rewriter(PyExprMutator):
 def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Replace every quantized conv2d/dense in ``mod["main"]`` with our kernels for
     ``target`` (see the module docstring); raises ``ValueError`` for a layer claimed
-    quantized whose weights or quantizer do not fit its scheme."""
+    quantized whose weights or quantizer do not fit its scheme, and warns
+    (:class:`~tvm_ternary.diagnostics.SlowPathWarning`) for one it must leave to Relax
+    because its weights or thresholds are not constants."""
     func = mod["main"]
     graph = _Graph(func)
     matcher = _Matcher(mod, graph, target)

@@ -21,8 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import psutil
 import tvm
@@ -37,13 +38,50 @@ BOARD_CORES = {"cortex-a72": 4, "cortex-a53": 4}
 """Cores of the boards' CPUs (MetaSchedule's targets must say how many cores run a kernel)."""
 
 
+_MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+@contextmanager
+def _foreign_handlers_detached() -> Iterator[None]:
+    """Take the handlers that are not MetaSchedule's own off its logger for the duration.
+
+    ``tune_tir`` rebuilds its logging with ``logging.config.dictConfig`` from the *names* of
+    the handlers on the ``tvm.s_tir.meta_schedule`` logger: an unnamed handler (pytest's log
+    capture, a user's ``addHandler(StreamHandler())``) crashes it with
+    ``AttributeError: 'NoneType' object has no attribute 'format'``, a named one that
+    dictConfig does not know with ``ValueError``. They are put back afterwards."""
+    logger = logging.getLogger(_MS_LOGGER)
+    foreign = [h for h in logger.handlers if not (h.get_name() or "").startswith(_MS_LOGGER + ".")]
+    for handler in foreign:
+        logger.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in foreign:
+            logger.addHandler(handler)
+
+
 def _workload(kernel: tvm.tirx.PrimFunc) -> tvm.IRModule:
     return tvm.IRModule({"main": kernel.with_attr("global_symbol", "main")})
 
 
+RECORDS_FILE = "database_tuning_record.json"
+"""The file of a tuning directory that holds its records (MetaSchedule's ``JSONDatabase``)."""
+
+
+def database_state(work_dir: str | os.PathLike) -> tuple[int, int] | None:
+    """``(mtime_ns, size)`` of ``work_dir``'s records, None when it has none: tuning more
+    into the directory changes it, so caches of tuned kernels key on it."""
+    try:
+        stat = (Path(work_dir) / RECORDS_FILE).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> tvm.s_tir.Schedule | None:
     """The best record of ``work_dir`` for ``kernel``, applied; None when it has none."""
-    if not (Path(work_dir) / "database_tuning_record.json").exists():
+    if not (Path(work_dir) / RECORDS_FILE).exists():
         raise ValueError(f"tuned: {work_dir} holds no tuning records (run tvm_ternary.tune first)")
     database = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
     return ms.tir_integration.compile_tir(database, _workload(kernel), _tuning_target(target))
@@ -112,9 +150,10 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     work_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(work_dir))
     space = ms.space_generator.ScheduleFn(lambda sch: schedules.schedule_in_place(sch, target, True))
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    ms.tune_tir(_workload(spec.kernel_prim_func()), _tuning_target(target), str(work_dir),
-                max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder, runner=runner,
-                database=database, cost_model="random", space=space, strategy="replay-func",
-                num_tuning_cores=1, seed=seed)
+    logging.getLogger(_MS_LOGGER).setLevel(logging.WARNING)
+    with _foreign_handlers_detached():
+        ms.tune_tir(_workload(spec.kernel_prim_func()), _tuning_target(target), str(work_dir),
+                    max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
+                    runner=runner, database=database, cost_model="random", space=space,
+                    strategy="replay-func", num_tuning_cores=1, seed=seed)
     return work_dir
