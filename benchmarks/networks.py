@@ -99,6 +99,7 @@ that catches kernel bugs."""
 def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: float) -> None:
     """Raise when ``got`` differs from ``expected`` by more than ``tolerance`` (relative L2)."""
     error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+    print(f"check: {impl} logits, relative error {error:.1e} (allowed {tolerance:.0e})")
     if error > tolerance:
         raise AssertionError(f"networks.py: {impl} logits differ from the reference by {error:.2e} (relative), "
                              f"more than {tolerance:.0e}")

@@ -146,3 +146,18 @@ def test_serve_command(rng):
         serve.terminate()
         serve.wait(30)
     assert serve.returncode == 0
+
+
+def test_a_ready_line_that_arrives_with_the_line_before_it_is_seen_at_once():
+    """Both lines in one write: a reader that buffers them must still see the ready line
+    (it waited for the timeout before, and the tracker tests failed on a busy machine)."""
+    from tvm_ternary.emulator.board import _Process
+    script = "import sys, time; sys.stdout.write('starting\\nREADY now\\n'); sys.stdout.flush(); time.sleep(60)"
+    start = time.monotonic()
+    process = _Process([sys.executable, "-c", script], dict(os.environ), "READY", timeout=20)
+    try:
+        assert time.monotonic() - start < 10
+        assert process.output == ["starting\n", "READY now\n"]
+    finally:
+        process.stop()
+    assert not process.alive and process.readline(0) is None

@@ -32,7 +32,7 @@ def test_weight_copies_exceed_twice_the_last_level_cache():
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 or more CPUs to be visible")
 def test_pinned_threads_finds_a_pinned_thread():
-    assert harness.pinned_threads() == []
+    before = set(harness.pinned_threads())          # TVM may have pinned this process's main thread
     pinned, release = threading.Event(), threading.Event()
 
     def pin_and_wait():
@@ -44,7 +44,7 @@ def test_pinned_threads_finds_a_pinned_thread():
     thread.start()
     pinned.wait()
     try:
-        assert len(harness.pinned_threads()) == 1
+        assert len(set(harness.pinned_threads()) - before) == 1
     finally:
         release.set()
         thread.join()

@@ -26,10 +26,8 @@ def _serve(args) -> None:
     print(NOT_PI_TIMINGS, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        while board.alive:
-            line = board.process.stdout.readline()
-            if line:
-                print(line, end="", flush=True)
+        while (line := board.readline()) is not None:
+            print(line, end="", flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -7,11 +7,12 @@ Each runs in its own process group, so stopping one ends exactly the processes i
 from __future__ import annotations
 
 import os
-import select
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,17 +43,24 @@ def free_port() -> int:
 
 
 class _Process:
-    """A child process in its own group that prints a ready line before serving."""
+    """A child process in its own group that prints a ready line before serving.
+
+    A thread drains its output into a queue from the start: lines never wait in a file
+    object's buffer where ``select`` cannot see them (two lines arriving in one read left
+    the ready line unseen until the timeout), and the child never blocks on a full pipe."""
 
     name = "process"
 
     def __init__(self, command: list[str], env: dict[str, str], ready: str, timeout: float):
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True, text=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._drainer = threading.Thread(target=self._drain, daemon=True)
+        self._drainer.start()
         self.output: list[str] = []
         deadline = time.monotonic() + timeout
         while True:
-            line = self._readline(deadline)
+            line = self.readline(max(deadline - time.monotonic(), 0))
             if line is None:
                 self.stop()
                 raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s:\n" + "".join(self.output[-20:]))
@@ -60,15 +68,21 @@ class _Process:
             if line.startswith(ready):
                 return
 
-    def _readline(self, deadline: float) -> str | None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or self.process.poll() is not None and not select.select([self.process.stdout], [], [], 0)[0]:
+    def _drain(self) -> None:
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)                                    # end of output
+
+    def readline(self, timeout: float | None = None) -> str | None:
+        """The next line the process printed; None at the end of its output or when none
+        came within ``timeout`` seconds (None: wait as long as it takes)."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
             return None
-        ready, _, _ = select.select([self.process.stdout], [], [], remaining)
-        if not ready:
-            return None
-        line = self.process.stdout.readline()
-        return line or None
+        if line is None:
+            self._lines.put(None)                                # stays at the end for later calls
+        return line
 
     @property
     def alive(self) -> bool:
@@ -86,7 +100,8 @@ class _Process:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 continue
-        if self.process.stdout:
+        self._drainer.join(timeout)                    # the group is gone: its output ends
+        if not self._drainer.is_alive():
             self.process.stdout.close()
 
     def __enter__(self):
