@@ -3,16 +3,17 @@ contender is timed is a property of this code, not of care taken in each runner.
 
 * **Calls as a user makes them.** On this host every contender, PyTorch and ours, is timed
   by the same Python loop around one call: a PyTorch module or functional call (which
-  allocates its output), our compiled kernel function called from Python on prepared device
-  tensors (which writes into a preallocated output, as inside a built model), or a built
-  model's Relax VM ``main`` (which allocates its output). Call overhead is in every number.
+  allocates its output), our operator's ``run(args)`` on prepared device tensors (which
+  writes into a preallocated output, as inside a built model), or a built model's Relax VM
+  ``main`` (which allocates its output). Call overhead is in every number.
   On a board (``--rpc``) only our kernels run, timed by TVM's ``time_evaluator`` there (the
   board's clock, no call overhead), since a Python loop would time the network.
 * **Median** of ``repeat`` batches, each of as many calls as last at least ``min_ms``, after
   a warm-up call.
 * **Cold weights**: a contender gives several calls with their own copies of the weights,
   and the loop cycles through them; with copies whose bytes add up to twice the last-level
-  cache, each call finds its weights evicted, as in a model larger than the cache.
+  caches of the CPUs it may run on, each call finds its weights evicted, as in a model
+  larger than the cache. The copies exist only while that contender is timed.
 * **Threads are pinned by nobody**: :func:`unpin_threads` stops TVM from binding its workers
   to cores (``TVM_BIND_THREADS=0``, read when its pool is configured), PyTorch's OpenMP
   threads are unbound by default, and :func:`pinned_threads` checks both at the end.
@@ -26,12 +27,14 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 
+W = TypeVar("W")
+
 TIMING_LOCAL = ("every contender timed by the same Python loop around one call as a user makes it "
-                "(PyTorch module/functional call; our kernel function on prepared tensors; a built model's "
+                "(PyTorch module/functional call; our operator's run() on prepared tensors; a built model's "
                 "Relax VM main): call overhead included, median of batches >= 20 ms")
 TIMING_BOARD = "our kernels timed on the board by TVM's time_evaluator (board clock, no call overhead)"
 
@@ -64,9 +67,21 @@ def time_calls(calls: Sequence[Callable[[], object]], repeat: int, min_ms: float
     return float(np.median(samples)) * 1e3
 
 
-def runner(impl: str, calls: Sequence[Callable[[], object]]) -> Runner:
-    """A :class:`Runner` timing ``calls`` with :func:`time_calls`."""
-    return Runner(impl, lambda repeat: time_calls(calls, repeat))
+def runner(impl: str, make_calls: Callable[[], Sequence[Callable[[], object]]]) -> Runner:
+    """A :class:`Runner` that makes its calls (and their weight copies) with ``make_calls``
+    when it is timed, times them with :func:`time_calls` and lets them go."""
+    return Runner(impl, lambda repeat: time_calls(make_calls(), repeat))
+
+
+def with_copies(weights: W, copy: Callable[[W], W], nbytes: int, cold: bool,
+                call: Callable[[W], object]) -> Callable[[], list[Callable[[], object]]]:
+    """``make_calls`` for :func:`runner`: ``call(weights)``, and when ``cold`` the same call
+    on as many fresh ``copy(weights)`` as :func:`weight_copies` asks for ``nbytes`` each.
+    The copies are made when the runner is timed and dropped afterwards."""
+    def make_calls():
+        copies = [weights] + [copy(weights) for _ in range(weight_copies(nbytes, cold) - 1)]
+        return [lambda w=w: call(w) for w in copies]
+    return make_calls
 
 
 def board_runner(impl: str, f, args: list, stage: str = "kernel") -> Runner:
@@ -76,14 +91,30 @@ def board_runner(impl: str, f, args: list, stage: str = "kernel") -> Runner:
                                                                 stage=stage))) * 1e3)
 
 
+def _size_bytes(text: str) -> int:
+    """``"32768K"`` -> bytes (sysfs cache sizes)."""
+    text = text.strip()
+    return int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+
+
 def last_level_cache_bytes() -> int:
-    """Size of the largest CPU cache this OS reports (Linux sysfs); 64 MiB if unknown."""
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = entry.read_text().strip()
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KMG")) * scale)
-    return max(sizes, default=64 << 20)
+    """Bytes of last-level cache the CPUs of this process's affinity mask can fill: the
+    sum over the distinct instances of the highest cache level (two chiplets or sockets
+    have two), from Linux sysfs; 64 MiB if unknown."""
+    level, instances = 0, {}
+    for cpu in sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []:
+        for index in Path(f"/sys/devices/system/cpu/cpu{cpu}/cache").glob("index*"):
+            try:
+                this = int((index / "level").read_text())
+                shared = (index / "shared_cpu_list").read_text().strip()
+                size = _size_bytes((index / "size").read_text())
+            except (OSError, ValueError):
+                continue
+            if this > level:
+                level, instances = this, {}
+            if this == level:
+                instances[shared] = size
+    return sum(instances.values()) or 64 << 20
 
 
 def weight_copies(bytes_per_copy: int, cold: bool) -> int:

@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 import tvm
-from harness import Runner, board_runner, runner, weight_copies
+from harness import Runner, board_runner, runner, with_copies
 from tvm import relax
 
 import tvm_ternary
@@ -58,11 +58,12 @@ class Layer:
         return dict(stride=self.stride, padding=self.padding) if self.op == "conv2d" else {}
 
 
-def torch_runner(calls: list[Callable[[], object]], impl: str = "torch") -> Runner:
-    """PyTorch ``calls`` timed by the harness under ``torch.inference_mode``."""
+def torch_runner(make_calls: Callable[[], list[Callable[[], object]]], impl: str = "torch") -> Runner:
+    """PyTorch calls (from ``make_calls``, see :func:`harness.runner`) timed by the harness
+    under ``torch.inference_mode``."""
     def timed(repeat):
         with torch.inference_mode():
-            return runner(impl, calls).time(repeat)
+            return runner(impl, make_calls).time(repeat)
     return Runner(impl, timed)
 
 
@@ -74,11 +75,11 @@ def _torch_inputs(layer: Layer, rng: np.random.Generator):
 
 def torch_fp32(layer: Layer, target, rng) -> Runner:
     x, w = _torch_inputs(layer, rng)
-    copies = [w.clone() for _ in range(weight_copies(w.nbytes, layer.cold))]
     if layer.op == "conv2d":
-        return torch_runner([lambda w=w: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)
-                             for w in copies])
-    return torch_runner([lambda w=w: torch.nn.functional.linear(x, w) for w in copies])
+        call = lambda w: torch.nn.functional.conv2d(x, w, stride=layer.stride, padding=layer.padding)  # noqa: E731
+    else:
+        call = lambda w: torch.nn.functional.linear(x, w)  # noqa: E731
+    return torch_runner(with_copies(w, torch.clone, w.nbytes, layer.cold, call))
 
 
 def torch_int8(layer: Layer, target, rng) -> Runner:
@@ -98,17 +99,17 @@ def torch_int8(layer: Layer, target, rng) -> Runner:
         m.scale, m.zero_point = 0.05, 64
         return m
 
-    modules = [module() for _ in range(weight_copies(qw.numel(), layer.cold))]
+    first = module()
     qx = torch.quantize_per_tensor(x.clamp(min=0), 0.02, 0, torch.quint8)
     reference = (torch.nn.functional.conv2d(qx.dequantize(), qw.dequantize(), stride=layer.stride,
                                             padding=layer.padding) if layer.op == "conv2d"
                  else torch.nn.functional.linear(qx.dequantize(), qw.dequantize()))
-    out = modules[0](qx).dequantize()
+    out = first(qx).dequantize()
     inside = (reference > -64 * 0.05) & (reference < 191 * 0.05)   # not clipped by quint8 output
     error = (out - reference)[inside].abs().max().item()
     if error > 0.05:   # one output quantization step
         raise RuntimeError(f"torch_int8 {layer.name}: error {error} against fp32 on quantized values")
-    return torch_runner([lambda m=m: m(qx) for m in modules])
+    return torch_runner(with_copies(first, lambda _: module(), qw.numel(), layer.cold, lambda m: m(qx)))
 
 
 def tvm_fp32(layer: Layer, target, rng) -> Runner:
@@ -130,8 +131,8 @@ def tvm_fp32(layer: Layer, target, rng) -> Runner:
                                            padding=layer.padding) if layer.op == "conv2d"
                 else torch.nn.functional.linear(torch.from_numpy(x), torch.from_numpy(w))).numpy()
     np.testing.assert_allclose(main(*args).numpy(), expected, rtol=1e-3, atol=1e-3)
-    copies = [args[1]] + [tvm.runtime.tensor(w) for _ in range(weight_copies(w.nbytes, layer.cold) - 1)]
-    return runner("relax-default", [lambda w=w: main(args[0], w) for w in copies])
+    return runner("relax-default", with_copies(args[1], lambda _: tvm.runtime.tensor(w), w.nbytes, layer.cold,
+                                               lambda w: main(args[0], w)))
 
 
 OURS = {
@@ -158,14 +159,12 @@ def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(t, axis=1)
 
 
-def kernel_calls(f, args: list, cold: bool) -> list[Callable[[], object]]:
-    """Calls of ``f``'s compiled kernel on ``args`` (from ``f.prepare``): one, or with
-    ``cold`` one per copy of its weight tensors (``args[1:-1]``)."""
-    kernel = f.lib[f.spec.symbol]
-    weights = args[1:-1]
-    copies = [weights] + [[tvm.runtime.tensor(a.numpy()) for a in weights]
-                          for _ in range(weight_copies(sum(a.numpy().nbytes for a in weights), cold) - 1)]
-    return [lambda a=[args[0], *ws, args[-1]]: kernel(*a) for ws in copies]
+def kernel_calls(f, args: list, cold: bool) -> Callable[[], list[Callable[[], object]]]:
+    """``make_calls`` of ``f.run(args)`` (``args`` from ``f.prepare``), with ``cold`` also on
+    copies of its weight tensors (``args[1:-1]``)."""
+    def copy(a: list) -> list:
+        return [a[0], *(tvm.runtime.tensor(t.numpy()) for t in a[1:-1]), a[-1]]
+    return with_copies(args, copy, sum(t.numpy().nbytes for t in args[1:-1]), cold, f.run)
 
 
 def ours(precision: str, fgq_group: int, remote=None, tuned=None):
@@ -203,8 +202,7 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
         if remote:
             runners.append(board_runner("pack", f, [values, args[0]], stage="data"))
         else:
-            pack = f.lib[f.spec.symbol + "_data"]
-            runners.append(runner("pack", [lambda: pack(values, args[0])]))
+            runners.append(runner("pack", lambda: [lambda: f.run([values, args[0]], stage="data")]))
         return tuple(runners)
 
     return make

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import platform
@@ -122,7 +123,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rpc and any(layer.cold for layer in args.layers):
         p.error("--rpc: cold-weight layers rotate weight copies between calls, which the board's time "
                 "evaluator cannot; leave them out")
-    args.threads = [harness.usable_cpus() if t == "all" else int(t) for t in args.threads.split(",")]
+    args.threads = list(dict.fromkeys(harness.usable_cpus() if t == "all" else int(t)
+                                      for t in args.threads.split(",")))
     if args.scope != "layers":
         if args.rpc:
             p.error("--scope model runs on this host (PyTorch baselines); use --scope layers with --rpc")
@@ -137,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--tuned {args.tuned}: no tuning records there (run tvm_ternary.tune first)")
     if args.emulated and not args.rpc:
         p.error("--emulated describes an --rpc board")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install -e '.[bench]' (or --plot '' for no plot)")
     if args.rpc:
         args.threads = ["board"]            # the board's runtime uses its own pool (all its cores)
     return args
@@ -173,9 +177,9 @@ def print_header(args, target, device: str) -> None:
     print(f"versions: tvm-ternary {metadata.version('tvm-ternary')}, TVM {tvm.__version__}, "
           f"PyTorch {torch.__version__}, Python {platform.python_version()}")
     print(f"timing: {harness.TIMING_BOARD if args.rpc else harness.TIMING_LOCAL}")
-    if any(layer.op == "dense" for layer in args.layers):
-        print("weights: hot (in cache between calls) except *_cold layers, which cycle through copies adding up "
-              f"to twice the {harness.last_level_cache_bytes() >> 20} MiB last-level cache")
+    if any(layer.op == "dense" for layer in args.layers) and not args.rpc:
+        print(f"weights: hot (they stay in the {harness.last_level_cache_bytes() >> 20} MiB last-level cache between "
+              f"calls where they fit) except in *_cold layers, which cycle through copies adding up to twice that")
 
 
 def measure(args) -> list[dict]:

@@ -25,8 +25,12 @@ class ActivationPack(ScheduleRule):
     """Schedule rule for the ``pack`` stage of conv2d (rank 2); dense packing is left to
     the generic rule (a single row of at most a few thousand values)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
-        sch = s_tir.Schedule(func)
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
+              seed: int | None = None) -> s_tir.Schedule | None:
+        """Schedule ``func`` (None if the rule does not apply); ``tunable`` samples the
+        vector row length from the schedule's random state, seeded by ``seed`` (1 to
+        2**31 - 1; None: the device's random source)."""
+        sch = s_tir.Schedule(func, seed=seed)
         inline_quantizer(sch)
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
         if len(blocks) != 1 or sch.get(blocks[0]).name_hint != "pack":

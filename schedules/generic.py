@@ -1,10 +1,10 @@
 """Plain CPU schedule for every operator stage: a correct, portable default.
 
 Runs the two outermost loops of each stage (batch x output channels, batch x planes, ...)
-in parallel; LLVM vectorizes the rest on its own. In practice it schedules what the
-specific rules leave: dense packing and FGQ's byte layout. It has no knobs, so ``tunable`` changes nothing. The
-per-target rules (AVX2, AVX-512, NEON) are the fast path; this one is the fallback for
-any LLVM CPU target.
+in parallel; LLVM vectorizes the rest on its own. It applies only to our operators' stages
+(:data:`STAGES`), on any LLVM CPU target, and in practice schedules what the per-target
+rules (AVX2, AVX-512, NEON) leave: dense packing and FGQ's byte layout. It has no knobs, so
+``tunable`` changes nothing.
 """
 
 from __future__ import annotations

@@ -365,7 +365,7 @@ HOST_ISA = tvm_ternary.schedules.isa_of(tvm_ternary.resolve_target("host")).name
 @pytest.mark.skipif(HOST_ISA not in ("avx2", "avx512"), reason=f"the host's ISA is {HOST_ISA}: the generic x86 "
                                                                f"target warns only on an x86 host with AVX2 or better")
 def test_a_generic_x86_target_on_an_avx2_host_warns_once_per_target(monkeypatch, recwarn):
-    monkeypatch.setattr(tvm_ternary.api, "_WARNED_GENERIC", set())
+    monkeypatch.setattr(tvm_ternary.diagnostics, "_WARNED_GENERIC", set())
     dense = dict(name="dense", scheme="ternary", data_shape=(1, 40), weight_shape=(3, 40))
     with pytest.warns(tvm_ternary.SlowPathWarning,
                       match=rf'dense\[ternary\]: target llvm \(x86_64\) is generic x86-64 and gets the baseline '
@@ -380,3 +380,18 @@ def test_a_generic_x86_target_on_an_avx2_host_warns_once_per_target(monkeypatch,
     assert not [w for w in recwarn if issubclass(w.category, tvm_ternary.SlowPathWarning)]
     with pytest.warns(tvm_ternary.SlowPathWarning, match=r"target llvm mcpu=x86-64 \(x86_64\) is generic"):
         tvm_ternary.op(**dense, target={"kind": "llvm", "mcpu": "x86-64"})      # another generic target
+
+
+def test_run_looks_its_functions_up_once(monkeypatch, rng):
+    """``run`` is the call users repeat and benchmarks time: a function lookup by name costs
+    ~13 µs (ten times a small kernel), so it happens once per module, not per call."""
+    f = tvm_ternary.op("dense", "ternary", (1, 64), (8, 64), target=AVX2)
+    x, w = rng.integers(-1, 2, (1, 64)), rng.integers(-1, 2, (8, 64))
+    args = f.prepare(x, w)
+    lookups = []
+    original = type(f.lib).__getitem__
+    monkeypatch.setattr(type(f.lib), "__getitem__", lambda module, name: lookups.append(name) or original(module, name))
+    for _ in range(3):
+        f.run(args)
+    assert len(lookups) <= 1, lookups
+    np.testing.assert_array_equal(args[-1].numpy(), f.reference(x, w))

@@ -96,3 +96,14 @@ def test_build_errors():
         build(mod, "llvm -mcpu=haswell")
     with pytest.raises(ValueError, match="no 'main' function"):
         build(tvm.IRModule())
+
+
+@pytest.mark.skipif(tvm_ternary.schedules.isa_of(tvm_ternary.resolve_target("host")).name not in ("avx2", "avx512"),
+                    reason="the generic x86 target warns only on an x86 host with AVX2 or better")
+def test_build_for_a_generic_x86_target_on_an_avx2_host_warns(monkeypatch):
+    monkeypatch.setattr(tvm_ternary.diagnostics, "_WARNED_GENERIC", set())
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    mod = from_torch(model, torch.randn(1, 3, 8, 8))
+    with pytest.warns(tvm_ternary.SlowPathWarning, match=r"build: target llvm \(x86_64\) is generic x86-64"):
+        build(mod, "llvm")

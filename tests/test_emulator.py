@@ -161,3 +161,10 @@ def test_a_ready_line_that_arrives_with_the_line_before_it_is_seen_at_once():
     finally:
         process.stop()
     assert not process.alive and process.readline(0) is None
+
+
+def test_a_process_that_exits_before_it_is_ready_says_so():
+    from tvm_ternary.emulator.board import _Process
+    script = "import sys; print('cannot bind'); sys.exit(3)"
+    with pytest.raises(RuntimeError, match=r"exited with code 3 before it was ready:\ncannot bind"):
+        _Process([sys.executable, "-c", script], dict(os.environ), "READY", timeout=30)

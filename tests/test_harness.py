@@ -74,3 +74,21 @@ def test_unpin_threads_keeps_tvm_from_pinning_its_workers(unpin):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     pinned = int(out.stdout.strip().splitlines()[-1])
     assert (pinned == 0) if unpin else (pinned > 0), out.stdout
+
+
+def test_with_copies_makes_its_copies_only_when_timed(monkeypatch):
+    monkeypatch.setattr(harness, "last_level_cache_bytes", lambda: 1000)
+    made, used = [], []
+
+    def copy(weights):
+        made.append(weights)
+        return list(weights)
+
+    weights = [1, 2]
+    make_calls = harness.with_copies(weights, copy, 100, True, lambda w: used.append(id(w)))
+    assert made == []                                   # nothing is held before the runner is timed
+    calls = make_calls()
+    assert len(calls) == harness.weight_copies(100, True) == 20 and len(made) == 19
+    harness.time_calls(calls, repeat=1, min_ms=0)
+    assert len(set(used)) == 20                         # every copy is a distinct object, and each was called
+    assert len(harness.with_copies(weights, copy, 100, False, lambda w: None)()) == 1

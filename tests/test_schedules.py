@@ -140,6 +140,20 @@ def test_same_seed_samples_the_same_schedule(scheme, epilogue, params, rng):
     assert len(scripts) > 1, f"seeds {seeds} all sampled the same schedule"
 
 
+def test_same_seed_samples_the_same_packing_schedule(rng):
+    """Rows wider than MAX_VECTOR_ROW are split by a sampled factor."""
+    wide = make_spec("conv2d", "ternary", (1, 40, 3, 100), (8, 40, 3, 3), 1, 1, tvm.target.Target(AVX2))
+    func = wide.data_prim_func()
+    target, rule = tvm.target.Target(AVX2), schedules.ActivationPack()
+    seeds = [sample_seed(rng) for _ in range(8)]
+    scripts = set()
+    for seed in seeds:
+        first, second = (rule.apply(func, target, True, seed=seed) for _ in range(2))
+        assert first.mod.script() == second.mod.script(), f"seed {seed}"
+        scripts.add(first.mod.script())
+    assert len(scripts) > 1, f"seeds {seeds} all sampled the same schedule"
+
+
 @pytest.mark.parametrize("scheme,epilogue,params", SAMPLED_KERNELS, ids=["ternary", "requantize", "fgq"])
 def test_fixed_schedule_is_deterministic(scheme, epilogue, params):
     """``tunable=False`` samples nothing: every rule's schedule of the kernel and of its data

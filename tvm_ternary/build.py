@@ -7,6 +7,7 @@ import tvm
 from tvm.relax.backend.cpu_generic import legalize_passes
 from tvm.target import Target
 
+from .diagnostics import warn_if_generic_target
 from .rewrite import KERNEL_ATTR, rewrite_quantized
 from .schedules.float_ops import FloatCPU
 from .targets import TargetLike, resolve_target
@@ -37,7 +38,8 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
 
     Warns:
         :class:`~tvm_ternary.diagnostics.SlowPathWarning` for a quantized layer left to
-        plain Relax because its weights or thresholds are not constants.
+        plain Relax because its weights or thresholds are not constants, and for a
+        generic x86 target (``"llvm"``) on a CPU with AVX2 or better.
     """
     if not isinstance(mod, tvm.IRModule):
         hint = " (call tvm_ternary.from_torch(model, example_inputs) first)" if hasattr(mod, "forward") else ""
@@ -47,6 +49,7 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
     target = resolve_target(target)
     if target.kind.name != "llvm":
         raise ValueError(f"build: target kind {target.kind.name!r} is not supported; our kernels are CPU (llvm) code")
+    warn_if_generic_target(target, "build")
     return tvm.compile(schedule_float_ops(rewrite_quantized(mod, target), target), target=target)
 
 

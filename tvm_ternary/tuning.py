@@ -31,6 +31,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from . import schedules
+from .diagnostics import warn_if_generic_target
 from .remote import CROSS_COMPILERS, Remote, RemoteLike, export
 from .targets import TargetLike, host_cannot_run, resolve_target, target_arch
 
@@ -143,6 +144,8 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     cross = remote is not None or host_cannot_run(target)
     if cross and arch not in CROSS_COMPILERS:
         raise RuntimeError(f"tune: no cross compiler for {arch} targets")
+    if remote is None:
+        warn_if_generic_target(target, f"tune {spec.where}")
     runner = _runner(target, remote, repeat=3)
     builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=300,
                                       f_export=export_aarch64 if arch == "aarch64" and cross else None)

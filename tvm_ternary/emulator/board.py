@@ -62,8 +62,14 @@ class _Process:
         while True:
             line = self.readline(max(deadline - time.monotonic(), 0))
             if line is None:
+                try:
+                    code = self.process.wait(timeout=1)          # the end of its output: it exited
+                except subprocess.TimeoutExpired:
+                    code = None
                 self.stop()
-                raise RuntimeError(f"{self.name} did not start within {timeout:.0f} s:\n" + "".join(self.output[-20:]))
+                why = f"exited with code {code} before it was ready" if code is not None else \
+                    f"did not start within {timeout:.0f} s"
+                raise RuntimeError(f"{self.name} {why}:\n" + "".join(self.output[-20:]))
             self.output.append(line)
             if line.startswith(ready):
                 return
