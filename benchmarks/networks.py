@@ -106,11 +106,11 @@ def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: fl
                              f"more than {tolerance:.0e}")
 
 
-def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, impl: str,
+def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, precision: str, impl: str,
                 tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
     main = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())["main"]
     x = tvm.runtime.tensor(INPUT.numpy())
-    check_logits(main(x).numpy(), expected, impl, tolerance)
+    check_logits(main(x).numpy(), expected, f"{precision} {impl}", tolerance)
     return runner(impl, lambda: [lambda: main(x)])
 
 
@@ -131,10 +131,11 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
                 prepared(INPUT)
             int8 = convert_fx(prepared)
         with torch.no_grad():
-            check_logits(int8(INPUT).numpy(), reference, "torch-fx int8", INT8_TOLERANCE)
+            check_logits(int8(INPUT).numpy(), reference, "torch_int8 torch-fx", INT8_TOLERANCE)
         return torch_runner(lambda: [lambda: int8(INPUT)], "torch-fx")
     if precision == "tvm_fp32":
-        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, "build", FLOAT_TOLERANCE)
+        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, precision, "build",
+                           FLOAT_TOLERANCE)
     if precision in LAYER_ONLY:
         raise ValueError(f"networks.py: no model of precision {precision!r}: it is a layer kernel only "
                          f"(a model's W2A2 is w2a2_bw)")
@@ -146,5 +147,6 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
                                          group_size=fgq_group)
         with torch.no_grad():
             expected = quantized(INPUT).numpy()
-        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, INPUT), target, expected, impl, tolerance))
+        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, INPUT), target, expected, precision, impl,
+                                   tolerance))
     return tuple(runners)
