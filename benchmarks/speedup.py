@@ -172,8 +172,11 @@ def print_header(args, target, device: str) -> None:
     print(f"device: {device}")
     print(f"target: {describe(target)}, our kernels' ISA: {isa_of(target).name}"
           + ("" if args.rpc else f"; CPUs usable by this process: {harness.usable_cpus()}"))
-    print(f"threads: {', '.join(map(str, args.threads))}; thread pinning: none (TVM_BIND_THREADS=0, PyTorch's "
-          f"OpenMP unbound; checked at the end)")
+    if args.rpc:
+        print("threads: the board runtime's own pool (all its cores)")
+    else:
+        print(f"threads: {', '.join(map(str, args.threads))}; thread pinning: none (TVM_BIND_THREADS=0, PyTorch's "
+              f"OpenMP unbound; checked at the end)")
     print(f"versions: tvm-ternary {metadata.version('tvm-ternary')}, TVM {tvm.__version__}, "
           f"PyTorch {torch.__version__}, Python {platform.python_version()}")
     print(f"timing: {harness.TIMING_BOARD if args.rpc else harness.TIMING_LOCAL}")
