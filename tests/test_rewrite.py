@@ -14,7 +14,7 @@ from tvm import relax
 
 from tvm_ternary import SlowPathWarning, from_torch, make_scheme, quantize
 from tvm_ternary.frontend import quantize_prim_func
-from tvm_ternary.rewrite import KERNEL_ATTR, Layer, fold_thresholds, rewrite_quantized
+from tvm_ternary.rewrite import KERNEL_ATTR, MACS_ATTR, Layer, fold_thresholds, rewrite_quantized
 
 from .conftest import AVX2
 from .test_quant import small_net
@@ -181,3 +181,29 @@ def test_a_quantized_layer_with_constant_parameters_gets_our_kernel_without_a_wa
         warnings.simplefilter("error", SlowPathWarning)
         rewritten = rewrite_quantized(quantized_conv(False, False), TARGET)
     assert calls(rewritten)["relax.nn.conv2d"] == 0 and calls(rewritten)["tir:kernel"] == 1
+
+
+def test_kernels_carry_their_multiply_accumulates():
+    """Every conv2d/dense kernel the pass adds says how many MACs a call does (the model
+    profile's G MAC/s); here each kernel is called once, so they add up to the model's."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = quantize(small_net(), "ternary", x, keep_first_last=False)
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) or hasattr(m, "w_int")]
+    expected = 0
+
+    def count(module, args, out):
+        nonlocal expected
+        expected += out.numel() * module.weight[0].numel()
+
+    handles = [m.register_forward_hook(count) for m in layers]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    mod = rewrite_quantized(from_torch(model, x), tvm.target.Target(AVX2))
+    kernels = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+               and str(f.attrs.get(KERNEL_ATTR, "")).endswith(":kernel")]
+    assert len(kernels) == 5 and all(MACS_ATTR in f.attrs for f in kernels)
+    assert sum(int(f.attrs[MACS_ATTR]) for f in kernels) == expected == 2 * (8 * 36 * 27 + 12 * 36 * 72 + 16 * 9 * 108
+                                                                             + 20 * 144 + 5 * 20)

@@ -48,6 +48,10 @@ KERNEL_ATTR = "tvm_ternary.kernel"
 """PrimFunc attribute of the functions this pass adds: ``"<op>[<scheme>]:kernel"`` or
 ``"<op>[<scheme>]:quantize"`` (the fused quantize + data stage)."""
 
+MACS_ATTR = "tvm_ternary.macs"
+"""PrimFunc attribute of the conv2d/dense kernels this pass adds: multiply-accumulates per
+call (``benchmarks/model_profile.py`` reports G MAC/s from it)."""
+
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
@@ -337,12 +341,14 @@ class _Rewriter(PyExprMutator):
         elif binding.var not in self.absorbed:
             super().visit_var_binding_(binding)
 
-    def _add(self, make_func, name: str, role: str, key: tuple) -> relax.GlobalVar:
-        """Schedule ``make_func()`` for the target and add it (opaque to fusion) as ``name``;
-        layers with equal ``key`` share one function."""
+    def _add(self, make_func, name: str, role: str, key: tuple, macs: int | None = None) -> relax.GlobalVar:
+        """Schedule ``make_func()`` for the target and add it (opaque to fusion) as ``name``,
+        with its multiply-accumulates per call if it is a kernel; layers with equal ``key``
+        share one function."""
         if key not in self.functions:
             scheduled = schedules.schedule(make_func(), self.target).mod["main"]
-            scheduled = scheduled.without_attr("global_symbol").with_attrs({"op_pattern": 8, KERNEL_ATTR: role})
+            attrs = {"op_pattern": 8, KERNEL_ATTR: role, **({} if macs is None else {MACS_ATTR: macs})}
+            scheduled = scheduled.without_attr("global_symbol").with_attrs(attrs)
             self.functions[key] = self.builder_.add_func(scheduled, name)
         return self.functions[key]
 
@@ -360,8 +366,9 @@ class _Rewriter(PyExprMutator):
         key = (conv.data_shape, conv.weight.shape, conv.stride, conv.padding)
         pad = self._add(lambda: te.create_prim_func([x, xpad]), "tvm_ternary_float_pad", "conv2d[float]:pad",
                         ("pad", *key))
+        macs = int(np.prod([int(d) for d in out.shape])) * int(np.prod(conv.weight.shape[1:]))
         kernel_gv = self._add(lambda: te.create_prim_func([kernel_xpad, wb, out]), "tvm_ternary_conv2d_float",
-                              "conv2d[float]:kernel", ("float", *key))
+                              "conv2d[float]:kernel", ("float", *key), macs)
         padded = self.builder_.emit(relax.call_tir(pad, [self.visit_expr(conv.data)],
                                                    relax.TensorType(tuple(int(d) for d in xpad.shape), "float32")))
         return self.builder_.emit(relax.call_tir(kernel_gv, [padded, relax.const(blocked)],
@@ -390,7 +397,8 @@ class _Rewriter(PyExprMutator):
             affine = (np.ones(k, np.float32) if layer.scale is None else layer.scale,
                       np.zeros(k, np.float32) if layer.bias is None else layer.bias)
         args = spec.weight_args(layer.weight, layer.fgq_scales, layer.int_thresholds, affine)
-        kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec))
+        kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec),
+                           int(np.prod(spec.out_shape)) * int(np.prod(spec.weight_shape[1:])))
         out_shape, out_dtype = spec.kernel_output()
         out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
                                                 relax.TensorType(out_shape, out_dtype)))
