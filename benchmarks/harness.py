@@ -130,6 +130,18 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def set_threads(n: int) -> None:
+    """Use ``n`` threads in both TVM's pool and PyTorch; checks TVM took them (its pool can
+    only shrink below the size it started with, see ``tvm_ternary/__init__.py``)."""
+    import torch
+    import tvm
+    torch.set_num_threads(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+    got = tvm.get_global_func("runtime.NumThreads")()
+    if got != n:
+        raise SystemExit(f"benchmarks: TVM runs {got} threads, not {n}; set TVM_NUM_THREADS={n} or more")
+
+
 def unpin_threads() -> None:
     """Keep TVM from pinning its worker threads one per core (PyTorch's are not pinned
     either); call before TVM's thread pool is configured."""

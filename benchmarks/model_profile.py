@@ -26,18 +26,17 @@ import harness  # noqa: E402
 harness.unpin_threads()
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 import tvm  # noqa: E402
+from networks import resnet18  # noqa: E402
 from tvm import relax  # noqa: E402
 
 import tvm_ternary  # noqa: E402
 from tvm_ternary.build import schedule_float_ops  # noqa: E402
-from tvm_ternary.models import ResNet18, randomize_batchnorm  # noqa: E402
 from tvm_ternary.rewrite import MACS_ATTR, rewrite_quantized  # noqa: E402
 from tvm_ternary.targets import describe  # noqa: E402
 
-"""Named model_profile, not profile: this folder is on sys.path, and a profile.py would hide
-the standard library's (torch.export imports cProfile)."""
+# Named model_profile, not profile: this folder is on sys.path, and a profile.py would hide
+# the standard library's (torch.export imports cProfile).
 
 COLUMNS = ["precision", "model", "threads", "function", "calls", "ms_per_call", "total_ms", "share", "gmacs"]
 
@@ -118,12 +117,9 @@ def main(argv=None) -> None:
     unknown = sorted(set(precisions) - set(tvm_ternary.QUANTIZE_SCHEMES) - {"float"})
     if unknown:
         p.error(f"unknown precisions {unknown}")
-    torch.set_num_threads(args.threads)
-    tvm.get_global_func("runtime.config_threadpool")(1, args.threads)
+    harness.set_threads(args.threads)
     target = tvm_ternary.resolve_target(args.target)
-    generator = torch.Generator().manual_seed(0)
-    model = randomize_batchnorm(ResNet18(1000), generator).eval()
-    x = torch.randn(1, 3, args.size, args.size, generator=generator)
+    model, x = resnet18(args.size)
     print(f"target: {describe(target)}; threads: {args.threads}; each function timed alone by the harness: "
           f"a Python loop around its call, median of {args.repeat} batches >= 20 ms")
     out = []

@@ -62,10 +62,12 @@ class Network(Layer):
         return self.mac_count
 
 
-def resnet18() -> tuple[nn.Module, torch.Tensor]:
+def resnet18(size: int = 224) -> tuple[nn.Module, torch.Tensor]:
+    """ResNet-18 (1000 classes, random weights and BatchNorm statistics, seed 0) in eval mode
+    and a random input of ``size`` x ``size``, batch 1."""
     generator = torch.Generator().manual_seed(0)
     model = randomize_batchnorm(ResNet18(1000), generator).eval()
-    return model, torch.randn(1, 3, 224, 224, generator=generator)
+    return model, torch.randn(1, 3, size, size, generator=generator)
 
 
 MODEL, INPUT = resnet18()

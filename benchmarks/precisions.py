@@ -159,12 +159,16 @@ def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.sort(t, axis=1)
 
 
-def kernel_calls(f, args: list, cold: bool) -> Callable[[], list[Callable[[], object]]]:
-    """``make_calls`` of ``f.run(args)`` (``args`` from ``f.prepare``), with ``cold`` also on
-    copies of its weight tensors (``args[1:-1]``)."""
+def operator_runner(impl: str, f, args: list, cold: bool = False, stage: str = "kernel") -> Runner:
+    """A runner of ``f.run(args, stage)``: on its board by the board's time evaluator, or here
+    by the harness, with ``cold`` also on copies of its weight tensors (``args[1:-1]``)."""
+    if f.remote is not None:
+        return board_runner(impl, f, args, stage)
+
     def copy(a: list) -> list:
         return [a[0], *(tvm.runtime.tensor(t.numpy()) for t in a[1:-1]), a[-1]]
-    return with_copies(args, copy, sum(t.numpy().nbytes for t in args[1:-1]), cold, f.run)
+    return runner(impl, with_copies(args, copy, sum(t.numpy().nbytes for t in args[1:-1]), cold,
+                                    lambda a: f.run(a, stage)))
 
 
 def ours(precision: str, fgq_group: int, remote=None, tuned=None):
@@ -197,12 +201,9 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
             else:
                 np.testing.assert_array_equal(got, expected)
             impl = ("tuned" if f.tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
-            runners.append(board_runner(impl, f, args) if remote else runner(impl, kernel_calls(f, args, layer.cold)))
+            runners.append(operator_runner(impl, f, args, layer.cold))
         values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
-        if remote:
-            runners.append(board_runner("pack", f, [values, args[0]], stage="data"))
-        else:
-            runners.append(runner("pack", lambda: [lambda: f.run([values, args[0]], stage="data")]))
+        runners.append(operator_runner("pack", f, [values, args[0]], stage="data"))
         return tuple(runners)
 
     return make

@@ -75,16 +75,6 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def set_threads(n: int) -> None:
-    """Use ``n`` threads in both TVM's pool and PyTorch; checks TVM took them (its pool can
-    only shrink below the size it started with, see ``tvm_ternary/__init__.py``)."""
-    torch.set_num_threads(n)
-    tvm.get_global_func("runtime.config_threadpool")(1, n)
-    got = tvm.get_global_func("runtime.NumThreads")()
-    if got != n:
-        raise SystemExit(f"speedup.py: TVM runs {got} threads, not {n}; set TVM_NUM_THREADS={n} or more")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scope", choices=["layers", "model", "all"], default=None,
@@ -217,7 +207,7 @@ def measure(args) -> list[dict]:
     timing = "board-time-evaluator" if remote else "python-call"
     for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
         if remote is None:
-            set_threads(threads)
+            harness.set_threads(threads)
         made = runners[layer.name, name]
         for runner in made if isinstance(made, tuple) else (made,):
             median_ms = runner.time(args.repeat)

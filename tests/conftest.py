@@ -17,6 +17,12 @@ AVX512 = {"kind": "llvm", "mcpu": "znver4"}
 RASP4 = {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "cortex-a72"}
 
 
+def host_isa() -> str:
+    """The vector ISA our schedules pick for this CPU (``"host"``): avx512, avx2, neon, ..."""
+    import tvm_ternary
+    return tvm_ternary.schedules.isa_of(tvm_ternary.resolve_target("host")).name
+
+
 def host_has_avx512_popcount() -> bool:
     """True when this CPU can run the AVX512 target's kernels (flags read from /proc/cpuinfo)."""
     try:

@@ -16,6 +16,7 @@ from tvm_ternary import QUANTIZE_SCHEMES, build, from_torch, quantize
 from tvm_ternary.models import ResNet18, randomize_batchnorm
 from tvm_ternary.quant import QuantLayer
 
+from .conftest import host_isa
 from .test_rewrite import calls
 
 TARGET = "host"   # runs here; the kernels' numerics are pinned per ISA in test_operators
@@ -98,7 +99,7 @@ def test_build_errors():
         build(tvm.IRModule())
 
 
-@pytest.mark.skipif(tvm_ternary.schedules.isa_of(tvm_ternary.resolve_target("host")).name not in ("avx2", "avx512"),
+@pytest.mark.skipif(host_isa() not in ("avx2", "avx512"),
                     reason="the generic x86 target warns only on an x86 host with AVX2 or better")
 def test_build_for_a_generic_x86_target_on_an_avx2_host_warns(monkeypatch):
     monkeypatch.setattr(tvm_ternary.diagnostics, "_WARNED_GENERIC", set())

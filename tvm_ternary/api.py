@@ -32,7 +32,7 @@ from . import schedules, tuning
 from .diagnostics import warn_if_generic_target
 from .operators.spec import OperatorSpec
 from .schemes import Scheme, make_scheme
-from .remote import RemoteLike, RemoteModule
+from .remote import RemoteLike, RemoteModule, last_line
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
 
 _LOG = logging.getLogger(__name__)
@@ -150,9 +150,8 @@ class CompiledOperator:
             raise
         except Exception as err:
             self.remote.reset()
-            detail = str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
-            raise RuntimeError(f"{self.spec.where}: running on {self.remote.remote} failed ({detail}); the board "
-                               f"stopped, crashed or timed out; the next call reconnects") from None
+            raise RuntimeError(f"{self.spec.where}: running on {self.remote.remote} failed ({last_line(err)}); "
+                               f"the board stopped, crashed or timed out; the next call reconnects") from None
 
     def run(self, args: list, stage: str = "kernel") -> None:
         """Run the kernel on device tensors from :meth:`prepare` (the result is ``args[-1]``),

@@ -123,7 +123,7 @@ class Remote:
                                f"(busy with another session, or hung)")
         session, err = result[0]
         if err is not None:
-            raise RuntimeError(f"remote: cannot reach {self}: {_last_line(err)}")
+            raise RuntimeError(f"remote: cannot reach {self}: {last_line(err)}")
         return session
 
     def _request(self, host: str, port: int) -> rpc.client.RPCSession:
@@ -143,14 +143,14 @@ class Remote:
             except Exception as err:   # TVM's RuntimeError naming the last socket or RPC error
                 if time.monotonic() >= deadline:
                     raise RuntimeError(f"no board with key {self.key!r} could be opened within "
-                                       f"{self.request_timeout:.0f} s; last error: {_last_line(err)}") from None
+                                       f"{self.request_timeout:.0f} s; last error: {last_line(err)}") from None
                 time.sleep(0.5)
 
 
 RemoteLike = Union[str, dict, Remote]
 
 
-def _last_line(err: BaseException) -> str:
+def last_line(err: BaseException) -> str:
     """The last line of an error's message (TVM's errors carry a traceback before it)."""
     return str(err).strip().splitlines()[-1] if str(err).strip() else repr(err)
 
