@@ -5,7 +5,8 @@ Packing reads NCHW values and writes ``[N, P, H', W', Cw]`` words. The rule walk
 load and one set of threshold compares serve every plane: 0.089 -> 0.070 ms for a 64x56x56
 ternary input) and a whole padded image row in the inner, vectorized loop, so every load
 is a contiguous row of values and the row's words stay in registers until all 32 bits are
-in, then are stored once.
+in, then are stored once. Small-channel conv2d gathers the padded planes into patches
+(``patches``, see the patch layout in :mod:`tvm_ternary.packing`) in the same function.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ MAX_VECTOR_ROW = 64
 
 
 class ActivationPack(ScheduleRule):
-    """Schedule rule for the ``pack`` stage of conv2d (rank 2); dense packing is left to
-    the generic rule (a single row of at most a few thousand values)."""
+    """Schedule rule for the ``pack`` stage of conv2d (rank 2) and the patch gather that
+    may follow it or stand alone; dense packing is left to the generic rule (a single row
+    of at most a few thousand values)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
               seed: int | None = None) -> s_tir.Schedule | None:
@@ -32,16 +34,24 @@ class ActivationPack(ScheduleRule):
         2**31 - 1; None: the device's random source)."""
         sch = s_tir.Schedule(func, seed=seed)
         inline_quantizer(sch)
-        blocks = sch.get_child_blocks(sch.get_sblock("root"))
-        if len(blocks) != 1 or sch.get(blocks[0]).name_hint != "pack":
+        blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if set(blocks) == {"patches"}:       # the gather alone (its input packed by a previous kernel)
+            _gather_rows(sch, blocks["patches"])
+            return sch
+        if set(blocks) - {"patches"} != {"pack"}:
             return None
-        pack = blocks[0]
+        pack = blocks["pack"]
         loops = sch.get_loops(pack)
-        if len(loops) != 6:                  # n, plane, h, w, word, bit
+        if len(loops) == 7:                  # stored by column phase (a strided patch gather reads it)
+            n, plane, h, phase, w, word, bit = loops
+            sch.reorder(n, h, word, bit, plane, phase, w)
+            sch.unroll(phase)
+        elif len(loops) == 6:                # n, plane, h, w, word, bit
+            n, plane, h, w, word, bit = loops
+            sch.reorder(n, h, word, bit, plane, w)
+        else:
             return None
-        n, plane, h, w, word, bit = loops
         width = int(sch.get(w).extent)
-        sch.reorder(n, h, word, bit, plane, w)
         sch.parallel(sch.fuse(n, h))
         local = sch.cache_write(pack, 0, TILE_SCOPE)
         sch.reverse_compute_at(local, word)
@@ -52,4 +62,25 @@ class ActivationPack(ScheduleRule):
             factor = sch.get(sch.sample_categorical([8, 16, 32], [0.34, 0.33, 0.33])) if tunable else 16
             sch.vectorize(sch.split(w, [None, int(factor)])[1])
         sch.decompose_reduction(pack, bit)
+        if "patches" in blocks:
+            _gather_rows(sch, blocks["patches"])
         return sch
+
+
+def _gather_rows(sch: s_tir.Schedule, patches) -> None:
+    """The patch gather (``[N, P, OH, OW, Rw]``): parallel over output rows; per word and
+    plane, the taps' shifted words or-ed into a row of a local copy of the output row,
+    vectorized along it; the row is stored once, contiguously (storing each word's row
+    straight to ``[.., OW, Rw]`` would scatter)."""
+    n, plane, oh, ow, word, slot = sch.get_loops(patches)
+    sch.reorder(n, oh, word, plane, slot, ow)
+    row = sch.fuse(n, oh)
+    sch.parallel(row)
+    local = sch.cache_write(patches, 0, TILE_SCOPE)
+    sch.transform_layout(patches, ("write", 0), lambda i, p, y, x, w: (i, p, y, w, x))   # rows along ow
+    sch.reverse_compute_at(local, row)
+    for loop in (word, plane, slot):     # constant tap offsets: no index division at run time
+        sch.unroll(loop)
+    width = int(sch.get(ow).extent)
+    sch.vectorize(ow if width <= MAX_VECTOR_ROW else sch.split(ow, [None, 16])[1])
+    sch.decompose_reduction(patches, slot)

@@ -163,6 +163,25 @@ def test_assembly_check_fails_without_the_kernel_instructions(target, scheme, pa
         check_kernel_asm(f)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("scheme,params", [SCHEMES[0], SCHEMES[1], SCHEMES[2], SCHEMES[5]],
+                         ids=["ternary", "fatnn", "w1a1bb", "a2b-w3u"])
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding", [
+    ((2, 1, 9, 8), (4, 1, 5, 3), 1, (2, 1)),     # C=1, 5x3
+    ((1, 5, 7, 9), (6, 5, 3, 3), 2, 1),          # C=5, stride 2
+    ((1, 3, 4, 5), (3, 3, 3, 3), 1, 3),          # padding beyond the kernel's reach
+], ids=["c1-5x3", "c5-s2", "c3-p3"])
+def test_small_channel_conv2d_packs_whole_patches_exactly(scheme, params, data_shape, weight_shape, stride, padding,
+                                                          target, rng, request):
+    """Few input channels: the whole C x KH x KW reduction is packed (the patch layout), in
+    fewer words than one per tap, and the result is exact."""
+    f = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride=stride, padding=padding, target=target,
+                       **params)
+    taps = weight_shape[2] * weight_shape[3]
+    assert f.spec.patch_taps > 1 and f.spec.kernel_input_shape()[0][-1] == -(-taps // f.spec.patch_taps) < taps
+    run_and_check(runnable(f, request), rng)
+
+
 def test_neon_reduction_too_long_for_16_bit_accumulators_uses_32_bit_words(rng, request):
     f = tvm_ternary.op("dense", "ternary", (1, 70000), (6, 70000), target=RASP4)
     assert f.spec.word_bits == 32 and f.spec.block == 4           # 4375 16-bit words would overflow uint16

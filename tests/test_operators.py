@@ -38,10 +38,13 @@ def test_packed_kernel_input_layout():
 
 def test_stages():
     assert block_names(create("conv2d", "ternary", (1, 8, 5, 5), (2, 8, 3, 3)).kernel_prim_func()) == ["acc", "out"]
-    fatnn = create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1)
+    fatnn = create("conv2d", "fatnn", (1, 20, 5, 5), (2, 20, 3, 3), padding=1)
     assert block_names(fatnn.kernel_prim_func()) == ["acc", "out"]        # padding is in the data stage
     assert block_names(fatnn.data_prim_func()) == ["pack"]
     assert fatnn.kernel_input_shape() == ((1, 2, 7, 7, 1), "uint32")
+    small = create("conv2d", "fatnn", (1, 8, 5, 5), (2, 8, 3, 3), padding=1)   # 4 taps of 8 channels a word
+    assert block_names(small.data_prim_func()) == ["pack", "patches"]
+    assert small.kernel_input_shape() == ((1, 2, 5, 5, 3), "uint32")
     bnn = create("dense", "bitserial", (1, 8), (2, 8), abits=1, wbits=1, activation_encoding="bipolar")
     assert bnn.kernel_input_shape() == ((1, 2, 1), "uint32")              # 1 plane + validity plane
     fgq = create("conv2d", "fgq", (1, 8, 5, 5), (2, 8, 3, 3), padding=2, group_size=4, abits=4)

@@ -5,10 +5,11 @@ import pytest
 
 import tvm_ternary
 from tvm_ternary.encodings import TernaryEncoding, UnipolarEncoding
-from tvm_ternary.packing import (WORD_BITS, num_words, pack_bits, pack_planes, tail_mask,
-                                 unpack_bits)
+from tvm_ternary.packing import (WORD_BITS, gather_patches, num_words, pack_bits, pack_patch_planes, pack_planes,
+                                 pack_planes_padded, tail_mask, taps_per_word, unpack_bits)
 
-from .conftest import AVX2
+from .conftest import AVX2, AVX512
+from .test_api import runnable
 
 
 def test_word_and_bit_order_are_lsb_first():
@@ -76,9 +77,10 @@ def test_device_packing_accepts_float_values(rng):
     ("bitserial", dict(abits=2, wbits=1, activation_encoding="bipolar"), [0, 0, 0]),  # validity plane 0
 ])
 def test_device_packing_writes_padding_in_the_value_domain(scheme, params, pad_words, rng):
-    f = tvm_ternary.op("conv2d", scheme, (1, 3, 4, 5), (2, 3, 3, 3), padding=(1, 2), target=AVX2, **params)
+    f = tvm_ternary.op("conv2d", scheme, (1, 3, 4, 5), (2, 3, 1, 1), padding=(1, 2), target=AVX2, **params)
+    assert f.spec.patch_taps == 1                          # 1x1: the ordinary layout, as the kernel reads it
     x = f.spec.scheme.activation.sample(rng, (1, 3, 4, 5))
-    packed = f.prepare(x, f.spec.scheme.weight.sample(rng, (2, 3, 3, 3)))[0].numpy()
+    packed = f.prepare(x, f.spec.scheme.weight.sample(rng, (2, 3, 1, 1)))[0].numpy()
     assert packed.shape == (1, len(pad_words), 6, 9, 1)
     border = np.ones((6, 9), bool)
     border[1:-1, 2:-2] = False
@@ -98,3 +100,42 @@ def test_64_bit_words_are_the_same_bits_as_32_bit_words(n, rng):
     padded[:, :words32.shape[1]] = words32
     np.testing.assert_array_equal(padded.view(np.uint64), words64)     # little-endian memory
     np.testing.assert_array_equal(unpack_bits(words64, n), bits)
+
+
+def test_taps_per_word_packs_whole_patches_only_for_few_channels():
+    assert taps_per_word(3, (7, 7), 32) == 10 and taps_per_word(3, (7, 7), 64) == 21
+    assert taps_per_word(16, (3, 3), 32) == 2                 # half a word of channels: two taps a word
+    assert taps_per_word(17, (3, 3), 32) == 1                 # more than half: one tap per word
+    assert taps_per_word(3, (1, 1), 32) == 1                  # one tap: nothing to share
+
+
+def test_patch_weights_put_tap_slots_of_c_bits_into_words():
+    w = np.zeros((1, 3, 2, 2), np.int32)                      # 4 taps of 3 channels, 32-bit words: 10 taps a word
+    w[0, 1, 0, 0] = 1                                         # tap 0, channel 1 -> bit 1
+    w[0, 2, 1, 1] = -1                                        # tap 3 (ky=1, kx=1), channel 2 -> bit 3*3 + 2
+    packed = pack_patch_planes(w, TernaryEncoding())
+    assert packed.shape == (1, 2, 1, 1, 1) and packed.dtype == np.uint32
+    assert packed[0, 0, 0, 0, 0] == (1 << 1) | (1 << 11)      # mask plane
+    assert packed[0, 1, 0, 0, 0] == 1 << 11                   # sign plane
+
+
+@pytest.mark.parametrize("target", [AVX2, AVX512], ids=["u64-words", "u32-words"])
+@pytest.mark.parametrize("scheme,params", [
+    ("ternary", {}), ("fatnn", {}), ("bitserial", dict(abits=2, wbits=1, activation_encoding="bipolar")),
+], ids=["ternary", "fatnn", "bipolar"])
+@pytest.mark.parametrize("channels,kernel,stride,padding", [
+    (3, (7, 7), 2, 3), (1, (5, 3), 1, (2, 1)), (5, (3, 3), 2, 1),
+], ids=["c3-7x7-s2", "c1-5x3", "c5-3x3-s2"])
+def test_device_patches_equal_host_gather_of_padded_planes(target, scheme, params, channels, kernel, stride,
+                                                          padding, rng, request):
+    """The data stage of a small-channel conv2d writes the patch layout: the padded planes
+    (value-domain padding, validity plane) gathered tap by tap into C-bit slots."""
+    shape = (2, channels, 9, 8)
+    f = tvm_ternary.op("conv2d", scheme, shape, (4, channels, *kernel), stride=stride, padding=padding,
+                       target=target, **params)
+    assert f.spec.patch_taps == taps_per_word(channels, kernel, f.spec.word_bits) > 1
+    x = f.spec.scheme.activation.sample(rng, shape)
+    device = runnable(f, request).prepare(x, f.spec.scheme.weight.sample(rng, (4, channels, *kernel)))[0].numpy()
+    enc = f.spec.scheme.activation
+    planes = pack_planes_padded(x, enc, f.spec.padding, enc.needs_validity_plane, f.spec.word_bits)
+    np.testing.assert_array_equal(device, gather_patches(planes, channels, kernel, f.spec.stride))

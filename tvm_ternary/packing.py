@@ -34,7 +34,18 @@ dense activations      ``[N, K]``                  ``[N, P, Kw]``
 dense weights          ``[M, K]``                  ``[M, P, Kw]``
 =====================  ==========================  ==========================
 
-i.e. always ``[A, C, *spatial] -> [A, P, *spatial, words(C)]``. Kernels read weights
+i.e. always ``[A, C, *spatial] -> [A, P, *spatial, words(C)]``.
+
+**Patch layout** (conv2d with few input channels: ``2 C <= word bits`` and more than one
+kernel tap, e.g. a 3-channel 7x7 stem). Packing ``C`` channels per tap would leave most of
+each word empty, so the whole reduction ``C x KH x KW`` of an output pixel is packed
+instead: ``T = taps_per_word(C, ...) = word_bits // C`` taps share a word, tap
+``t = ky * KW + kx`` lives in word ``t // T`` and its channel ``c`` at bit
+``(t % T) * C + c``; bits past ``T * C`` in a word and slots past the last tap are 0 in
+every plane (like tail bits). Activations ``[N, P, OH, OW, Rw]`` (``Rw = ceil(KH*KW / T)``)
+are gathered on the device from the ordinary padded planes by :func:`gather_patches_te`,
+so padded taps keep their encoding's pad bits; weights ``[K, P, 1, 1, Rw]`` come from
+:func:`pack_patch_planes`. The kernel is then a 1x1 convolution over ``Rw`` words. Kernels read weights
 blocked by ``V`` output channels (:func:`block_channels`):
 ``[ceil(K/V), P, *kernel, Cw, V]``, so one vector load gives ``V`` channels' words; ``V``
 is the target's vector width in words (1 = unblocked) and padded channels are zero. Weights are packed on
@@ -126,7 +137,7 @@ def pack_words_te(
     if shape[-1] != num_words(n, word_bits):
         raise ValueError(f"pack_words_te: last axis {shape[-1]} != num_words({n}, {word_bits})")
     dtype = word_dtype(word_bits)
-    b = te.reduce_axis((0, word_bits), name="bit")
+    b = te.reduce_axis((0, min(word_bits, n)), name="bit")     # fewer elements than a word: no empty bits
 
     def word(*idx):
         *outer, w = idx
@@ -154,9 +165,13 @@ def within_bounds(pos: Sequence[PrimExpr], sizes: Sequence[int]) -> PrimExpr:
 
 def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = (),
                    validity: bool = False, name: str = "pack", word_bits: int = WORD_BITS,
-                   thresholds: te.Tensor | None = None) -> te.Tensor:
+                   thresholds: te.Tensor | None = None, column_phases: int = 1) -> te.Tensor:
     """Device packing: ``x`` ``[A, C, *spatial]`` (any integer or float dtype holding integer
     values) -> ``uint32 [A, P + validity, *(spatial + 2 * padding), Cw]``.
+
+    With ``column_phases`` ``s > 1`` (conv2d), the padded columns are stored by phase,
+    ``[A, P', H', s, ceil(W' / s), Cw]`` (column ``w`` at ``[.., w % s, w // s, ..]``), so a
+    stride-``s`` reader of the patch gather loads contiguous words.
 
     With ``thresholds`` (``[L]``, ascending), ``x`` holds the float inputs of a quantizer
     whose levels are the encoding's values: each element's planes come straight from its
@@ -171,10 +186,16 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
     a, c, *spatial = (int(d) for d in x.shape)
     padding = tuple(padding) or (0,) * len(spatial)
     stored = encoding.num_planes
-    shape = (a, stored + int(validity), *(s + 2 * p for s, p in zip(spatial, padding)), num_words(c, word_bits))
+    padded = [s + 2 * p for s, p in zip(spatial, padding)]
+    if column_phases > 1:
+        padded = [padded[0], column_phases, -(-padded[1] // column_phases)]
+    shape = (a, stored + int(validity), *padded, num_words(c, word_bits))
 
     def bit(i, plane, *rest):
         *pos, element = rest
+        if column_phases > 1:
+            row, phase, column = pos
+            pos = [row, column * column_phases + phase]
         src = [q - p for q, p in zip(pos, padding)]
         inside = within_bounds(src, spatial) if src else None
         if thresholds is None:
@@ -228,3 +249,73 @@ def block_channels(packed: np.ndarray, block: int, multiple: int = 1) -> np.ndar
     padded[:k] = packed
     blocked = padded.reshape(blocks, block, *packed.shape[1:])
     return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
+
+
+def taps_per_word(channels: int, kernel: Sequence[int], word_bits: int = WORD_BITS) -> int:
+    """Kernel taps that share one word in the patch layout (see the module doc), or 1 when
+    a conv2d with ``channels`` inputs and ``kernel`` keeps the ordinary layout (one tap per
+    word: at least half a word of channels, or a single tap)."""
+    taps = int(np.prod(kernel, dtype=np.int64)) if len(kernel) else 1
+    per_word = word_bits // channels
+    return per_word if per_word >= 2 and taps >= 2 else 1
+
+
+def pack_patch_planes(values: np.ndarray, encoding: "Encoding", word_bits: int = WORD_BITS) -> np.ndarray:
+    """Host packing of conv2d weights ``[K, C, KH, KW]`` in the patch layout:
+    ``[K, P, 1, 1, ceil(KH*KW / T)]`` words, ``T = taps_per_word(C, (KH, KW), word_bits)``."""
+    values = np.asarray(values)
+    k, c, *kernel = values.shape
+    per_word = taps_per_word(c, kernel, word_bits)
+    taps = int(np.prod(kernel))
+    words = -(-taps // per_word)
+    planes = encoding.planes(np.moveaxis(values.reshape(k, c, taps), 1, 2))    # [P, K, taps, C]
+    slots = np.zeros((planes.shape[0], k, words * per_word, c), np.uint8)
+    slots[:, :, :taps] = planes
+    bits = np.zeros((planes.shape[0], k, words, word_bits), np.uint8)
+    bits[..., :per_word * c] = slots.reshape(planes.shape[0], k, words, per_word * c)
+    packed = pack_bits(bits, word_bits)[..., 0]                                  # [P, K, words]
+    return np.ascontiguousarray(np.moveaxis(packed, 0, 1)[:, :, None, None, :])
+
+
+def gather_patches_te(xp: te.Tensor, channels: int, kernel: Sequence[int], stride: Sequence[int],
+                      out_spatial: Sequence[int], name: str = "patches") -> te.Tensor:
+    """Device gather into the patch layout: padded planes ``xp`` ``[N, P, H', W', 1]`` (one
+    word of ``channels`` bits per pixel, from :func:`pack_planes_te`; stored by column phase,
+    ``[N, P, H', s, W'/s, 1]``, for a column stride ``s > 1``) -> ``[N, P, OH, OW, Rw]``, each
+    word the or of its ``T`` taps' words shifted to their slots (stage ``patches``)."""
+    n, planes = (int(d) for d in xp.shape[:2])
+    dtype = str(xp.dtype)
+    word_bits = int(dtype[4:])
+    per_word = taps_per_word(channels, kernel, word_bits)
+    taps = int(np.prod(kernel))
+    words = -(-taps // per_word)
+    kw = int(kernel[1])
+    slot = te.reduce_axis((0, per_word), name="slot")
+
+    def word(i, plane, oh, ow, w):
+        tap = w * per_word + slot
+        clamped = tirx.min(tap, taps - 1)            # slots past the last tap read a real word, then drop it
+        row, column = oh * stride[0] + clamped // kw, clamped % kw
+        if len(xp.shape) == 6:                       # by column phase: contiguous along ow
+            value = xp[i, plane, row, column % stride[1], ow + column // stride[1], 0]
+        else:
+            value = xp[i, plane, row, ow * stride[1] + column, 0]
+        shifted = tirx.shift_left(value, (slot.var * channels).astype(dtype))
+        return te.sum(tirx.if_then_else(tap < taps, shifted, tirx.const(0, dtype)), axis=slot)
+
+    return te.compute((n, planes, *out_spatial, words), word, name=name)
+
+
+def gather_patches(packed: np.ndarray, channels: int, kernel: Sequence[int], stride: Sequence[int]) -> np.ndarray:
+    """Host version of :func:`gather_patches_te` (tests): padded planes ``[N, P, H', W', 1]``
+    -> the patch layout ``[N, P, OH, OW, Rw]``."""
+    word_bits = packed.dtype.itemsize * 8
+    per_word = taps_per_word(channels, kernel, word_bits)
+    (kh, kw), (sh, sw) = kernel, stride
+    oh, ow = ((size - k) // s + 1 for size, k, s in zip(packed.shape[2:4], kernel, stride))
+    out = np.zeros((*packed.shape[:2], oh, ow, -(-kh * kw // per_word)), packed.dtype)
+    for tap in range(kh * kw):
+        ky, kx = divmod(tap, kw)
+        window = packed[:, :, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw, 0]
+        out[..., tap // per_word] |= window << packed.dtype.type((tap % per_word) * channels)
+    return out

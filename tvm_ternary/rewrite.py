@@ -391,6 +391,9 @@ class _Rewriter(PyExprMutator):
             data = self.builder_.emit(relax.call_tir(
                 quant, [self.visit_expr(layer.quantizer_input), relax.const(layer.thresholds)],
                 relax.TensorType(shape, dtype)))
+        elif spec.patch_taps > 1:        # the previous kernel wrote padded planes: gather them into patches
+            gather = self._add(spec.gather_prim_func, name + "_gather", spec.where + ":gather", ("gather", spec))
+            data = self.builder_.emit(relax.call_tir(gather, [data], relax.TensorType(*spec.kernel_input_shape())))
         k = layer.weight.shape[0]
         affine = None
         if epilogue.startswith("affine"):

@@ -32,6 +32,7 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -45,13 +46,14 @@ from ..schemes import FgqScheme, PackedScheme
 
 
 def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int = WORD_BITS,
-              thresholds: te.Tensor | None = None) -> te.Tensor:
+              thresholds: te.Tensor | None = None, column_phases: int = 1) -> te.Tensor:
     """Values ``[N, C, *spatial]`` -> the kernel's packed, pre-padded planes
     ``[N, kernel_planes, *(spatial + 2 pad), Cw]`` (stage ``pack``): padded taps hold the
     encoding's pad bits, bipolar activations get the validity plane. With ``thresholds``,
-    ``x`` is float and quantized on the way (see :func:`~tvm_ternary.packing.pack_planes_te`)."""
+    ``x`` is float and quantized on the way; ``column_phases`` stores the columns by phase
+    for a strided patch gather (see :func:`~tvm_ternary.packing.pack_planes_te`)."""
     return pack_planes_te(x, scheme.activation, padding, scheme.activation.needs_validity_plane,
-                          word_bits=word_bits, thresholds=thresholds)
+                          word_bits=word_bits, thresholds=thresholds, column_phases=column_phases)
 
 
 MAX_SPLIT_TERMS = 4
@@ -91,10 +93,21 @@ def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[in
     return count
 
 
+@dataclass(frozen=True)
+class ConvGeometry:
+    """What the valid-tap term needs of a convolution: input channels, kernel, stride,
+    padding and the unpadded spatial size (empty tuples for dense)."""
+
+    channels: int
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple[int, ...] = ()
+    spatial: tuple[int, ...] = ()
+
+
 def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_channels: int,
                        out_spatial: Sequence[int], stride: Sequence[int],
-                       correction: te.Tensor | None = None, channels: int = 0,
-                       padding: Sequence[int] = (), spatial: Sequence[int] = ()) -> te.Tensor:
+                       correction: te.Tensor | None = None, geometry: "ConvGeometry | None" = None) -> te.Tensor:
     """Popcount correlation in two stages.
 
     ``acc`` ``[N, Kb, *out_spatial, G, V]`` int32: for output channel ``ko * V + ki``, the
@@ -104,9 +117,10 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     ``[Kb, Pw, *kernel, Cw, V]``.
 
     ``out`` ``[N, K, *out_spatial]`` int32: the terms combined with their coefficients, plus
-    ``correction[k]`` when given, plus the scheme's valid-tap term (``channels`` times
-    :func:`valid_taps`, from the unpadded ``spatial`` size and ``padding``); the epilogue
-    stage that schedules fuse into the tile.
+    ``correction[k]`` when given, plus the scheme's valid-tap term (input channels times
+    :func:`valid_taps` of the convolution's ``geometry``, which the patch layout needs
+    because its kernel is 1x1 over whole patches); the epilogue stage that schedules fuse
+    into the tile.
     """
     n = int(xp.shape[0])
     kb, _, *kernel, cw, v = (int(d) for d in wp.shape)
@@ -141,8 +155,8 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
         value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)].astype(wide)
                     for g, c in enumerate(weights)).astype("int32")
         if scheme.valid_tap_coefficient:
-            taps = valid_taps(o, kernel, stride, padding, spatial)
-            value = value + scheme.valid_tap_coefficient * channels * taps
+            taps = valid_taps(o, geometry.kernel, geometry.stride, geometry.padding, geometry.spatial)
+            value = value + scheme.valid_tap_coefficient * geometry.channels * taps
         return value + correction[oc] if correction is not None else value
 
     return te.compute((n, out_channels, *out_spatial), out, name="out")

@@ -16,9 +16,10 @@ import numpy as np
 from tvm import te, tirx
 
 from .. import reference
-from ..packing import block_channels, num_words, pack_planes, pack_planes_padded, word_dtype
+from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_planes, pack_planes,
+                       pack_planes_padded, taps_per_word, word_dtype)
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import (affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
+from .compute import (ConvGeometry, affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -143,10 +144,26 @@ class OperatorSpec:
         groups = self.scheme.num_groups(self.weight_shape[1])
         return (self.weight_shape[0], groups, *self.weight_shape[2:])
 
+    @property
+    def patch_taps(self) -> int:
+        """Kernel taps per word when this conv2d packs whole patches (few input channels,
+        see the patch layout in :mod:`tvm_ternary.packing`); 1 for the ordinary layout."""
+        if self.op != "conv2d" or not isinstance(self.scheme, PackedScheme):
+            return 1
+        return taps_per_word(self.data_shape[1], self.weight_shape[2:], self.word_bits)
+
+    def _pack(self, x: te.Tensor, thresholds: te.Tensor | None = None) -> te.Tensor:
+        """Values (or, with ``thresholds``, a quantizer's float inputs) -> the packed planes
+        the kernel reads: padded, and gathered into patches in the patch layout."""
+        if self.patch_taps == 1:
+            return pack_data(x, self.scheme, self.padding, self.word_bits, thresholds)
+        packed = pack_data(x, self.scheme, self.padding, self.word_bits, thresholds, column_phases=self.stride[1])
+        return gather_patches_te(packed, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:])
+
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
         if isinstance(self.scheme, FgqScheme):
             return layout_fgq_data(x, self.scheme, self.padding)
-        return pack_data(x, self.scheme, self.padding, self.word_bits)
+        return self._pack(x)
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
@@ -164,10 +181,22 @@ class OperatorSpec:
         x = te.placeholder(self.data_shape, "float32", name="x")
         thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
         if ascending and self._levels_are_encoding_values(lo, step, num_thresholds):
-            staged = pack_data(x, self.scheme, self.padding, self.word_bits, thresholds)
+            staged = self._pack(x, thresholds)
         else:
             staged = self._data_stage(quantize_levels(x, thresholds, lo, step, DATA_DTYPE))
         return te.create_prim_func([x, thresholds, staged]).with_attr("global_symbol", self.symbol + "_quantize")
+
+    def gather_prim_func(self) -> tirx.PrimFunc:
+        """PrimFunc ``(padded planes [N, P', H + 2 pad, W + 2 pad, 1]) -> patches``: the patch
+        gather alone, for a patch-layout layer whose input a previous kernel's requantize
+        epilogue packed (ordinary layout, this layer's padding)."""
+        enc = self.scheme.activation
+        n, _, *spatial = self.data_shape
+        shape = (n, enc.num_planes + int(enc.needs_validity_plane), *(s + 2 * p for s, p in zip(spatial, self.padding)),
+                 num_words(self.data_shape[1], self.word_bits))
+        planes = te.placeholder(shape, word_dtype(self.word_bits), name="planes")
+        patches = gather_patches_te(planes, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:])
+        return te.create_prim_func([planes, patches]).with_attr("global_symbol", self.symbol + "_gather")
 
     def _levels_are_encoding_values(self, lo: float, step: float, num_thresholds: int) -> bool:
         if not isinstance(self.scheme, PackedScheme) or num_thresholds > UNROLLED_THRESHOLDS:
@@ -207,9 +236,11 @@ class OperatorSpec:
             out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride)
         else:
             correction = weight_args[1] if len(weight_args) > 1 else None
+            geometry = ConvGeometry(self.data_shape[1], self.weight_shape[2:], self.stride, self.padding,
+                                    self.data_shape[2:])
+            stride = self.stride if self.patch_taps == 1 else (1,) * len(self.stride)   # patches: a 1x1 kernel
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
-                                     self.stride, correction, self.data_shape[1], self.padding,
-                                     self.data_shape[2:])
+                                     stride, correction, geometry)
         if self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
             out = affine(out, scale, bias, self.epilogue == "affine_relu")
@@ -323,7 +354,8 @@ class OperatorSpec:
                     block_channels(np.asarray(scales, np.float32), self.block)]
         assert isinstance(self.scheme, PackedScheme)
         whole = self.word_bits if self.epilogue == "requantize" else 1   # the epilogue packs whole words
-        args = [block_channels(pack_planes(w, self.scheme.weight, self.word_bits), self.block, whole)]
+        pack = pack_planes if self.patch_taps == 1 else pack_patch_planes
+        args = [block_channels(pack(w, self.scheme.weight, self.word_bits), self.block, whole)]
         correction = self.scheme.weight_correction(w) if self.epilogue != "requantize" else None
         return args if correction is None else [*args, correction]
 
