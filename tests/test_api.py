@@ -182,6 +182,21 @@ def test_small_channel_conv2d_packs_whole_patches_exactly(scheme, params, data_s
     run_and_check(runnable(f, request), rng)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("scheme,params", [SCHEMES[1], SCHEMES[2], SCHEMES[8]], ids=["fatnn", "w1a1bb", "fgq-g4a4"])
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding,dilation", [
+    ((1, 40, 11, 13), (5, 40, 3, 3), 1, 2, 2),           # dilation 2, "same" padding
+    ((2, 3, 12, 9), (4, 3, 3, 3), 2, 3, (3, 2)),         # patch layout, stride 2, per-axis dilation
+    ((1, 5, 4, 6), (3, 5, 3, 3), 1, 3, 3),               # dilated taps reaching past the borders
+], ids=["c40-d2", "c3-s2-d3x2", "c5-d3-p3"])
+def test_dilated_conv2d_exact(scheme, params, data_shape, weight_shape, stride, padding, dilation, target, rng,
+                              request):
+    f = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride=stride, padding=padding,
+                       dilation=dilation, target=target, **params)
+    assert f.spec.dilation == ((dilation,) * 2 if isinstance(dilation, int) else dilation)
+    run_and_check(runnable(f, request), rng)
+
+
 def test_neon_reduction_too_long_for_16_bit_accumulators_uses_32_bit_words(rng, request):
     f = tvm_ternary.op("dense", "ternary", (1, 70000), (6, 70000), target=RASP4)
     assert f.spec.word_bits == 32 and f.spec.block == 4           # 4375 16-bit words would overflow uint16
@@ -254,6 +269,9 @@ def test_cross_target_compiles_but_does_not_run_here(rng):
     (dict(weight_shape=(8, 16, 9, 9)), ValueError, r"conv2d\[ternary\]: kernel \(9, 9\) does not fit input \(8, 8\)"),
     (dict(padding=-1), ValueError, r"conv2d\[ternary\]: padding must be an int >= 0"),
     (dict(stride=0), ValueError, r"conv2d\[ternary\]: stride must be an int >= 1"),
+    (dict(dilation=0), ValueError, r"conv2d\[ternary\]: dilation must be an int >= 1"),
+    (dict(dilation=4), ValueError, r"conv2d\[ternary\]: kernel \(3, 3\) does not fit input \(8, 8\) "
+                                   r"with padding \(0, 0\) and dilation \(4, 4\)"),
     (dict(target="llvm -mcpu=haswell"), ValueError, r"invalid target"),
     (dict(target=42), TypeError, r"target must be a str, dict or tvm.target.Target"),
 ])
@@ -265,8 +283,10 @@ def test_bad_requests(kwargs, error, message):
 
 
 def test_dense_rejects_stride_and_mismatched_features():
-    with pytest.raises(ValueError, match=r"dense\[ternary\]: dense takes no stride or padding"):
+    with pytest.raises(ValueError, match=r"dense\[ternary\]: dense takes no stride, padding or dilation"):
         tvm_ternary.op("dense", "ternary", (1, 16), (4, 16), stride=2)
+    with pytest.raises(ValueError, match=r"dense\[ternary\]: dense takes no stride, padding or dilation"):
+        tvm_ternary.op("dense", "ternary", (1, 16), (4, 16), dilation=2)
     with pytest.raises(ValueError, match=r"dense\[ternary\]: data has 16 input features but the weight expects 8"):
         tvm_ternary.op("dense", "ternary", (1, 16), (4, 8))
 

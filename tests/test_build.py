@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -14,7 +15,7 @@ from tvm import relax
 import tvm_ternary
 from tvm_ternary import QUANTIZE_SCHEMES, build, from_torch, quantize
 from tvm_ternary.models import ResNet18, randomize_batchnorm
-from tvm_ternary.quant import QuantLayer
+from tvm_ternary.quant import QuantConv2d, QuantLayer
 
 from .conftest import host_isa
 from .test_rewrite import calls
@@ -71,6 +72,43 @@ def test_resnet18_every_quantized_layer_becomes_a_kernel():
     assert counted["tir:kernel"] == quantized
     assert counted["relax.nn.conv2d"] == 0 and counted["relax.matmul"] == 0
     assert counted["tir:other"] == 0
+
+
+SMALL_CNNS = {   # (model, input): each kind of convolution quantize once refused
+    "grouped": (lambda: nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False),
+        nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+        nn.Flatten(), nn.Linear(512, 5)), (2, 3, 8, 8)),
+    "dilated": (lambda: nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 40, 3, padding=2, dilation=2, bias=False),
+        nn.BatchNorm2d(40), nn.ReLU(), nn.Conv2d(40, 24, 3, padding=2, dilation=(2, 1)), nn.ReLU(),
+        nn.Flatten(), nn.Linear(1536, 5)), (2, 3, 8, 6)),
+    "mobilenet": (lambda: nn.Sequential(   # depthwise-separable blocks: the depthwise convolutions stay float
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False),
+        nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32), nn.ReLU(), nn.Conv2d(32, 24, 1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(384, 5)), (2, 3, 8, 8)),
+}
+
+
+@pytest.mark.parametrize("scheme", ["fatnn", "w1a1", "fgq_w2a4"])
+@pytest.mark.parametrize("kind", SMALL_CNNS)
+def test_grouped_dilated_and_depthwise_models_build_exactly(kind, scheme):
+    """Every conv2d but the depthwise ones runs on our kernels (a kernel per group for grouped
+    ones); the logits equal the PyTorch quantized model's."""
+    torch.manual_seed(0)
+    make, shape = SMALL_CNNS[kind]
+    net = randomize_batchnorm(make()).eval()
+    x = torch.randn(*shape)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "quantize: 2 depthwise")
+        model = quantize(net, scheme, x, keep_first_last=False)
+    mod = from_torch(model, x)
+    counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
+    groups = [m.groups for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert counted["tir:kernel"] == sum(groups) + 1                       # + the classifier
+    assert counted["relax.nn.conv2d"] == (2 if kind == "mobilenet" else 0)   # the depthwise ones
+    assert np.array_equal(run(build(mod, TARGET), x), expected(model, x))
 
 
 def test_export_library_round_trip(tmp_path):

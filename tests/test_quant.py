@@ -192,9 +192,39 @@ def test_quantize_errors():
         quantize(small_net(), "ternary", x, keep=["nope"])
     with pytest.raises(ValueError, match="group_size must be 4 or 64"):
         quantize(small_net(), "fgq_w2a4", x, group_size=8)
-    with pytest.raises(ValueError, match="only groups=1"):
-        quantize(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Conv2d(4, 4, 1)),
+    with pytest.raises(ValueError, match="only integer zero padding"):
+        quantize(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding="same"), nn.Conv2d(4, 4, 1)),
                  "ternary", torch.randn(1, 4, 5, 5))
+    with pytest.raises(ValueError, match="QuantConv2d: a depthwise convolution has one input channel per group"):
+        QuantConv2d(nn.Conv2d(4, 8, 3, groups=4), presets()["ternary"])
+
+
+@pytest.mark.parametrize("groups,dilation", [(2, 1), (4, (2, 3)), (1, 2)])
+def test_grouped_and_dilated_convolutions_quantize_with_their_geometry(groups, dilation):
+    """The integer semantics of a grouped/dilated layer: conv2d of the levels with the
+    integer weights, with the layer's groups and dilation."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 12, 3, padding=2, dilation=dilation, groups=groups),
+                        nn.Conv2d(12, 4, 1))
+    x = torch.randn(2, 3, 9, 7)
+    q = quantize(net, "ternary", x)
+    layer = q[1]
+    assert isinstance(layer, QuantConv2d) and layer.groups == groups and layer.weight.shape[1] == 8 // groups
+    h = q[0](x)
+    levels = torch.ops.tvm_ternary.quantize(h, layer.thresholds, float(layer.act.lo), float(layer.act.step),
+                                            layer.scheme)
+    expected = nn.functional.conv2d(levels, layer.w_int, None, 1, 2, dilation, groups) * layer.alpha + layer.beta
+    torch.testing.assert_close(layer(h), expected, rtol=0, atol=0)
+
+
+def test_depthwise_convolutions_stay_float_with_one_warning():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+                        nn.Conv2d(8, 16, 1), nn.Conv2d(16, 32, 3, groups=16), nn.Conv2d(32, 4, 1))
+    with pytest.warns(UserWarning, match=r"quantize: 2 depthwise convolution\(s\) stay float .*: 1, 4$") as caught:
+        q = quantize(net, "ternary", torch.randn(1, 3, 6, 6))
+    assert len([w for w in caught if "depthwise" in str(w.message)]) == 1
+    assert [type(m).__name__ for m in q] == ["Conv2d", "Conv2d", "ReLU", "QuantConv2d", "Conv2d", "Conv2d"]
 
 
 def test_keep_first_last_and_keep():

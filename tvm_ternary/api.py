@@ -9,7 +9,7 @@ The default target is ``"host"``, this CPU. A generic x86 target (``"llvm"``, no
 gets the baseline SSE2 schedules; on a CPU with AVX2 or AVX-512 that is a
 :class:`~tvm_ternary.diagnostics.SlowPathWarning` (once per target and process).
 
-Compiled kernels are cached per (operator, shapes, scheme, stride, padding, target, tuning
+Compiled kernels are cached per (operator, shapes, scheme, stride, padding, dilation, target, tuning
 directory and the state of its records) for the life of the process, so asking twice
 costs one compile, and tuning more into a directory compiles its next use again.
 """
@@ -207,14 +207,15 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
        stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
        target: TargetLike = "host", epilogue: str = "int32",
        next_padding: int | Sequence[int] | None = None, remote: RemoteLike | None = None,
-       tuned: str | os.PathLike | None = None, **scheme_params) -> CompiledOperator:
+       tuned: str | os.PathLike | None = None, dilation: int | Sequence[int] = 1,
+       **scheme_params) -> CompiledOperator:
     """Compile operator ``name`` ("conv2d" or "dense") for ``target``.
 
     Args:
         name: "conv2d" (data NCHW ``(N, C, H, W)``, weight ``(K, C, KH, KW)``) or
             "dense" (data ``(N, K)``, weight ``(M, K)``; no stride/padding).
         scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
-        stride, padding: an int or one int per spatial axis (conv2d only).
+        stride, padding, dilation: an int or one int per spatial axis (conv2d only).
         target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``,
             ``"rasp4"``, ...), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
             schedules; a :class:`~tvm_ternary.diagnostics.SlowPathWarning` on a CPU with AVX2
@@ -243,7 +244,7 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     """
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
-                     **scheme_params)
+                     dilation=dilation, **scheme_params)
     if remote is None:
         warn_if_generic_target(target, spec.where)
     return CompiledOperator(spec, target, remote, tuned)
@@ -251,11 +252,12 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
 
 def make_spec(name: str, scheme: str | Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
               stride: int | Sequence[int], padding: int | Sequence[int], target: Target, epilogue: str = "int32",
-              next_padding: int | Sequence[int] | None = None, **scheme_params) -> OperatorSpec:
+              next_padding: int | Sequence[int] | None = None, dilation: int | Sequence[int] = 1,
+              **scheme_params) -> OperatorSpec:
     """The validated :class:`OperatorSpec` of :func:`op`'s arguments (``scheme`` a name with
     ``scheme_params``, or a built :class:`Scheme`), with ``target``'s weight block and word size."""
     if isinstance(scheme, str):
         scheme = make_scheme(name, scheme, **scheme_params)
     return OperatorSpec.create(name, scheme, data_shape, weight_shape, stride, padding,
                                schedules.weight_block(target, scheme.name, weight_shape), epilogue,
-                               next_padding, schedules.word_bits(target, weight_shape))
+                               next_padding, schedules.word_bits(target, weight_shape), dilation)

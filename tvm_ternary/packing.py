@@ -278,7 +278,7 @@ def pack_patch_planes(values: np.ndarray, encoding: "Encoding", word_bits: int =
 
 
 def gather_patches_te(xp: te.Tensor, channels: int, kernel: Sequence[int], stride: Sequence[int],
-                      out_spatial: Sequence[int], name: str = "patches") -> te.Tensor:
+                      out_spatial: Sequence[int], dilation: Sequence[int] = (1, 1), name: str = "patches") -> te.Tensor:
     """Device gather into the patch layout: padded planes ``xp`` ``[N, P, H', W', 1]`` (one
     word of ``channels`` bits per pixel, from :func:`pack_planes_te`; stored by column phase,
     ``[N, P, H', s, W'/s, 1]``, for a column stride ``s > 1``) -> ``[N, P, OH, OW, Rw]``, each
@@ -295,7 +295,7 @@ def gather_patches_te(xp: te.Tensor, channels: int, kernel: Sequence[int], strid
     def word(i, plane, oh, ow, w):
         tap = w * per_word + slot
         clamped = tirx.min(tap, taps - 1)            # slots past the last tap read a real word, then drop it
-        row, column = oh * stride[0] + clamped // kw, clamped % kw
+        row, column = oh * stride[0] + clamped // kw * dilation[0], clamped % kw * dilation[1]
         if len(xp.shape) == 6:                       # by column phase: contiguous along ow
             value = xp[i, plane, row, column % stride[1], ow + column // stride[1], 0]
         else:
@@ -306,16 +306,17 @@ def gather_patches_te(xp: te.Tensor, channels: int, kernel: Sequence[int], strid
     return te.compute((n, planes, *out_spatial, words), word, name=name)
 
 
-def gather_patches(packed: np.ndarray, channels: int, kernel: Sequence[int], stride: Sequence[int]) -> np.ndarray:
+def gather_patches(packed: np.ndarray, channels: int, kernel: Sequence[int], stride: Sequence[int],
+                   dilation: Sequence[int] = (1, 1)) -> np.ndarray:
     """Host version of :func:`gather_patches_te` (tests): padded planes ``[N, P, H', W', 1]``
     -> the patch layout ``[N, P, OH, OW, Rw]``."""
     word_bits = packed.dtype.itemsize * 8
     per_word = taps_per_word(channels, kernel, word_bits)
     (kh, kw), (sh, sw) = kernel, stride
-    oh, ow = ((size - k) // s + 1 for size, k, s in zip(packed.shape[2:4], kernel, stride))
+    oh, ow = ((size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(packed.shape[2:4], kernel, stride, dilation))
     out = np.zeros((*packed.shape[:2], oh, ow, -(-kh * kw // per_word)), packed.dtype)
     for tap in range(kh * kw):
-        ky, kx = divmod(tap, kw)
+        ky, kx = (t * d for t, d in zip(divmod(tap, kw), dilation))
         window = packed[:, :, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw, 0]
         out[..., tap // per_word] |= window << packed.dtype.type((tap % per_word) * channels)
     return out

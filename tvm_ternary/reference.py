@@ -21,29 +21,31 @@ def _pair(v: Pair) -> tuple[int, int]:
     return (v, v) if isinstance(v, (int, np.integer)) else (int(v[0]), int(v[1]))
 
 
-def _pad_and_size(x, w, stride: Pair, padding: Pair):
-    """Zero-pad x (int64) and return it with the stride pair and the output size."""
-    (sh, sw), (ph, pw) = _pair(stride), _pair(padding)
+def _pad_and_size(x, w, stride: Pair, padding: Pair, dilation: Pair):
+    """Zero-pad x (int64) and return it with the stride and dilation pairs and the output size."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
     x = np.pad(np.asarray(x, np.int64), ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    oh = (x.shape[2] - w.shape[2]) // sh + 1
-    ow = (x.shape[3] - w.shape[3]) // sw + 1
-    return x, (sh, sw), (oh, ow)
+    oh = (x.shape[2] - dh * (w.shape[2] - 1) - 1) // sh + 1
+    ow = (x.shape[3] - dw * (w.shape[3] - 1) - 1) // sw + 1
+    return x, (sh, sw), (dh, dw), (oh, ow)
 
 
-def _taps(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], out: tuple[int, int]) -> np.ndarray:
+def _taps(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], dilation: tuple[int, int],
+          out: tuple[int, int]) -> np.ndarray:
     """The input pixels that kernel position (kh, kw) meets: ``[N, C, OH, OW]``."""
     (sh, sw), (oh, ow) = stride, out
-    return x[:, :, kh: kh + sh * (oh - 1) + 1: sh, kw: kw + sw * (ow - 1) + 1: sw]
+    y, x0 = kh * dilation[0], kw * dilation[1]
+    return x[:, :, y: y + sh * (oh - 1) + 1: sh, x0: x0 + sw * (ow - 1) + 1: sw]
 
 
-def conv2d_nchw(x: np.ndarray, w: np.ndarray, stride: Pair = 1, padding: Pair = 0) -> np.ndarray:
+def conv2d_nchw(x: np.ndarray, w: np.ndarray, stride: Pair = 1, padding: Pair = 0, dilation: Pair = 1) -> np.ndarray:
     """Integer conv2d: ``x`` [N, C, H, W], ``w`` [K, C, KH, KW] -> int32 [N, K, OH, OW]."""
     w = np.asarray(w, np.int64)
-    x, stride, out_size = _pad_and_size(x, w, stride, padding)
+    x, stride, dilation, out_size = _pad_and_size(x, w, stride, padding, dilation)
     out = np.zeros((x.shape[0], w.shape[0], *out_size), np.int64)
     for kh in range(w.shape[2]):
         for kw in range(w.shape[3]):
-            out += np.einsum("nchw,kc->nkhw", _taps(x, kh, kw, stride, out_size), w[:, :, kh, kw])
+            out += np.einsum("nchw,kc->nkhw", _taps(x, kh, kw, stride, dilation, out_size), w[:, :, kh, kw])
     return out.astype(np.int32)
 
 
@@ -53,7 +55,7 @@ def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def conv2d_fgq_nchw(x: np.ndarray, w: np.ndarray, scales: np.ndarray, group_size: int,
-                    stride: Pair = 1, padding: Pair = 0) -> np.ndarray:
+                    stride: Pair = 1, padding: Pair = 0, dilation: Pair = 1) -> np.ndarray:
     """FGQ conv2d: groups of ``group_size`` input channels at each kernel position.
 
     ``scales`` [K, ceil(C/G), KH, KW]; output float32 [N, K, OH, OW] =
@@ -61,11 +63,11 @@ def conv2d_fgq_nchw(x: np.ndarray, w: np.ndarray, scales: np.ndarray, group_size
     """
     w = np.asarray(w, np.int64)
     scales = np.asarray(scales, np.float64)
-    x, stride, out_size = _pad_and_size(x, w, stride, padding)
+    x, stride, dilation, out_size = _pad_and_size(x, w, stride, padding, dilation)
     out = np.zeros((x.shape[0], w.shape[0], *out_size), np.float64)
     for kh in range(w.shape[2]):
         for kw in range(w.shape[3]):
-            taps = _taps(x, kh, kw, stride, out_size)
+            taps = _taps(x, kh, kw, stride, dilation, out_size)
             for g, start in enumerate(range(0, x.shape[1], group_size)):
                 part = slice(start, start + group_size)
                 partial = np.einsum("nchw,kc->nkhw", taps[:, part], w[:, part, kh, kw])

@@ -15,8 +15,10 @@ which names the kernel scheme) and whose weights are constant integers. Each one
   run), and the kernel writes the next layer's packed input directly. Otherwise the
   kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax.
 
-FGQ kernels (float32, integer-valued sums) take the same float epilogue; they have no
-packed next layer. A float conv2d with constant weights becomes our register-tiled float
+A grouped conv2d becomes a channel split, a data stage and kernel per group (one
+function serves all groups) and a concat, with the float epilogue; a dilated one passes
+its dilation to the kernel. FGQ kernels (float32, integer-valued sums) take the same float
+epilogue; they have no packed next layer. A float conv2d with constant weights becomes our register-tiled float
 kernel (:func:`~.operators.compute.float_conv_nchw`). Everything else is left to Relax.
 A conv2d/matmul after an activation quantizer whose weights or thresholds are not
 constants (parameters kept as function inputs) stays in Relax too, where it still computes
@@ -70,6 +72,8 @@ class Layer:
     data_shape: tuple[int, ...]
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
+    groups: int = 1
     fgq_scales: np.ndarray | None = None
     chain: list[relax.Var] = field(default_factory=list)   # epilogue bindings it absorbs
     next_quantizer: relax.Var | None = None                # the next layer's quantizer, absorbed too
@@ -135,14 +139,24 @@ class _Graph:
         return users[0] if len(users) == 1 else None
 
 
-def _conv_geometry(attrs) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """``(stride, padding)`` of a conv2d our kernels take (NCHW/OIHW, groups 1, dilation 1,
-    symmetric padding), else None."""
+@dataclass(frozen=True)
+class ConvAttrs:
+    """What our kernels take of a Relax conv2d's attributes (NCHW/OIHW, symmetric padding)."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+
+def _conv_attrs(attrs) -> ConvAttrs | None:
+    """The conv2d's geometry if our kernels take its layouts and padding, else None."""
     pad = [int(q) for q in attrs.padding]
     if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
-            or int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation) or pad[:2] != pad[2:]:
+            or pad[:2] != pad[2:]:
         return None
-    return tuple(int(q) for q in attrs.strides), tuple(pad[:2])
+    return ConvAttrs(tuple(int(q) for q in attrs.strides), tuple(pad[:2]), tuple(int(d) for d in attrs.dilation),
+                     int(attrs.groups))
 
 
 class _Matcher:
@@ -186,11 +200,12 @@ class _Matcher:
         layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]),
                       scheme, weight, data_shape)
         if op == "conv2d":
-            geometry = _conv_geometry(value.attrs)
-            if geometry is None:
-                raise ValueError(f"{layer.where}: only NCHW/OIHW, groups=1, dilation=1 and symmetric padding "
-                                 f"are supported, got {value.attrs}")
-            layer.stride, layer.padding = geometry
+            conv = _conv_attrs(value.attrs)
+            if conv is None:
+                raise ValueError(f"{layer.where}: only NCHW/OIHW layouts and symmetric padding are supported, "
+                                 f"got {value.attrs}")
+            layer.stride, layer.padding, layer.dilation, layer.groups = conv.stride, conv.padding, conv.dilation, \
+                conv.groups
         self._check(layer)
         return layer
 
@@ -200,11 +215,13 @@ class _Matcher:
         if _op_name(value) != "relax.nn.conv2d" or self.quantizer(value.args[0]) is not None:
             return None
         weight = _const(value.args[1])
-        geometry = _conv_geometry(value.attrs)
+        conv = _conv_attrs(value.attrs)
         if weight is None or weight.dtype != np.float32 or str(value.args[0].ty.dtype.dtype) != "float32" \
-                or geometry is None or str(value.attrs.out_dtype) not in ("", "float32", "void", "None"):
+                or conv is None or conv.groups != 1 or any(d != 1 for d in conv.dilation) \
+                or str(value.attrs.out_dtype) not in ("", "float32", "void", "None"):
             return None
-        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape), *geometry)
+        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape), conv.stride,
+                         conv.padding)
 
     def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
         w = value.args[1]
@@ -264,6 +281,8 @@ class _Matcher:
             return None
         if not isinstance(layer.scheme, PackedScheme) or nxt.scheme != layer.scheme:
             return None
+        if layer.groups > 1 or nxt.groups > 1:
+            return None                  # grouped layers run a kernel per group, in float between them
         if layer.scale is not None and np.any(layer.scale <= 0):
             return None                  # decreasing in y: the kernel's thresholds count upwards
         if schedules.word_bits(self.target, layer.weight.shape) != schedules.word_bits(self.target, nxt.weight.shape):
@@ -375,10 +394,40 @@ class _Rewriter(PyExprMutator):
                                                  relax.TensorType((conv.data_shape[0], k, *spatial), "float32")))
 
     def _emit_layer(self, layer: Layer) -> None:
+        if layer.groups > 1:
+            self.set_var_remap(layer.end, self._emit_grouped(layer))
+            return
+        out = self._emit_kernel(layer)
+        if layer.next_layer is not None:
+            layer.next_layer.packed_input = out
+        else:
+            self.set_var_remap(layer.end, out)
+
+    def _emit_grouped(self, layer: Layer) -> relax.Var:
+        """A grouped conv2d: the input split by channel groups, each group quantized, packed
+        and convolved on its own (one kernel function serves every group), the outputs
+        concatenated; the float epilogue runs in each group's kernel."""
+        groups, (n, c, *spatial), k = layer.groups, layer.data_shape, layer.weight.shape[0]
+        parts = self.builder_.emit(relax.op.split(self.visit_expr(layer.quantizer_input), groups, axis=1))
+        outs = []
+        for g in range(groups):
+            channels = slice(g * k // groups, (g + 1) * k // groups)
+            cut = lambda a: None if a is None else a[channels]  # noqa: E731
+            part = self.builder_.emit(relax.TupleGetItem(parts, g))
+            outs.append(self._emit_kernel(Layer(
+                layer.var, layer.op, part, layer.thresholds, layer.lo, layer.step, layer.scheme,
+                layer.weight[channels], (n, c // groups, *spatial), layer.stride, layer.padding, layer.dilation,
+                fgq_scales=cut(layer.fgq_scales), scale=cut(layer.scale), bias=cut(layer.bias), relu=layer.relu)))
+        return self.builder_.emit(relax.op.concat(outs, axis=1))
+
+    def _emit_kernel(self, layer: Layer) -> relax.Var:
+        """The layer's data stage (unless a previous kernel handed over its packed input) and
+        kernel; returns the kernel's output."""
         epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
         spec = make_spec(layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
                          layer.padding or 0, self.target, epilogue,
-                         None if layer.next_layer is None else (layer.next_layer.padding or 0))
+                         None if layer.next_layer is None else (layer.next_layer.padding or 0),
+                         dilation=layer.dilation or 1)
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
@@ -403,12 +452,8 @@ class _Rewriter(PyExprMutator):
         kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec),
                            int(np.prod(spec.out_shape)) * int(np.prod(spec.weight_shape[1:])))
         out_shape, out_dtype = spec.kernel_output()
-        out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
-                                                relax.TensorType(out_shape, out_dtype)))
-        if layer.next_layer is not None:
-            layer.next_layer.packed_input = out
-        else:
-            self.set_var_remap(layer.end, out)
+        return self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
+                                                 relax.TensorType(out_shape, out_dtype)))
 
 
 def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

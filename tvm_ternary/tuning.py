@@ -126,7 +126,7 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
          stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, target: TargetLike = "host",
          epilogue: str = "int32", next_padding: int | Sequence[int] | None = None, *, trials: int = 64,
          work_dir: str | os.PathLike = "tvm_ternary_tuning", remote: RemoteLike | None = None,
-         seed: int | None = None, **scheme_params) -> Path:
+         seed: int | None = None, dilation: int | Sequence[int] = 1, **scheme_params) -> Path:
     """Tune the kernel of ``tvm_ternary.op(name, scheme, ...)`` for ``target`` with
     MetaSchedule; ``trials`` more measured candidates go into ``work_dir`` (resumable).
 
@@ -139,7 +139,7 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
         raise ValueError(f"tune: trials must be >= 1, got {trials}")
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
-                     **scheme_params)
+                     dilation=dilation, **scheme_params)
     arch = target_arch(target)
     cross = remote is not None or host_cannot_run(target)
     if cross and arch not in CROSS_COMPILERS:

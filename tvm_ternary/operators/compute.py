@@ -81,14 +81,14 @@ MAX_NARROW_WORDS = 4095
 
 
 def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[int],
-               padding: Sequence[int], spatial: Sequence[int]) -> PrimExpr:
+               padding: Sequence[int], spatial: Sequence[int], dilation: Sequence[int]) -> PrimExpr:
     """Number of kernel positions of output ``o`` that fall inside the unpadded input:
-    per axis ``#{t < k : 0 <= o*s + t - p < size}``, multiplied over the axes."""
+    per axis ``#{t < k : 0 <= o*s + t*d - p < size}``, multiplied over the axes."""
     count = tirx.const(1, "int32")
-    for oi, k, s, p, size in zip(o, kernel, stride, padding, spatial):
+    for oi, k, s, p, size, d in zip(o, kernel, stride, padding, spatial, dilation):
         first = oi * s - p
-        lo = tirx.max(first, 0)
-        hi = tirx.min(first + k, size)
+        lo = tirx.max(tirx.floordiv(d - 1 - first, d), 0)          # first t with first + t*d >= 0
+        hi = tirx.min(tirx.floordiv(size - first + d - 1, d), k)    # first t with first + t*d >= size
         count = count * tirx.max(hi - lo, 0)
     return count
 
@@ -96,18 +96,20 @@ def valid_taps(o: Sequence[PrimExpr], kernel: Sequence[int], stride: Sequence[in
 @dataclass(frozen=True)
 class ConvGeometry:
     """What the valid-tap term needs of a convolution: input channels, kernel, stride,
-    padding and the unpadded spatial size (empty tuples for dense)."""
+    padding, the unpadded spatial size and dilation (empty tuples for dense)."""
 
     channels: int
     kernel: tuple[int, ...] = ()
     stride: tuple[int, ...] = ()
     padding: tuple[int, ...] = ()
     spatial: tuple[int, ...] = ()
+    dilation: tuple[int, ...] = ()
 
 
 def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_channels: int,
                        out_spatial: Sequence[int], stride: Sequence[int],
-                       correction: te.Tensor | None = None, geometry: "ConvGeometry | None" = None) -> te.Tensor:
+                       correction: te.Tensor | None = None, geometry: "ConvGeometry | None" = None,
+                       dilation: Sequence[int] = ()) -> te.Tensor:
     """Popcount correlation in two stages.
 
     ``acc`` ``[N, Kb, *out_spatial, G, V]`` int32: for output channel ``ko * V + ki``, the
@@ -134,9 +136,11 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     taps = [te.reduce_axis((0, s), name=f"r{d}") for d, s in enumerate(kernel)]
     word = te.reduce_axis((0, cw), name="rw")
 
+    dilation = tuple(dilation) or (1,) * len(kernel)
+
     def acc(i, ko, *rest):
         *o, g, ki = rest
-        pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
+        pos = [oi * st + t * d for oi, st, t, d in zip(o, stride, taps, dilation)]
         terms = scheme.terms(lambda p: xp[(i, p, *pos, word)], lambda q: wp[(ko, q, *taps, word, ki)])
         popc = lambda w: tirx.popcount(w).astype(acc_dtype)  # noqa: E731
         if split:
@@ -155,7 +159,8 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
         value = sum(c * accumulated[(i, oc // v, *o, g, oc % v)].astype(wide)
                     for g, c in enumerate(weights)).astype("int32")
         if scheme.valid_tap_coefficient:
-            taps = valid_taps(o, geometry.kernel, geometry.stride, geometry.padding, geometry.spatial)
+            taps = valid_taps(o, geometry.kernel, geometry.stride, geometry.padding, geometry.spatial,
+                              geometry.dilation)
             value = value + scheme.valid_tap_coefficient * geometry.channels * taps
         return value + correction[oc] if correction is not None else value
 
@@ -282,7 +287,8 @@ def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> 
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,
-                    out_channels: int, out_spatial: Sequence[int], stride: Sequence[int]) -> te.Tensor:
+                    out_channels: int, out_spatial: Sequence[int], stride: Sequence[int],
+                    dilation: Sequence[int] = ()) -> te.Tensor:
     """FGQ in three stages over pre-padded ``xb``, weights blocked by ``V`` output channels
     with the channels in quads (``wb`` int8 ``[Kb, *kernel, Cg*G/4, V, 4]``: the 4 weights
     of one quad for ``V`` channels are contiguous, the operand of a 4-way byte dot product)
@@ -301,10 +307,11 @@ def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: Fgq
     groups = padded_c // size
     quad = te.reduce_axis((0, size // 4), name="rj")
     byte = te.reduce_axis((0, 4), name="rb")
+    dilation = tuple(dilation) or (1,) * len(kernel)
 
     def group_sum(i, ko, *rest):
         o, taps, (g, vi) = rest[:len(kernel)], rest[len(kernel):-2], rest[-2:]
-        pos = [oi * st + t for oi, st, t in zip(o, stride, taps)]
+        pos = [oi * st + t * d for oi, st, t, d in zip(o, stride, taps, dilation)]
         q = g * (size // 4) + quad
         return te.sum(xb[(i, *pos, q * 4 + byte)].astype("int32") * wb[(ko, *taps, q, vi, byte)].astype("int32"),
                       axis=[quad, byte])

@@ -32,9 +32,12 @@ EPILOGUES = ("int32", "affine", "affine_relu", "requantize")
 
 
 def out_spatial(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
-                padding: Sequence[int]) -> list[int]:
-    """Output sizes of a convolution over ``sizes`` (symmetric ``padding`` per axis)."""
-    return [(size + 2 * p - w) // st + 1 for size, w, st, p in zip(sizes, kernel, stride, padding)]
+                padding: Sequence[int], dilation: Sequence[int] = ()) -> list[int]:
+    """Output sizes of a convolution over ``sizes`` (symmetric ``padding`` per axis; the
+    kernel spans ``d * (k - 1) + 1`` inputs with ``dilation`` ``d``, default 1)."""
+    dilation = tuple(dilation) or (1,) * len(kernel)
+    return [(size + 2 * p - d * (w - 1) - 1) // st + 1
+            for size, w, st, p, d in zip(sizes, kernel, stride, padding, dilation)]
 
 
 def _as_shape(where: str, what: str, shape: Any, rank: int) -> tuple[int, ...]:
@@ -76,12 +79,14 @@ class OperatorSpec:
     epilogue: str = "int32"
     next_padding: tuple[int, ...] = ()
     word_bits: int = 32
+    dilation: tuple[int, ...] = ()
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                block: int = 1, epilogue: str = "int32",
-               next_padding: int | Sequence[int] | None = None, word_bits: int = 32) -> "OperatorSpec":
+               next_padding: int | Sequence[int] | None = None, word_bits: int = 32,
+               dilation: int | Sequence[int] = 1) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
@@ -90,7 +95,8 @@ class OperatorSpec:
         (float32 ``y * scale[k] + bias[k]``, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
         layer's padding; bit-packed schemes only). ``word_bits`` is the kernel's word size (32, or
-        64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`)."""
+        64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
+        ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -99,10 +105,11 @@ class OperatorSpec:
         data_shape = _as_shape(where, f"data_shape {names}", data_shape, rank + 2)
         weight_shape = _as_shape(where, "weight_shape " + ("(K, C, KH, KW)" if rank else "(M, K)"),
                                  weight_shape, rank + 2)
-        if rank == 0 and (stride not in (1, ()) or padding not in (0, ())):
-            raise ValueError(f"{where}: dense takes no stride or padding")
+        if rank == 0 and (stride not in (1, ()) or padding not in (0, ()) or dilation not in (1, ())):
+            raise ValueError(f"{where}: dense takes no stride, padding or dilation")
         stride = _as_pair(where, "stride", stride, rank, 1)
         padding = _as_pair(where, "padding", padding, rank, 0)
+        dilation = _as_pair(where, "dilation", dilation, rank, 1)
         if data_shape[1] != weight_shape[1]:
             axis = "channels" if rank else "features"
             raise ValueError(f"{where}: data has {data_shape[1]} input {axis} but the weight expects "
@@ -115,10 +122,12 @@ class OperatorSpec:
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
         word_dtype(word_bits)   # validates
-        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding, word_bits)
+        spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding, word_bits,
+                   dilation)
         if any(o < 1 for o in spec.out_shape[2:]):
+            dilated = f" and dilation {dilation}" if any(d > 1 for d in dilation) else ""
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
-                             f"with padding {padding}")
+                             f"with padding {padding}{dilated}")
         return spec
 
     @property
@@ -131,7 +140,8 @@ class OperatorSpec:
         """Shape of the integer result: ``(N, K, OH, OW)`` for conv2d, ``(N, M)`` for dense
         (with the requantize epilogue the kernel returns :meth:`kernel_output` instead)."""
         n, k = self.data_shape[0], self.weight_shape[0]
-        return (n, k, *out_spatial(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding))
+        return (n, k, *out_spatial(self.data_shape[2:], self.weight_shape[2:], self.stride, self.padding,
+                                   self.dilation))
 
     @property
     def symbol(self) -> str:
@@ -158,7 +168,8 @@ class OperatorSpec:
         if self.patch_taps == 1:
             return pack_data(x, self.scheme, self.padding, self.word_bits, thresholds)
         packed = pack_data(x, self.scheme, self.padding, self.word_bits, thresholds, column_phases=self.stride[1])
-        return gather_patches_te(packed, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:])
+        return gather_patches_te(packed, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:],
+                                 self.dilation)
 
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
         if isinstance(self.scheme, FgqScheme):
@@ -195,7 +206,8 @@ class OperatorSpec:
         shape = (n, enc.num_planes + int(enc.needs_validity_plane), *(s + 2 * p for s, p in zip(spatial, self.padding)),
                  num_words(self.data_shape[1], self.word_bits))
         planes = te.placeholder(shape, word_dtype(self.word_bits), name="planes")
-        patches = gather_patches_te(planes, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:])
+        patches = gather_patches_te(planes, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:],
+                                    self.dilation)
         return te.create_prim_func([planes, patches]).with_attr("global_symbol", self.symbol + "_gather")
 
     def _levels_are_encoding_values(self, lo: float, step: float, num_thresholds: int) -> bool:
@@ -233,14 +245,18 @@ class OperatorSpec:
                        for name, a in zip(("weight", "extra"), self._weight_arg_templates())]
         out_spatial = self.out_shape[2:]
         if isinstance(self.scheme, FgqScheme):
-            out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride)
+            out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride,
+                                  self.dilation)
         else:
             correction = weight_args[1] if len(weight_args) > 1 else None
             geometry = ConvGeometry(self.data_shape[1], self.weight_shape[2:], self.stride, self.padding,
-                                    self.data_shape[2:])
-            stride = self.stride if self.patch_taps == 1 else (1,) * len(self.stride)   # patches: a 1x1 kernel
-            out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
-                                     stride, correction, geometry)
+                                    self.data_shape[2:], self.dilation)
+            if self.patch_taps == 1:
+                out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
+                                         self.stride, correction, geometry, self.dilation)
+            else:                                       # patches: a 1x1 kernel
+                out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
+                                         (1,) * len(self.stride), correction, geometry)
         if self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
             out = affine(out, scale, bias, self.epilogue == "affine_relu")
@@ -366,5 +382,5 @@ class OperatorSpec:
             return reference.dense_fgq(x, w, scales, self.scheme.group_size) if fgq else reference.dense(x, w)
         if fgq:
             return reference.conv2d_fgq_nchw(x, w, scales, self.scheme.group_size,
-                                             self.stride, self.padding)
-        return reference.conv2d_nchw(x, w, self.stride, self.padding)
+                                             self.stride, self.padding, self.dilation)
+        return reference.conv2d_nchw(x, w, self.stride, self.padding, self.dilation)

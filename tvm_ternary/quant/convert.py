@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Iterable
 
 import torch
 import torch.fx
 from torch import Tensor, nn
 
-from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, presets
+from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, is_depthwise, presets
 
 
 def _batches(calibration_data) -> list[Tensor]:
@@ -44,6 +45,10 @@ def quantize(model: nn.Module, scheme: str, calibration_data, keep_first_last: b
              keep: Iterable[str] = (), group_size: int = 4) -> nn.Module:
     """Post-training quantization: a copy of ``model`` with its ``Conv2d``/``Linear``
     layers replaced by :class:`QuantConv2d`/:class:`QuantLinear`, in eval mode.
+
+    Grouped and dilated convolutions are quantized like any other (each group's channels
+    packed on their own). Depthwise convolutions (one input channel per group: nothing to
+    pack) stay float, with one warning naming them.
 
     Args:
         model: a float ``nn.Module`` (traceable by ``torch.fx`` to find BatchNorm layers
@@ -94,8 +99,13 @@ def quantize(model: nn.Module, scheme: str, calibration_data, keep_first_last: b
         raise ValueError(f"quantize: keep names {sorted(unknown)} are not Conv2d/Linear modules of the model")
     if keep_first_last and order:
         kept |= {order[0], order[-1]}
+    depthwise = [name for name in order if name not in kept and isinstance(layers[name], nn.Conv2d)
+                 and is_depthwise(layers[name])]
+    if depthwise:
+        warnings.warn(f"quantize: {len(depthwise)} depthwise convolution(s) stay float (one input channel per "
+                      f"group: nothing to pack): {', '.join(depthwise)}", stacklevel=2)
     for name in order:
-        if name in kept:
+        if name in kept or name in depthwise:
             continue
         layer = layers[name]
         if isinstance(layer, nn.Conv2d):

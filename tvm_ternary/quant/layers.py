@@ -134,19 +134,27 @@ class QuantLayer(nn.Module):
         return y if self.bn is None else self.bn(y)
 
 
+def is_depthwise(conv: nn.Conv2d) -> bool:
+    """True for a depthwise ``Conv2d``: one input channel per group, nothing to pack."""
+    return conv.groups > 1 and conv.in_channels == conv.groups
+
+
 class QuantConv2d(QuantLayer):
-    """Quantized ``nn.Conv2d`` (groups = 1, dilation = 1), optionally with its following
-    ``BatchNorm2d`` folded in at :meth:`freeze`."""
+    """Quantized ``nn.Conv2d`` (any stride, dilation and groups but depthwise, integer zero
+    padding), optionally with its following ``BatchNorm2d`` folded in at :meth:`freeze`.
+    Each group's input channels are packed on their own (``build`` runs a kernel per group)."""
 
     def __init__(self, conv: nn.Conv2d, preset: Preset, bn: nn.BatchNorm2d | None = None):
-        if conv.groups != 1 or conv.dilation != (1, 1) or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            raise ValueError(f"QuantConv2d: only groups=1, dilation=1 and integer zero padding are supported, "
-                             f"got {conv}")
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError(f"QuantConv2d: only integer zero padding is supported, got {conv}")
+        if is_depthwise(conv):
+            raise ValueError(f"QuantConv2d: a depthwise convolution has one input channel per group, nothing to "
+                             f"pack; keep it float (quantize does), got {conv}")
         super().__init__(conv, preset, bn)
-        self.stride, self.padding = conv.stride, conv.padding
+        self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 
     def _linear(self, x, w):
-        return F.conv2d(x, w, None, self.stride, self.padding)
+        return F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
 
 
 class QuantLinear(QuantLayer):
