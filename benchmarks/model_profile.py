@@ -2,14 +2,16 @@
 
     python benchmarks/model_profile.py                                  # ternary ResNet-18, default quantize, 1 thread
     python benchmarks/model_profile.py --precisions ternary,w1a1 --all-quantized --threads 2 --csv profile.csv
+    python benchmarks/model_profile.py --model resnet50                 # the bottleneck network instead
 
-For each precision, ResNet-18 at 224x224 (batch 1, random weights) is quantized, built as
-``tvm_ternary.build`` builds it and run once under a VM instrument that, after each call of
-a compiled function, times that function alone on the same (still live) arguments with
-the benchmarks' harness (a Python loop around the call, median of ``--repeat`` batches).
-The table lists the functions by total time: calls, ms per call, total ms, share of the sum,
-and G MAC/s for the conv2d/dense kernels (their ``tvm_ternary.macs`` attribute). The whole
-model's time (its VM ``main``, same harness) is printed beside the sum of the parts.
+For each precision, ResNet-18 (or ``--model``, a network of benchmarks/networks.py) at
+224x224 (batch 1, random weights) is quantized, built as ``tvm_ternary.build`` builds it
+and run once under a VM instrument that, after each call of a compiled function, times
+that function alone on the same (still live) arguments with the benchmarks' harness (a
+Python loop around the call, median of ``--repeat`` batches). The table lists the
+functions by total time: calls, ms per call, total ms, share of the sum, and G MAC/s for
+the conv2d/dense kernels (their ``tvm_ternary.macs`` attribute). The whole model's time
+(its VM ``main``, same harness) is printed beside the sum of the parts.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ harness.unpin_threads()
 
 import numpy as np  # noqa: E402
 import tvm  # noqa: E402
-from networks import resnet18  # noqa: E402
+from networks import NETWORKS, network  # noqa: E402
 from tvm import relax  # noqa: E402
 
 import tvm_ternary  # noqa: E402
@@ -107,6 +109,7 @@ def main(argv=None) -> None:
     p.add_argument("--precisions", default="ternary",
                    help=f"comma list of tvm_ternary.quantize schemes, or 'float' ({', '.join(tvm_ternary.QUANTIZE_SCHEMES)})")
     p.add_argument("--all-quantized", action="store_true", help="quantize the stem and classifier too")
+    p.add_argument("--model", choices=list(NETWORKS), default="resnet18", help="the network (random weights)")
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=10, help="timed batches per function (median)")
@@ -119,14 +122,14 @@ def main(argv=None) -> None:
         p.error(f"unknown precisions {unknown}")
     harness.set_threads(args.threads)
     target = tvm_ternary.resolve_target(args.target)
-    model, x = resnet18(args.size)
+    model, x = network(args.model, args.size)
     print(f"target: {describe(target)}; threads: {args.threads}; each function timed alone by the harness: "
           f"a Python loop around its call, median of {args.repeat} batches >= 20 ms")
     out = []
     for precision in precisions:
         quantized = model if precision == "float" else tvm_ternary.quantize(
             model, precision, x, keep_first_last=not args.all_quantized)
-        name = f"resnet18_{args.size}" + ("_all_quantized" if args.all_quantized and precision != "float" else "")
+        name = f"{args.model}_{args.size}" + ("_all_quantized" if args.all_quantized and precision != "float" else "")
         entries, whole = profile(tvm_ternary.from_torch(quantized, x), x.numpy(), target, args.repeat)
         table = rows(precision, name, args.threads, entries)
         print_table(f"{precision} {name}", table, whole)

@@ -1,5 +1,6 @@
-"""End-to-end runners for benchmarks/speedup.py (``--scope model``): ResNet-18 at 224x224,
-batch 1, random weights, at every precision.
+"""End-to-end runners for benchmarks/speedup.py (``--scope model``): a network of
+:data:`NETWORKS` (ResNet-18, the default, or ResNet-50 with its 1x1 bottleneck convolutions;
+``--models``) at 224x224, batch 1, random weights, at every precision.
 
 * ``torch_fp32``: the float model; ``torch_int8``: PyTorch's FX graph-mode int8 (x86
   engine, default qconfig, ``impl`` ``torch-fx``), quantize and dequantize inside the timed
@@ -21,6 +22,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -32,7 +34,7 @@ from tqdm import tqdm
 from tvm import relax
 
 import tvm_ternary
-from tvm_ternary.models import ResNet18, randomize_batchnorm
+from tvm_ternary.models import ResNet18, ResNet50, randomize_batchnorm
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> int:
@@ -53,39 +55,70 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class Network(Layer):
-    """A whole model as one benchmark row."""
+    """A whole model as one benchmark row; ``network`` names it in :data:`NETWORKS`."""
 
     mac_count: int = 0
+    network: str = "resnet18"
 
     @property
     def macs(self) -> int:
         return self.mac_count
 
 
-def resnet18(size: int = 224) -> tuple[nn.Module, torch.Tensor]:
-    """ResNet-18 (1000 classes, random weights and BatchNorm statistics, seed 0) in eval mode
-    and a random input of ``size`` x ``size``, batch 1."""
+NETWORKS = {"resnet18": ResNet18, "resnet50": ResNet50}
+"""The networks ``--scope model`` can time (``speedup.py --models``), by name."""
+
+SIZE = 224
+"""Input height and width of the timed networks."""
+
+
+def network(name: str, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
+    """Network ``name`` of :data:`NETWORKS` (1000 classes, random weights and BatchNorm
+    statistics, seed 0) in eval mode and a random input of ``size`` x ``size``, batch 1."""
+    if name not in NETWORKS:
+        raise ValueError(f"networks.py: unknown network {name!r}; choose from {list(NETWORKS)}")
     generator = torch.Generator().manual_seed(0)
-    model = randomize_batchnorm(ResNet18(1000), generator).eval()
+    model = randomize_batchnorm(NETWORKS[name](1000), generator).eval()
     return model, torch.randn(1, 3, size, size, generator=generator)
 
 
-MODEL, INPUT = resnet18()
-NETWORK = Network("resnet18_224_end_to_end", "model", tuple(INPUT.shape), (), mac_count=count_macs(MODEL, INPUT))
+def resnet18(size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
+    """ResNet-18 and its input (:func:`network`)."""
+    return network("resnet18", size)
+
+
+def resnet50(size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
+    """ResNet-50 (bottleneck blocks) and its input (:func:`network`)."""
+    return network("resnet50", size)
+
+
+@lru_cache(maxsize=None)
+def loaded(name: str) -> tuple[nn.Module, torch.Tensor]:
+    """:func:`network` at 224x224, made once per process: every precision times the same
+    weights and input."""
+    return network(name)
+
+
+def network_layer(name: str) -> Network:
+    """The benchmark row of network ``name`` end to end at 224x224."""
+    model, x = loaded(name)
+    return Network(f"{name}_{SIZE}_end_to_end", "model", tuple(x.shape), (), mac_count=count_macs(model, x),
+                   network=name)
 
 
 FLOAT_STEM_TOLERANCE = 5e-2
 """Relative error allowed on the logits of a model with a float stem. The stem sums in
 another order than oneDNN, so a first-quantizer input within an ulp of a threshold may land
 on the other side: most runs see none (error ~4e-7), some see a flip that moves the random
-ResNet-18's logits by ~2e-2 (observed 1.7e-2 to 1.9e-2)."""
+ResNet-18's logits by ~2e-2 (observed 1.7e-2 to 1.9e-2; ternary ResNet-50: 7.6e-7 in its first
+run)."""
 
 FLOAT_TOLERANCE = 1e-4
 """Relative error allowed for the float model (no quantizers): summation order only."""
 
 INT8_TOLERANCE = 0.1
 """Relative error allowed for PyTorch's FX int8 model against the float model: the 8-bit
-quantization error of the random ResNet-18 (observed 2.0e-2 to 2.1e-2)."""
+quantization error of the random ResNet-18 (observed 2.0e-2 to 2.1e-2) and ResNet-50 (2.2e-2)."""
 
 QUANTIZE_SCHEME = {"w2a2_bw": "w2a2"}
 """Benchmark precision -> ``tvm_ternary.quantize`` scheme where the names differ."""
@@ -108,35 +141,37 @@ def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: fl
                              f"more than {tolerance:.0e}")
 
 
-def _tvm_runner(mod: tvm.IRModule, target, expected: np.ndarray, precision: str, impl: str,
+def _tvm_runner(mod: tvm.IRModule, target, data: torch.Tensor, expected: np.ndarray, precision: str, impl: str,
                 tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
     main = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())["main"]
-    x = tvm.runtime.tensor(INPUT.numpy())
+    x = tvm.runtime.tensor(data.numpy())
     check_logits(main(x).numpy(), expected, f"{precision} {impl}", tolerance)
     return runner(impl, lambda: [lambda: main(x)])
 
 
-def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Runner, ...]:
-    """A checked, timed runner of ResNet-18 at ``precision``."""
+def network_runner(precision: str, fgq_group: int, target,
+                   name: str = "resnet18") -> Runner | tuple[Runner, ...]:
+    """A checked, timed runner of network ``name`` (:data:`NETWORKS`) at ``precision``."""
+    model, x = loaded(name)
     with torch.no_grad():
-        reference = MODEL(INPUT).numpy()
+        reference = model(x).numpy()
     if precision == "torch_fp32":
-        return torch_runner(lambda: [lambda: MODEL(INPUT)])
+        return torch_runner(lambda: [lambda: model(x)])
     if precision == "torch_int8":
         from torch.ao.quantization import get_default_qconfig_mapping
         from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
         torch.backends.quantized.engine = "x86"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            prepared = prepare_fx(copy.deepcopy(MODEL), get_default_qconfig_mapping("x86"), (INPUT,))
+            prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (x,))
             with torch.no_grad():
-                prepared(INPUT)
+                prepared(x)
             int8 = convert_fx(prepared)
         with torch.no_grad():
-            check_logits(int8(INPUT).numpy(), reference, "torch_int8 torch-fx", INT8_TOLERANCE)
-        return torch_runner(lambda: [lambda: int8(INPUT)], "torch-fx")
+            check_logits(int8(x).numpy(), reference, "torch_int8 torch-fx", INT8_TOLERANCE)
+        return torch_runner(lambda: [lambda: int8(x)], "torch-fx")
     if precision == "tvm_fp32":
-        return _tvm_runner(tvm_ternary.from_torch(MODEL, INPUT), target, reference, precision, "build",
+        return _tvm_runner(tvm_ternary.from_torch(model, x), target, x, reference, precision, "build",
                            FLOAT_TOLERANCE)
     if precision in LAYER_ONLY:
         raise ValueError(f"networks.py: no model of precision {precision!r}: it is a layer kernel only "
@@ -144,11 +179,11 @@ def network_runner(precision: str, fgq_group: int, target) -> Runner | tuple[Run
     runners = []
     for keep_first_last, impl, tolerance in ((True, "hand", FLOAT_STEM_TOLERANCE),
                                              (False, "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
-        quantized = tvm_ternary.quantize(MODEL, QUANTIZE_SCHEME.get(precision, precision), INPUT,
+        quantized = tvm_ternary.quantize(model, QUANTIZE_SCHEME.get(precision, precision), x,
                                          keep_first_last=keep_first_last,
                                          group_size=fgq_group)
         with torch.no_grad():
-            expected = quantized(INPUT).numpy()
-        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, INPUT), target, expected, precision, impl,
-                                   tolerance))
+            expected = quantized(x).numpy()
+        runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, x), target, x, expected, precision,
+                                   impl, tolerance))
     return tuple(runners)

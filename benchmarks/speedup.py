@@ -3,15 +3,18 @@
     python benchmarks/speedup.py                      # all precisions, layers and ResNet-18, 1 thread and all cores
     python benchmarks/speedup.py --scope layers --threads 1 \\
         --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
+    python benchmarks/speedup.py --scope model --models resnet18,resnet50   # ResNet-50 too (longer run)
 
 Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096
 (weights hot: they stay in cache between calls) and 4096->4096 cold (each call streams its
-weights from memory); ``--scope model``: ResNet-18 end to end at 224x224, batch 1
-(benchmarks/networks.py). Each kernel is checked against its reference once, then timed
-by one harness for every contender (benchmarks/harness.py: a Python loop around one call,
-median of --repeat batches, threads pinned by nobody). fp32/int8 speedups are against
-PyTorch (oneDNN fp32, fbgemm int8) measured in the same process. Timings on a shared
-machine are noisy; compare ratios from one run.
+weights from memory); ``--scope model``: the networks of ``--models`` end to end at 224x224,
+batch 1 (benchmarks/networks.py): ResNet-18 by default, ``--models resnet18,resnet50`` adds
+ResNet-50 (1x1 bottleneck convolutions, 2.3x ResNet-18's MACs). Each kernel is checked
+against its reference once, then timed by one harness for every contender
+(benchmarks/harness.py: a Python loop around one call, median of --repeat batches, threads
+pinned by nobody). fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8)
+measured in the same process. Timings on a shared machine are noisy; compare ratios from
+one run.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tvm  # noqa: E402
 from bound import measure_bounds  # noqa: E402
+from networks import LAYER_ONLY, NETWORKS, network_layer, network_runner  # noqa: E402
 from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -78,8 +82,11 @@ def cpu_model() -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scope", choices=["layers", "model", "all"], default=None,
-                   help="the layers, ResNet-18 end to end at 224x224 (model), or both (default: all; with "
-                        "--rpc: layers)")
+                   help="the layers, the networks of --models end to end at 224x224 (model), or both "
+                        "(default: all; with --rpc: layers)")
+    p.add_argument("--models", default="resnet18",
+                   help=f"comma list of networks that --scope model/all times end to end, from {list(NETWORKS)} "
+                        f"(default: resnet18; resnet50, with 1x1 bottleneck convolutions, makes the run longer)")
     p.add_argument("--threads", default="1,all",
                    help="comma list of thread counts; 'all' = every CPU this process may run on")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
@@ -105,6 +112,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown precisions {unknown}; choose from {PRECISIONS}")
     args.scope = args.scope or ("layers" if args.rpc else "all")
+    args.models = list(dict.fromkeys(args.models.split(",")))
+    unknown = sorted(set(args.models) - set(NETWORKS))
+    if unknown:
+        p.error(f"unknown models {unknown}; choose from {list(NETWORKS)}")
     names = [layer.name for layer in LAYERS]
     default_layers = [layer for layer in LAYERS if not (args.rpc and layer.cold)]
     args.layers = default_layers if args.layers == "all" else [
@@ -118,8 +129,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.scope != "layers":
         if args.rpc:
             p.error("--scope model runs on this host (PyTorch baselines); use --scope layers with --rpc")
-        from networks import NETWORK
-        args.layers = ([] if args.scope == "model" else args.layers) + [NETWORK]
+        args.layers = ([] if args.scope == "model" else args.layers) + [network_layer(n) for n in args.models]
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     if args.rpc and set(args.precisions) & set(BASELINES):
@@ -170,6 +180,11 @@ def print_header(args, target, device: str) -> None:
     print(f"versions: tvm-ternary {metadata.version('tvm-ternary')}, TVM {tvm.__version__}, "
           f"PyTorch {torch.__version__}, Python {platform.python_version()}")
     print(f"timing: {harness.TIMING_BOARD if args.rpc else harness.TIMING_LOCAL}")
+    networks = [layer for layer in args.layers if layer.op == "model"]
+    if networks:
+        print("models end to end (--models): " + ", ".join(f"{layer.network} ({layer.macs / 1e9:.2f} G MAC)"
+                                                            for layer in networks)
+              + f", {networks[0].data_shape[2]}x{networks[0].data_shape[3]}, batch 1, random weights")
     if any(layer.op == "dense" for layer in args.layers) and not args.rpc:
         print(f"weights: hot (they stay in the {harness.last_level_cache_bytes() >> 20} MiB last-level cache between "
               f"calls where they fit) except in *_cold layers, which cycle through copies adding up to twice that")
@@ -196,11 +211,10 @@ def measure(args) -> list[dict]:
             if layer.op != "model":
                 runners[layer.name, name] = factory(layer, target, rng)
                 continue
-            from networks import LAYER_ONLY, network_runner
             if name in LAYER_ONLY:
                 tqdm.write(f"note: no {layer.name} row for {name}: a layer kernel only (unsigned weights)")
                 continue
-            runners[layer.name, name] = network_runner(name, args.fgq_group, target)
+            runners[layer.name, name] = network_runner(name, args.fgq_group, target, layer.network)
     rows = []
     jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions
             if (layer.name, name) in runners]
@@ -211,7 +225,8 @@ def measure(args) -> list[dict]:
         made = runners[layer.name, name]
         for runner in made if isinstance(made, tuple) else (made,):
             median_ms = runner.time(args.repeat)
-            rows.append(dict(target=describe(target), device=device, threads=threads, model="resnet18",
+            model = layer.network if layer.op == "model" else "resnet18"     # layer rows: as before
+            rows.append(dict(target=describe(target), device=device, threads=threads, model=model,
                              layer=layer.name, precision=name, impl=runner.impl,
                              median_ms=median_ms,
                              gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
@@ -235,7 +250,7 @@ def add_speedups(rows: list[dict]) -> None:
 
 
 def print_table(rows: list[dict]) -> None:
-    fmt = "{:>7} {:<20} {:<10} {:<13} {:>10} {:>9} {:>8} {:>8} {:>8}"
+    fmt = "{:>7} {:<23} {:<10} {:<18} {:>10} {:>9} {:>8} {:>8} {:>8}"
     print(fmt.format("threads", "layer", "precision", "impl", "median_ms", "GOP/s", "x fp32", "x int8", "x w2a2"))
     for r in rows:
         ratio = lambda v: f"{v:.2f}" if v != "" else "-"  # noqa: E731  (empty: not applicable)
