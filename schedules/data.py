@@ -16,6 +16,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .generic import inline_quantizer
+from .intrinsics import MOVEMASK_LANES, movemask_name
 from .tiling import TILE_SCOPE
 
 MAX_VECTOR_ROW = 64
@@ -35,6 +36,8 @@ class ActivationPack(ScheduleRule):
         sch = s_tir.Schedule(func, seed=seed)
         inline_quantizer(sch)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if set(blocks) == {"bits", "chunk", "pack"}:     # from a channel-blocked input
+            return _pack_blocked(sch, blocks)
         if set(blocks) == {"patches"}:       # the gather alone (its input packed by a previous kernel)
             _gather_rows(sch, blocks["patches"])
             return sch
@@ -65,6 +68,32 @@ class ActivationPack(ScheduleRule):
         if "patches" in blocks:
             _gather_rows(sch, blocks["patches"])
         return sch
+
+
+def _pack_blocked(sch: s_tir.Schedule, blocks: dict) -> s_tir.Schedule:
+    """Packing a channel-blocked input (``bits``, ``chunk``, ``pack``): parallel over rows;
+    per pixel and word, each vector of ``B`` channels is loaded once, compared for every
+    plane and turned into ``B`` bits by the movemask intrinsic; the word is stored once."""
+    pack, chunk, bits = blocks["pack"], blocks["chunk"], blocks["bits"]
+    n, plane, h, w, word, part = sch.get_loops(pack)
+    sch.reorder(n, h, w, word, part, plane)
+    sch.parallel(sch.fuse(n, h))
+    sch.compute_at(chunk, part)
+    *_, chunk_plane, chunk_lane = sch.get_loops(chunk)
+    sch.compute_at(bits, chunk_plane)
+    lanes = int(sch.get(sch.get_loops(bits)[-1]).extent)
+    sch.set_scope(bits, 0, TILE_SCOPE)
+    sch.set_scope(chunk, 0, TILE_SCOPE)
+    local = sch.cache_write(pack, 0, TILE_SCOPE)
+    sch.reverse_compute_at(local, word)
+    sch.vectorize(sch.get_loops(bits)[-1])
+    for loop in (part, plane):
+        sch.unroll(loop)
+    sch.decompose_reduction(pack, part)
+    sch.decompose_reduction(chunk, chunk_lane)
+    if lanes in MOVEMASK_LANES:
+        sch.tensorize(sch.get_loops(sch.get_sblock("chunk_update"))[-1], movemask_name(lanes))
+    return sch
 
 
 def _gather_rows(sch: s_tir.Schedule, patches) -> None:

@@ -79,8 +79,11 @@ class PopcountKernel(ScheduleRule):
         acc, out = blocks["acc"], blocks["out"]
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
+        blocked = len(sch.get_loops(out)) == 5          # a channel-blocked output [N, K/V, OH, OW, V]
         tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, _channel_blocks(sch, acc))
         reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
+        if blocked:                                      # contiguous lanes: the epilogue is vector code
+            sch.vectorize(sch.get_loops(out)[-1])
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
         return sch

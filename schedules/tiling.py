@@ -147,10 +147,15 @@ def tile_dense(sch, n, ko, ki, groups, budget, tunable):
 
 
 def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1):
-    """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes`` and tile it
+    """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes``, or take its
+    channel blocks (a blocked conv2d output ``[N, K/lanes, OH, OW, lanes]``), and tile it
     (:func:`tile_conv` with ``channel_blocks``, or :func:`tile_dense`); returns the tile's
     names and the parallel loop."""
-    n, k, *spatial = sch.get_loops(out)
+    loops = sch.get_loops(out)
+    if len(loops) == 5:                 # blocked NCHW{lanes}c
+        n, ko, *spatial, ki = loops
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks)
+    n, k, *spatial = loops
     ko, ki = sch.split(k, [None, lanes])
     if spatial:
         return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks)

@@ -27,6 +27,7 @@ TARGET = "host"   # runs here; the kernels' numerics are pinned per ISA in test_
 def resnet(scheme: str, batch: int, seed: int, keep_first_last: bool):
     """(quantized model, input, executable), built once per test run."""
     generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)                    # the layers' initial weights: the same model in every run
     float_model = randomize_batchnorm(ResNet18(num_classes=10), generator).eval()
     x = torch.randn(batch, 3, 32, 32, generator=generator)
     model = quantize(float_model, scheme, x, keep_first_last=keep_first_last)

@@ -253,11 +253,11 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
 def make_spec(name: str, scheme: str | Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
               stride: int | Sequence[int], padding: int | Sequence[int], target: Target, epilogue: str = "int32",
               next_padding: int | Sequence[int] | None = None, dilation: int | Sequence[int] = 1,
-              **scheme_params) -> OperatorSpec:
+              blocked_output: bool = False, **scheme_params) -> OperatorSpec:
     """The validated :class:`OperatorSpec` of :func:`op`'s arguments (``scheme`` a name with
     ``scheme_params``, or a built :class:`Scheme`), with ``target``'s weight block and word size."""
     if isinstance(scheme, str):
         scheme = make_scheme(name, scheme, **scheme_params)
     return OperatorSpec.create(name, scheme, data_shape, weight_shape, stride, padding,
                                schedules.weight_block(target, scheme.name, weight_shape), epilogue,
-                               next_padding, schedules.word_bits(target, weight_shape), dilation)
+                               next_padding, schedules.word_bits(target, weight_shape), dilation, blocked_output)

@@ -18,8 +18,15 @@ which names the kernel scheme) and whose weights are constant integers. Each one
 A grouped conv2d becomes a channel split, a data stage and kernel per group (one
 function serves all groups) and a concat, with the float epilogue; a dilated one passes
 its dilation to the kernel. FGQ kernels (float32, integer-valued sums) take the same float
-epilogue; they have no packed next layer. A float conv2d with constant weights becomes our register-tiled float
-kernel (:func:`~.operators.compute.float_conv_nchw`). Everything else is left to Relax.
+epilogue; they have no packed next layer. A float conv2d with constant weights becomes our
+register-tiled float kernel (:func:`~.operators.compute.float_conv_nchw`), with an inference
+``batch_norm`` (constant parameters) and ``relu`` after it in its epilogue. Everything else
+is left to Relax.
+
+Float results stay channel-blocked (:mod:`tvm_ternary.layout`) where every user takes that
+layout: affine conv2d kernels and the float conv kernel write it, residual adds, ReLUs,
+per-channel multiply/add and max pool run on it, and the next layer's data stage reads it;
+a conversion to NCHW is emitted before the first user that needs NCHW.
 A conv2d/matmul after an activation quantizer whose weights or thresholds are not
 constants (parameters kept as function inputs) stays in Relax too, where it still computes
 the right values, with a :class:`~tvm_ternary.diagnostics.SlowPathWarning` naming it.
@@ -40,8 +47,9 @@ from tvm.target import Target
 from . import schedules
 from .diagnostics import SlowPathWarning
 from .frontend import QUANTIZE_ATTR
-from .packing import block_channels
-from .operators.compute import float_conv_nchw, pad_nchw, quantizer_levels
+from . import layout
+from .packing import block_channels, taps_per_word
+from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels
 from .api import make_spec
 from .operators.spec import out_spatial
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
@@ -64,6 +72,7 @@ class Layer:
     var: relax.Var                      # binding of the conv2d/matmul
     op: str                             # "conv2d" or "dense"
     quantizer_input: relax.Expr
+    quantizer_var: relax.Var            # binding of the activation quantizer
     thresholds: np.ndarray              # the activation quantizer's float32 thresholds
     lo: float
     step: float
@@ -101,13 +110,23 @@ def _where(op: str, scheme: Scheme, var: relax.Var) -> str:
 
 @dataclass
 class FloatConv:
-    """A float conv2d the pass gives our float kernel (:func:`~.operators.compute.float_conv_nchw`)."""
+    """A float conv2d the pass gives our float kernel (:func:`~.operators.compute.float_conv_nchw`),
+    with the inference BatchNorm (as a per-channel ``scale`` and ``shift``) and ReLU after it."""
 
+    var: relax.Var
     data: relax.Expr
     weight: np.ndarray
     data_shape: tuple[int, ...]
     stride: tuple[int, ...]
     padding: tuple[int, ...]
+    scale: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    relu: bool = False
+    chain: list[relax.Var] = field(default_factory=list)   # the batch_norm, its result, the relu
+
+    @property
+    def end(self) -> relax.Var:
+        return self.chain[-1] if self.chain else self.var
 
 
 def _const(expr: relax.Expr) -> np.ndarray | None:
@@ -197,8 +216,8 @@ class _Matcher:
                           f"or bind them (relax.transform.BindParams)", SlowPathWarning)
             return None
         data_shape = tuple(int(d) for d in value.args[0].ty.shape)
-        layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]),
-                      scheme, weight, data_shape)
+        layer = Layer(var, op, x, value.args[0], thresholds.astype(np.float32), float(info["lo"]),
+                      float(info["step"]), scheme, weight, data_shape)
         if op == "conv2d":
             conv = _conv_attrs(value.attrs)
             if conv is None:
@@ -209,7 +228,7 @@ class _Matcher:
         self._check(layer)
         return layer
 
-    def float_conv(self, value: relax.Expr) -> FloatConv | None:
+    def float_conv(self, var: relax.Var, value: relax.Expr) -> FloatConv | None:
         """A float32 NCHW conv2d with constant OIHW weights (groups 1, dilation 1, symmetric
         padding) that is not a quantized layer: it gets our register-tiled float kernel."""
         if _op_name(value) != "relax.nn.conv2d" or self.quantizer(value.args[0]) is not None:
@@ -220,8 +239,35 @@ class _Matcher:
                 or conv is None or conv.groups != 1 or any(d != 1 for d in conv.dilation) \
                 or str(value.attrs.out_dtype) not in ("", "float32", "void", "None"):
             return None
-        return FloatConv(value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape), conv.stride,
-                         conv.padding)
+        found = FloatConv(var, value.args[0], weight, tuple(int(d) for d in value.args[0].ty.shape), conv.stride,
+                          conv.padding)
+        self._batch_norm_epilogue(found)
+        return found
+
+    def _batch_norm_epilogue(self, conv: FloatConv) -> None:
+        """Absorb an inference ``batch_norm`` with constant parameters that alone follows the
+        float conv (and a ``relu`` after it): ``y * scale + shift`` per channel,
+        ``scale = gamma / sqrt(var + eps)``, ``shift = beta - mean * scale`` (float64, then
+        float32; equal to the separate BatchNorm up to rounding)."""
+        bn = self.graph.sole_user(conv.var)
+        value = self.graph.values.get(bn) if bn is not None else None
+        if _op_name(value) != "relax.nn.batch_norm" or int(value.attrs.axis) != 1 or bool(value.attrs.training):
+            return
+        gamma, beta, mean, variance = (_const(a) for a in value.args[1:5])
+        item = self.graph.sole_user(bn)
+        got = self.graph.values.get(item) if item is not None else None
+        if any(p is None for p in (gamma, beta, mean, variance)) or not (
+                isinstance(got, relax.TupleGetItem) and int(got.index) == 0):
+            return
+        gamma = gamma.astype(np.float64) if bool(value.attrs.scale) else np.ones(len(mean))
+        beta = beta.astype(np.float64) if bool(value.attrs.center) else np.zeros(len(mean))
+        scale = gamma / np.sqrt(variance.astype(np.float64) + float(value.attrs.epsilon))
+        conv.scale, conv.shift = scale.astype(np.float32), (beta - mean.astype(np.float64) * scale).astype(np.float32)
+        conv.chain = [bn, item]
+        relu = self.graph.sole_user(item)
+        if relu is not None and _op_name(self.graph.values.get(relu)) == "relax.nn.relu":
+            conv.relu = True
+            conv.chain.append(relu)
 
     def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
         w = value.args[1]
@@ -310,6 +356,20 @@ def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]
     return np.sign(w).astype(np.int32), m.astype(np.float32)
 
 
+def _quantizers_of_packed_layers(graph: _Graph, layers: dict[relax.Var, Layer], target: Target) -> set[relax.Var]:
+    """Activation quantizers whose every user is a bit-packed, ungrouped conv2d in the
+    ordinary layout that quantizes its own input: their data stages can read a
+    channel-blocked input (:func:`~.operators.compute.pack_blocked_data`)."""
+    handed_over = {id(layer.next_layer) for layer in layers.values() if layer.next_layer is not None}
+    fits: dict[relax.Var, bool] = {}
+    for layer in layers.values():
+        good = isinstance(layer.scheme, PackedScheme) and layer.op == "conv2d" and layer.groups == 1 \
+            and id(layer) not in handed_over and taps_per_word(
+                layer.weight.shape[1], layer.weight.shape[2:], schedules.word_bits(target, layer.weight.shape)) == 1
+        fits[layer.quantizer_var] = fits.get(layer.quantizer_var, True) and good
+    return {q for q, good in fits.items() if good and all(u in layers for u in graph.users.get(q, []))}
+
+
 def fold_thresholds(layer: Layer, nxt: Layer) -> np.ndarray:
     """Integer thresholds ``[K, L]``: ``q_next >= level j`` iff ``y >= t[k, j]`` for the
     int32 accumulator ``y``, where the graph computes ``q_next`` from ``y`` in float32 as
@@ -341,24 +401,96 @@ def fold_thresholds(layer: Layer, nxt: Layer) -> np.ndarray:
 class _Rewriter(PyExprMutator):
     """Emits the planned kernels in place of the layers' bindings."""
 
-    def __init__(self, mod: tvm.IRModule, target: Target, layers: dict[relax.Var, Layer],
+    def __init__(self, mod: tvm.IRModule, target: Target, graph: _Graph, layers: dict[relax.Var, Layer],
                  float_convs: dict[relax.Var, FloatConv]):
         super().__init__(mod)
         self.target = target
+        self.graph = graph
         self.layers = layers
         self.float_convs = float_convs
         self.absorbed = {v for layer in layers.values() for v in layer.chain}
+        self.absorbed |= {v for conv in float_convs.values() for v in conv.chain}
         self.absorbed |= {layer.next_quantizer for layer in layers.values() if layer.next_layer is not None}
         self.functions: dict[tuple, relax.GlobalVar] = {}
+        self.blocked: dict[relax.Var, tuple[relax.Expr, int]] = {}   # var -> its channel-blocked value, block
+        self.unblocked: set[relax.Var] = set()                       # blocked vars also emitted as NCHW
+        self.blocked_quantizers = _quantizers_of_packed_layers(graph, layers, target)
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         layer = self.layers.get(binding.var)
         if layer is not None:
             self._emit_layer(layer)
         elif binding.var in self.float_convs:
-            self.set_var_remap(binding.var, self._emit_float_conv(self.float_convs[binding.var]))
-        elif binding.var not in self.absorbed:
+            self._emit_float_conv(self.float_convs[binding.var])
+        elif binding.var not in self.absorbed and not self._emit_blocked_op(binding):
+            self._unblock_used(binding.value)
             super().visit_var_binding_(binding)
+
+    # the channel-blocked float layout (tvm_ternary.layout)
+
+    def _takes_blocked(self, user: relax.Var | None) -> bool:
+        """Whether binding ``user`` (None: the function's output) can read a blocked operand."""
+        if user is None:
+            return False
+        if user in self.blocked_quantizers:
+            return True
+        value = self.graph.values.get(user)
+        name = _op_name(value)
+        return name in layout.ELEMENTWISE_OPS or (name == layout.POOL_OP and layout.pool_takes_blocked(value))
+
+    def _may_block(self, var: relax.Var) -> bool:
+        return all(self._takes_blocked(user) for user in self.graph.users.get(var, [None]))
+
+    def _emit_blocked_op(self, binding: relax.VarBinding) -> bool:
+        """Emit an elementwise op or max pool with a blocked operand in the blocked layout, if
+        every user of its result takes that layout and every operand converts (a blocked or
+        NCHW tensor of its shape, a scalar or per-channel constant); False, nothing emitted,
+        otherwise. The result takes the block of the first blocked operand."""
+        value, var = binding.value, binding.var
+        name = _op_name(value)
+        if name not in (*layout.ELEMENTWISE_OPS, layout.POOL_OP) or not self._may_block(var):
+            return False
+        blocked = [a for a in value.args if isinstance(a, relax.Var) and a in self.blocked]
+        if not blocked:
+            return False
+        b = self.blocked[blocked[0]][1]
+        if name == layout.POOL_OP:
+            if not layout.pool_takes_blocked(value):
+                return False
+            pooled = layout.blocked_max_pool(value, self._blocked_value(value.args[0], b), b)
+            self.blocked[var] = (self.builder_.emit(pooled), b)
+            return True
+        shape = tuple(int(d) for d in var.ty.shape)
+        operands = []
+        for a in value.args:
+            const = _const(a)
+            if a in blocked or (isinstance(a, relax.Var) and tuple(int(d) for d in a.ty.shape) == shape):
+                operands.append(a)
+            elif const is not None and (as_blocked := layout.block_constant(const, shape[1], b)) is not None:
+                operands.append(relax.const(as_blocked))
+            else:
+                return False
+        args = [self._blocked_value(a, b) if isinstance(a, relax.Var) else a for a in operands]
+        self.blocked[var] = (self.builder_.emit(relax.Call(value.op, args, value.attrs)), b)
+        return True
+
+    def _blocked_value(self, var: relax.Var, b: int) -> relax.Expr:
+        """``var``'s value blocked by ``b``: as it is, or converted (from NCHW, or from another block)."""
+        if var in self.blocked and self.blocked[var][1] == b:
+            return self.blocked[var][0]
+        return self.builder_.emit(layout.block(self._visit_nchw(var), b))
+
+    def _unblock_used(self, expr: relax.Expr) -> None:
+        """Make the NCHW value of every blocked var ``expr`` uses available (once each)."""
+        for v in relax.analysis.free_vars(expr):
+            if v in self.blocked and v not in self.unblocked:
+                blocked, b = self.blocked[v]
+                self.set_var_remap(v, self.builder_.emit(layout.unblock(blocked, b)))
+                self.unblocked.add(v)
+
+    def _visit_nchw(self, expr: relax.Expr) -> relax.Expr:
+        self._unblock_used(expr)
+        return self.visit_expr(expr)
 
     def _add(self, make_func, name: str, role: str, key: tuple, macs: int | None = None) -> relax.GlobalVar:
         """Schedule ``make_func()`` for the target and add it (opaque to fusion) as ``name``,
@@ -371,35 +503,51 @@ class _Rewriter(PyExprMutator):
             self.functions[key] = self.builder_.add_func(scheduled, name)
         return self.functions[key]
 
-    def _emit_float_conv(self, conv: FloatConv) -> relax.Var:
-        """Pad on the device, then the register-tiled float kernel (weights blocked here)."""
+    def _emit_float_conv(self, conv: FloatConv) -> None:
+        """Pad on the device, then the register-tiled float kernel (weights blocked here) with
+        its BatchNorm and ReLU, writing the blocked layout when every user takes it."""
         k, c, *kernel = conv.weight.shape
         lanes = schedules.isa_of(self.target).int32_lanes
+        blocked_out = k % lanes == 0 and self._may_block(conv.end)
         spatial = out_spatial(conv.data_shape[2:], kernel, conv.stride, conv.padding)
         x = te.placeholder(conv.data_shape, "float32", name="x")
         xpad = pad_nchw(x, conv.padding)
         blocked = block_channels(np.ascontiguousarray(conv.weight), lanes)          # [Kb, C, *kernel, V]
         wb = te.placeholder(blocked.shape, "float32", name="weight")
         kernel_xpad = te.placeholder(tuple(int(d) for d in xpad.shape), "float32", name="xpad")
-        out = float_conv_nchw(kernel_xpad, wb, k, spatial, conv.stride)
+        weights, epilogue = [relax.const(blocked)], []
+        if conv.scale is None:
+            out = float_conv_nchw(kernel_xpad, wb, k, spatial, conv.stride, blocked_out)
+        else:
+            epilogue = [te.placeholder((k,), "float32", name=name) for name in ("scale", "shift")]
+            out = affine(float_conv_nchw(kernel_xpad, wb, k, spatial, conv.stride), *epilogue, conv.relu,
+                         lanes if blocked_out else 0)
+            weights += [relax.const(conv.scale), relax.const(conv.shift)]
         key = (conv.data_shape, conv.weight.shape, conv.stride, conv.padding)
         pad = self._add(lambda: te.create_prim_func([x, xpad]), "tvm_ternary_float_pad", "conv2d[float]:pad",
                         ("pad", *key))
         macs = int(np.prod([int(d) for d in out.shape])) * int(np.prod(conv.weight.shape[1:]))
-        kernel_gv = self._add(lambda: te.create_prim_func([kernel_xpad, wb, out]), "tvm_ternary_conv2d_float",
-                              "conv2d[float]:kernel", ("float", *key), macs)
-        padded = self.builder_.emit(relax.call_tir(pad, [self.visit_expr(conv.data)],
+        kernel_gv = self._add(lambda: te.create_prim_func([kernel_xpad, wb, *epilogue, out]), "tvm_ternary_conv2d_float",
+                              "conv2d[float]:kernel", ("float", blocked_out, bool(epilogue), conv.relu, *key), macs)
+        padded = self.builder_.emit(relax.call_tir(pad, [self._visit_nchw(conv.data)],
                                                    relax.TensorType(tuple(int(d) for d in xpad.shape), "float32")))
-        return self.builder_.emit(relax.call_tir(kernel_gv, [padded, relax.const(blocked)],
-                                                 relax.TensorType((conv.data_shape[0], k, *spatial), "float32")))
+        result = self.builder_.emit(relax.call_tir(kernel_gv, [padded, *weights],
+                                                   relax.TensorType(tuple(int(d) for d in out.shape), "float32")))
+        if blocked_out:
+            self.blocked[conv.end] = (result, lanes)
+        else:
+            self.set_var_remap(conv.end, result)
 
     def _emit_layer(self, layer: Layer) -> None:
         if layer.groups > 1:
             self.set_var_remap(layer.end, self._emit_grouped(layer))
             return
-        out = self._emit_kernel(layer)
+        may_block = layer.op == "conv2d" and layer.next_layer is None and self._may_block(layer.end)
+        out, block = self._emit_kernel(layer, may_block)
         if layer.next_layer is not None:
             layer.next_layer.packed_input = out
+        elif block:
+            self.blocked[layer.end] = (out, block)
         else:
             self.set_var_remap(layer.end, out)
 
@@ -408,37 +556,43 @@ class _Rewriter(PyExprMutator):
         and convolved on its own (one kernel function serves every group), the outputs
         concatenated; the float epilogue runs in each group's kernel."""
         groups, (n, c, *spatial), k = layer.groups, layer.data_shape, layer.weight.shape[0]
-        parts = self.builder_.emit(relax.op.split(self.visit_expr(layer.quantizer_input), groups, axis=1))
+        parts = self.builder_.emit(relax.op.split(self._visit_nchw(layer.quantizer_input), groups, axis=1))
         outs = []
         for g in range(groups):
             channels = slice(g * k // groups, (g + 1) * k // groups)
             cut = lambda a: None if a is None else a[channels]  # noqa: E731
             part = self.builder_.emit(relax.TupleGetItem(parts, g))
             outs.append(self._emit_kernel(Layer(
-                layer.var, layer.op, part, layer.thresholds, layer.lo, layer.step, layer.scheme,
+                layer.var, layer.op, part, layer.quantizer_var, layer.thresholds, layer.lo, layer.step, layer.scheme,
                 layer.weight[channels], (n, c // groups, *spatial), layer.stride, layer.padding, layer.dilation,
-                fgq_scales=cut(layer.fgq_scales), scale=cut(layer.scale), bias=cut(layer.bias), relu=layer.relu)))
+                fgq_scales=cut(layer.fgq_scales), scale=cut(layer.scale), bias=cut(layer.bias),
+                relu=layer.relu))[0])
         return self.builder_.emit(relax.op.concat(outs, axis=1))
 
-    def _emit_kernel(self, layer: Layer) -> relax.Var:
+    def _emit_kernel(self, layer: Layer, may_block: bool = False) -> tuple[relax.Var, int]:
         """The layer's data stage (unless a previous kernel handed over its packed input) and
-        kernel; returns the kernel's output."""
+        kernel; returns the kernel's output and, if it writes the blocked layout (allowed by
+        ``may_block``, for output channels a multiple of the kernel's block), the block, else 0."""
         epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
-        spec = make_spec(layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
-                         layer.padding or 0, self.target, epilogue,
-                         None if layer.next_layer is None else (layer.next_layer.padding or 0),
-                         dilation=layer.dilation or 1)
+        request = (layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
+                   layer.padding or 0, self.target, epilogue,
+                   None if layer.next_layer is None else (layer.next_layer.padding or 0))
+        spec = make_spec(*request, dilation=layer.dilation or 1)
+        if may_block and layer.weight.shape[0] % spec.block == 0:
+            spec = make_spec(*request, dilation=layer.dilation or 1, blocked_output=True)
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
         if data is None:
             ascending = bool(np.all(np.diff(layer.thresholds) >= 0))
+            x = layer.quantizer_input
+            block = self.blocked[x][1] if x in self.blocked and layer.quantizer_var in self.blocked_quantizers else 0
             quant = self._add(lambda: spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds),
-                                                                   ascending),
+                                                                   ascending, block),
                               name + "_quantize", spec.where + ":quantize",
-                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds), ascending))
+                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds), ascending, block))
             shape, dtype = spec.kernel_input_shape()
             data = self.builder_.emit(relax.call_tir(
-                quant, [self.visit_expr(layer.quantizer_input), relax.const(layer.thresholds)],
+                quant, [self.blocked[x][0] if block else self._visit_nchw(x), relax.const(layer.thresholds)],
                 relax.TensorType(shape, dtype)))
         elif spec.patch_taps > 1:        # the previous kernel wrote padded planes: gather them into patches
             gather = self._add(spec.gather_prim_func, name + "_gather", spec.where + ":gather", ("gather", spec))
@@ -452,8 +606,9 @@ class _Rewriter(PyExprMutator):
         kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec),
                            int(np.prod(spec.out_shape)) * int(np.prod(spec.weight_shape[1:])))
         out_shape, out_dtype = spec.kernel_output()
-        return self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
-                                                 relax.TensorType(out_shape, out_dtype)))
+        out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
+                                                relax.TensorType(out_shape, out_dtype)))
+        return out, spec.block if spec.blocked_output else 0
 
 
 def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
@@ -462,6 +617,10 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     quantized whose weights or quantizer do not fit its scheme, and warns
     (:class:`~tvm_ternary.diagnostics.SlowPathWarning`) for one it must leave to Relax
     because its weights or thresholds are not constants."""
+    # the importer's leftovers (max_pool2d_with_indices becomes a tuple with a dead
+    # zeros_like) would hide that a value's users take the blocked layout
+    mod = tvm.ir.transform.Sequential([relax.transform.CanonicalizeBindings(),
+                                       relax.transform.DeadCodeElimination()])(mod)
     func = mod["main"]
     graph = _Graph(func)
     matcher = _Matcher(mod, graph, target)
@@ -478,8 +637,8 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
             layer.next_layer = nxt
             layer.int_thresholds = fold_thresholds(layer, nxt)
     float_convs = {var: conv for var, value in graph.values.items() if var not in layers
-                   and (conv := matcher.float_conv(value)) is not None}
-    rewriter = _Rewriter(mod, target, layers, float_convs)
+                   and (conv := matcher.float_conv(var, value)) is not None}
+    rewriter = _Rewriter(mod, target, graph, layers, float_convs)
     new_main = rewriter.visit_expr(func)
     out = rewriter.builder_.get()
     out[out.get_global_var("main")] = relax.analysis.remove_all_unused(new_main)

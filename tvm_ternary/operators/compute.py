@@ -167,10 +167,11 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
-def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool) -> te.Tensor:
+def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: int = 0) -> te.Tensor:
     """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
     the dequantization scale, the layer's bias), then ``max(., 0)`` with ``relu``
-    (stage ``affine``; float32, same shape).
+    (stage ``affine``; float32, the shape of ``y`` ``[N, K, *o]``, or with ``block`` ``B``
+    the channel-blocked ``[N, K/B, *o, B]`` of :mod:`tvm_ternary.layout`).
 
     The product is rounded before the sum, as PyTorch and Relax's separate multiply and
     add do: an arithmetic fence keeps LLVM (which TVM lets contract freely) from fusing
@@ -180,7 +181,11 @@ def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool) -> te.Te
         v = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product) + bias[oc]
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 
-    return te.compute(y.shape, value, name="affine")
+    if not block:
+        return te.compute(y.shape, value, name="affine")
+    n, k, *o = (int(d) for d in y.shape)
+    return te.compute((n, k // block, *o, block), lambda i, kb, *rest: value(i, kb * block + rest[-1], *rest[:-1]),
+                      name="affine")
 
 
 UNROLLED_THRESHOLDS = 16
@@ -217,6 +222,59 @@ def quantizer_levels(encoding: Encoding) -> tuple[float, float, int]:
     return float(encoding.value_range[0]), float(encoding.level_step), threshold_count(encoding)
 
 
+def pack_bit_chunks(bits: te.Tensor, lanes: int, word_bits: int) -> te.Tensor:
+    """0/1 ``bits`` ``[..., words * word_bits]`` -> words ``[..., words]`` in two stages:
+    ``chunk``, ``lanes`` consecutive bits as one integer (a movemask, which schedules
+    tensorize), and ``pack``, the chunks of a word shifted into place."""
+    *outer, elements = (int(d) for d in bits.shape)
+    dtype = word_dtype(word_bits)
+    lane = te.reduce_axis((0, lanes), name="lane")
+    chunk = te.compute((*outer, elements // lanes), lambda *i: te.sum(
+        tirx.shift_left(bits[(*i[:-1], i[-1] * lanes + lane)].astype(WORD_DTYPE), lane.var.astype(WORD_DTYPE)),
+        axis=lane), name="chunk")
+    part = te.reduce_axis((0, word_bits // lanes), name="part")
+    return te.compute((*outer, elements // word_bits), lambda *i: te.sum(
+        tirx.shift_left(chunk[(*i[:-1], i[-1] * (word_bits // lanes) + part)].astype(dtype),
+                        (part.var * lanes).astype(dtype)), axis=part), name="pack")
+
+
+def pack_blocked_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int,
+                      thresholds: te.Tensor | None = None) -> te.Tensor:
+    """:func:`pack_data` for a channel-blocked ``x`` ``[N, C/B, *spatial, B]`` (the layout of
+    :mod:`tvm_ternary.layout`; ``B`` divides the word), with the same result, in the
+    requantize epilogue's stages: ``bits`` (each plane's 0/1 per channel, the encoding's pad
+    bits in the padding, 0 past the channels), then :func:`pack_bit_chunks` with ``B``
+    lanes, so a schedule turns each vector of ``B`` channels into ``B`` bits at once."""
+    n, blocks, *spatial, lanes = (int(d) for d in x.shape)
+    channels = blocks * lanes
+    enc = scheme.activation
+    stored, validity = enc.num_planes, enc.needs_validity_plane
+    padded = [s + 2 * p for s, p in zip(spatial, padding)]
+
+    def bit(i, plane, *rest):
+        *pos, ch = rest
+        src = [q - p for q, p in zip(pos, padding)]
+        clamped = [tirx.min(tirx.max(s_, 0), size - 1) for s_, size in zip(src, spatial)]   # loads stay in bounds
+        x_value = x[(i, tirx.min(ch // lanes, blocks - 1), *clamped, ch % lanes)]
+        if thresholds is None:
+            value = enc.plane_bit_te(x_value.astype("int32"), plane)
+        else:
+            value = enc.plane_bit_of_levels([x_value >= thresholds[j] for j in range(int(thresholds.shape[0]))],
+                                            plane)
+        if validity:
+            value = tirx.if_then_else(plane == stored, 1, value)
+        pad = tirx.const(0, "int32")
+        for p in range(stored):
+            if enc.pad_bit(p):
+                pad = tirx.if_then_else(plane == p, 1, pad)
+        value = tirx.Select(within_bounds(src, spatial), value, pad)
+        return tirx.Select(ch < channels, value, 0)
+
+    bits = te.compute((n, stored + int(validity), *padded, num_words(channels, word_bits) * word_bits), bit,
+                      name="bits")
+    return pack_bit_chunks(bits, lanes, word_bits)
+
+
 def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
                     padding: Sequence[int], lanes: int, word_bits: int = WORD_BITS) -> te.Tensor:
     """Epilogue for a quantized next layer: int32 ``y`` ``[N, K, *o]`` -> its packed,
@@ -246,14 +304,7 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
         return tirx.if_then_else(c < k, value, 0)
 
     bits = te.compute((n, planes, *o, words * word_bits), bit, name="bits")
-    lane = te.reduce_axis((0, lanes), name="lane")
-    chunk = te.compute((n, planes, *o, words * word_bits // lanes), lambda i, plane, *rest: te.sum(
-        tirx.shift_left(bits[(i, plane, *rest[:-1], rest[-1] * lanes + lane)].astype(WORD_DTYPE),
-                        lane.var.astype(WORD_DTYPE)), axis=lane), name="chunk")
-    part = te.reduce_axis((0, word_bits // lanes), name="part")
-    packed = te.compute((n, planes, *o, words), lambda i, plane, *rest: te.sum(
-        tirx.shift_left(chunk[(i, plane, *rest[:-1], rest[-1] * (word_bits // lanes) + part)].astype(dtype),
-                        (part.var * lanes).astype(dtype)), axis=part), name="pack")
+    packed = pack_bit_chunks(bits, lanes, word_bits)
     if not any(padding):
         return packed
     shape = (n, planes, *(s + 2 * p for s, p in zip(o, padding)), words)
@@ -343,11 +394,12 @@ def pad_nchw(x: te.Tensor, padding: Sequence[int]) -> te.Tensor:
 
 
 def float_conv_nchw(xpad: te.Tensor, wb: te.Tensor, out_channels: int, out_spatial: Sequence[int],
-                    stride: Sequence[int]) -> te.Tensor:
+                    stride: Sequence[int], blocked: bool = False) -> te.Tensor:
     """Float conv2d in the popcount kernels' form, so their schedule rule applies: ``acc``
     ``[N, Kb, *out, 1, V]`` sums ``xpad[n, c, o*s + t] * wb[kb, c, *t, v]`` over channels and
     taps (weights ``[Kb, C, *kernel, V]``, blocked by ``V`` output channels), and ``out``
-    writes NCHW."""
+    writes NCHW, or with ``blocked`` the channel-blocked ``[N, Kb, *out, V]`` (``K``
+    a multiple of ``V``)."""
     n = int(xpad.shape[0])
     kb, c, *kernel, v = (int(d) for d in wb.shape)
     rc = te.reduce_axis((0, c), name="rc")
@@ -359,5 +411,8 @@ def float_conv_nchw(xpad: te.Tensor, wb: te.Tensor, out_channels: int, out_spati
         return te.sum(xpad[(i, rc, *pos)] * wb[(ko, rc, *taps, ki)], axis=[rc, *taps])
 
     accumulated = te.compute((n, kb, *out_spatial, 1, v), acc, name="acc")
+    if blocked:
+        return te.compute((n, kb, *out_spatial, v), lambda i, ko, *rest: accumulated[(i, ko, *rest[:-1], 0, rest[-1])],
+                          name="out")
     return te.compute((n, out_channels, *out_spatial),
                       lambda i, oc, *o: accumulated[(i, oc // v, *o, 0, oc % v)], name="out")

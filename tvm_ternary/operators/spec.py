@@ -19,7 +19,8 @@ from .. import reference
 from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_planes, pack_planes,
                        pack_planes_padded, taps_per_word, word_dtype)
 from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import (ConvGeometry, affine, fgq_correlation, layout_fgq_data, pack_data, packed_correlation,
+from .compute import (ConvGeometry, affine, fgq_correlation, layout_fgq_data, pack_blocked_data, pack_data,
+                      packed_correlation,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -80,13 +81,14 @@ class OperatorSpec:
     next_padding: tuple[int, ...] = ()
     word_bits: int = 32
     dilation: tuple[int, ...] = ()
+    blocked_output: bool = False
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                block: int = 1, epilogue: str = "int32",
                next_padding: int | Sequence[int] | None = None, word_bits: int = 32,
-               dilation: int | Sequence[int] = 1) -> "OperatorSpec":
+               dilation: int | Sequence[int] = 1, blocked_output: bool = False) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
@@ -96,7 +98,9 @@ class OperatorSpec:
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
         layer's padding; bit-packed schemes only). ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
-        ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps)."""
+        ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps). ``blocked_output``: an
+        affine conv2d writes the channel-blocked ``[N, K/V, OH, OW, V]`` of
+        :mod:`tvm_ternary.layout` (``V`` = ``block``, a divisor of ``K``) instead of NCHW."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -122,8 +126,11 @@ class OperatorSpec:
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
         word_dtype(word_bits)   # validates
+        if blocked_output and (op != "conv2d" or not epilogue.startswith("affine") or weight_shape[0] % block):
+            raise ValueError(f"{where}: a blocked output needs conv2d with an affine epilogue and output channels "
+                             f"a multiple of the block {block}")
         spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding, word_bits,
-                   dilation)
+                   dilation, blocked_output)
         if any(o < 1 for o in spec.out_shape[2:]):
             dilated = f" and dilation {dilation}" if any(d > 1 for d in dilation) else ""
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
@@ -182,16 +189,30 @@ class OperatorSpec:
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
 
     def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int,
-                                ascending: bool = False) -> tirx.PrimFunc:
+                                ascending: bool = False, input_block: int = 0) -> tirx.PrimFunc:
         """PrimFunc ``(x float32 [data_shape], thresholds float32 [num_thresholds]) -> kernel
         input``: the activation quantizer (:func:`.compute.quantize_levels`) fused with the
         data stage, for graphs whose activations arrive in float. When the thresholds are
         ``ascending`` and the quantizer's levels are the activation encoding's values, the
         planes come straight from the threshold compares (no level count in between: two
-        compares serve both ternary planes)."""
-        x = te.placeholder(self.data_shape, "float32", name="x")
+        compares serve both ternary planes). With ``input_block`` ``B`` (bit-packed schemes),
+        ``x`` arrives channel-blocked, ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`)."""
+        shape = self.data_shape
+        if input_block:
+            n, c, *spatial = self.data_shape
+            if not isinstance(self.scheme, PackedScheme) or c % input_block or self.word_bits % input_block \
+                    or self.patch_taps > 1:
+                raise ValueError(f"{self.where}: a channel-blocked input needs a bit-packed scheme in the ordinary "
+                                 f"layout, input channels a multiple of the block {input_block} and a block "
+                                 f"dividing the {self.word_bits}-bit word")
+            shape = (n, c // input_block, *spatial, input_block)
+        x = te.placeholder(shape, "float32", name="x")
         thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
-        if ascending and self._levels_are_encoding_values(lo, step, num_thresholds):
+        direct = ascending and self._levels_are_encoding_values(lo, step, num_thresholds)
+        if input_block:
+            values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE)
+            staged = pack_blocked_data(values, self.scheme, self.padding, self.word_bits, thresholds if direct else None)
+        elif direct:
             staged = self._pack(x, thresholds)
         else:
             staged = self._data_stage(quantize_levels(x, thresholds, lo, step, DATA_DTYPE))
@@ -224,6 +245,9 @@ class OperatorSpec:
     def kernel_output(self) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of what the kernel writes: the int32/float32 result, or with the
         requantize epilogue the next layer's packed planes."""
+        if self.blocked_output:
+            n, k, *spatial = self.out_shape
+            return (n, k // self.block, *spatial, self.block), "float32"
         if self.epilogue != "requantize":
             return self.out_shape, "float32" if self.epilogue.startswith("affine") else self.scheme.out_dtype
         enc = self.scheme.activation
@@ -259,7 +283,7 @@ class OperatorSpec:
                                          (1,) * len(self.stride), correction, geometry)
         if self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
-            out = affine(out, scale, bias, self.epilogue == "affine_relu")
+            out = affine(out, scale, bias, self.epilogue == "affine_relu", self.block if self.blocked_output else 0)
             weight_args += [scale, bias]
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
