@@ -56,6 +56,7 @@ class FgqKernel(ScheduleRule):
         reduce_extents = [int(iv.dom.extent) for iv in acc_iters if int(iv.iter_type) == REDUCE]
         quads = [int(iv.dom.extent) for iv in sch.get(group).iter_vars if int(iv.iter_type) == REDUCE][0]
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
+        blocked = len(sch.get_loops(out)) == 5          # a channel-blocked output: vector epilogue
         tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_PIXEL, budget, tunable)
         reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable)
         if reduce:                        # inside the innermost reduction (over groups)
@@ -77,6 +78,8 @@ class FgqKernel(ScheduleRule):
         sch.decompose_reduction(group, (outer or [loops["lane"]])[0])
         if intrinsic:                     # one dot-product instruction (pair) per quad of channels
             sch.tensorize(sch.get_loops(sch.get_sblock("group_update"))[-2], intrinsic)
+        if blocked:
+            sch.vectorize(sch.get_loops(out)[-1])
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
         return sch

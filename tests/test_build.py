@@ -76,9 +76,9 @@ def test_resnet18_every_quantized_layer_becomes_a_kernel():
 
 
 SMALL_CNNS = {   # (model, input): each kind of convolution quantize once refused
-    "grouped": (lambda: nn.Sequential(
-        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1, groups=4, bias=False),
-        nn.BatchNorm2d(32), nn.ReLU(), nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=2), nn.ReLU(),
+    "grouped": (lambda: nn.Sequential(     # 4 channels a group (patch layout), then 40 (ordinary layout)
+        nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 80, 3, padding=1, groups=4, bias=False),
+        nn.BatchNorm2d(80), nn.ReLU(), nn.Conv2d(80, 32, 3, stride=2, padding=1, groups=2), nn.ReLU(),
         nn.Flatten(), nn.Linear(512, 5)), (2, 3, 8, 8)),
     "dilated": (lambda: nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 40, 3, padding=2, dilation=2, bias=False),

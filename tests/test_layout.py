@@ -50,20 +50,22 @@ def run_prim_func(func, target, out: tuple, *arrays) -> np.ndarray:
 ], ids=["ternary", "fatnn", "w1a1", "w2a2"])
 @pytest.mark.parametrize("channels,padding,direct", [(48, 1, True), (64, 0, True), (48, 2, False)],
                          ids=["c48-p1", "c64-p0", "c48-counted-levels"])
+@pytest.mark.parametrize("float_block", [False, True], ids=["kernel-block", "float-block"])
 def test_quantize_stage_reading_blocked_input_writes_the_same_planes(target, scheme, params, channels, padding,
-                                                                    direct, rng):
+                                                                    direct, float_block, rng):
     """From a channel-blocked float input, the quantize+pack stage (compares, movemask per
     vector of channels) writes the planes the NCHW stage writes: padding in the value
-    domain, the validity plane, zero word tails (48 channels: half a 32-bit word)."""
+    domain, the validity plane, zero word tails (48 channels: half a 32-bit word); with the
+    popcount kernels' block and with the float kernel's (8 lanes on AVX2's 64-bit words)."""
     target = tvm_ternary.resolve_target(target)
     spec = make_spec("conv2d", scheme, (2, channels, 5, 7), (8, channels, 3, 3), 1, padding, target, **params)
+    b = schedules.isa_of(target).int32_lanes if float_block else spec.block
     lo, step, count = quantizer_levels(spec.scheme.activation)
     thresholds = np.sort(rng.standard_normal(count)).astype(np.float32)
     if not direct:                       # thresholds not known to ascend: the levels are counted, then packed
         thresholds = thresholds[::-1].copy()
     x = rng.standard_normal(spec.data_shape).astype(np.float32)
     x[0, :, 0, 0] = thresholds[0]        # exactly on a threshold: >= holds
-    b = spec.block
     out = spec.kernel_input_shape()
     nchw = run_prim_func(spec.quantize_data_prim_func(lo, step, count, direct), target, out, x, thresholds)
     blocked = run_prim_func(spec.quantize_data_prim_func(lo, step, count, direct, input_block=b), target, out,
@@ -96,6 +98,22 @@ def test_a_blocked_output_needs_whole_blocks():
         make_spec("conv2d", "ternary", (1, 8, 5, 5), (6, 8, 3, 3), 1, 1, target, "affine", blocked_output=True)
 
 
+def rewritten(scheme: str | None, keep_first_last: bool, width: int = 64, target=AVX2):
+    """A random ResNet-18 of ``width`` (32x32), quantized with ``scheme`` (None: float), rewritten for ``target``."""
+    torch.manual_seed(0)
+    model = randomize_batchnorm(ResNet18(num_classes=10, width=width)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    q = model if scheme is None else tvm_ternary.quantize(model, scheme, x, keep_first_last=keep_first_last)
+    return rewrite_quantized(tvm_ternary.from_torch(q, x), tvm_ternary.resolve_target(target))
+
+
+@pytest.mark.parametrize("scheme", [None, "fgq_w2a4"], ids=["float", "fgq"])
+def test_models_that_read_nothing_blocked_stay_nchw(scheme):
+    """Only a data stage that reads blocked input makes blocking worth it: a float model and
+    FGQ layers (whose data stages read NCHW) get no conversions at all."""
+    assert calls(rewritten(scheme, False, target="host"))["relax.layout_transform"] == 0
+
+
 @pytest.mark.parametrize("keep_first_last,transforms", [(False, 1), (True, 3)], ids=["all-quantized", "float-stem"])
 def test_resnet18_float_glue_runs_blocked(keep_first_last, transforms):
     """In a built ResNet-18 the residual adds, ReLUs and the max pool run on blocked tensors
@@ -103,11 +121,7 @@ def test_resnet18_float_glue_runs_blocked(keep_first_last, transforms):
     one before the classifier's pooling. With the float stem (AVX2: float block 8, popcount
     block 4), the stem's BatchNorm and ReLU run in its kernel, and the first residual add
     converts the pooled stem output to the popcount block (two transforms)."""
-    torch.manual_seed(0)
-    model = randomize_batchnorm(ResNet18(num_classes=10)).eval()
-    x = torch.randn(1, 3, 32, 32)
-    q = tvm_ternary.quantize(model, "ternary", x, keep_first_last=keep_first_last)
-    mod = rewrite_quantized(tvm_ternary.from_torch(q, x), tvm_ternary.resolve_target(AVX2))
+    mod = rewritten("ternary", keep_first_last)
     counted = calls(mod)
     assert counted["relax.layout_transform"] == transforms
     assert counted["relax.nn.batch_norm"] == 0 and counted["relax.nn.relu"] == 8       # the residual ReLUs

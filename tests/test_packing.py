@@ -123,19 +123,19 @@ def test_patch_weights_put_tap_slots_of_c_bits_into_words():
 @pytest.mark.parametrize("scheme,params", [
     ("ternary", {}), ("fatnn", {}), ("bitserial", dict(abits=2, wbits=1, activation_encoding="bipolar")),
 ], ids=["ternary", "fatnn", "bipolar"])
-@pytest.mark.parametrize("channels,kernel,stride,padding", [
-    (3, (7, 7), 2, 3), (1, (5, 3), 1, (2, 1)), (5, (3, 3), 2, 1),
-], ids=["c3-7x7-s2", "c1-5x3", "c5-3x3-s2"])
+@pytest.mark.parametrize("channels,kernel,stride,padding,dilation", [
+    (3, (7, 7), 2, 3, 1), (1, (5, 3), 1, (2, 1), 1), (5, (3, 3), 2, 1, 1), (3, (3, 3), 2, 2, (2, 3)),
+], ids=["c3-7x7-s2", "c1-5x3", "c5-3x3-s2", "c3-s2-d2x3"])
 def test_device_patches_equal_host_gather_of_padded_planes(target, scheme, params, channels, kernel, stride,
-                                                          padding, rng, request):
+                                                          padding, dilation, rng, request):
     """The data stage of a small-channel conv2d writes the patch layout: the padded planes
     (value-domain padding, validity plane) gathered tap by tap into C-bit slots."""
     shape = (2, channels, 9, 8)
     f = tvm_ternary.op("conv2d", scheme, shape, (4, channels, *kernel), stride=stride, padding=padding,
-                       target=target, **params)
+                       dilation=dilation, target=target, **params)
     assert f.spec.patch_taps == taps_per_word(channels, kernel, f.spec.word_bits) > 1
     x = f.spec.scheme.activation.sample(rng, shape)
     device = runnable(f, request).prepare(x, f.spec.scheme.weight.sample(rng, (4, channels, *kernel)))[0].numpy()
     enc = f.spec.scheme.activation
     planes = pack_planes_padded(x, enc, f.spec.padding, enc.needs_validity_plane, f.spec.word_bits)
-    np.testing.assert_array_equal(device, gather_patches(planes, channels, kernel, f.spec.stride))
+    np.testing.assert_array_equal(device, gather_patches(planes, channels, kernel, f.spec.stride, f.spec.dilation))

@@ -108,11 +108,11 @@ def test_folded_thresholds_reproduce_the_float_epilogue_for_every_accumulator(sc
     weight = np.zeros((k, *taps), np.int32)
     scale = (rng.random(k) * 0.05 + 1e-3).astype(np.float32)
     bias = (rng.standard_normal(k) * 0.3).astype(np.float32)
-    layer = Layer(None, "conv2d", None, None, np.zeros(0, np.float32), 0, 1, kernel, weight, (1, 3, 4, 4),
+    layer = Layer(None, "conv2d", None, np.zeros(0, np.float32), 0, 1, kernel, weight, (1, 3, 4, 4),
                   scale=scale, bias=bias, relu=relu)
     thresholds = np.sort(rng.standard_normal(kernel.activation.value_range[1] - kernel.activation.value_range[0])
                          ).astype(np.float32) * 0.5
-    nxt = Layer(None, "conv2d", None, None, thresholds, 0, 1, kernel, weight, (1, k, 4, 4))
+    nxt = Layer(None, "conv2d", None, thresholds, 0, 1, kernel, weight, (1, k, 4, 4))
     t = fold_thresholds(layer, nxt)
     bound = int(np.prod(taps)) * 2 * (3 if scheme[0] == "bitserial" else 1)
     y = np.arange(-bound, bound + 1)
@@ -137,6 +137,29 @@ def test_float_convolutions_get_the_register_tiled_kernel(data_shape, weight_sha
     assert calls(rewritten)["relax.nn.conv2d"] == 0 and calls(rewritten)["tir:kernel"] == 1
     with torch.no_grad():
         expected = conv(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("affine,relu", [(True, True), (True, False), (False, True)],
+                         ids=["bn-relu", "bn", "bn-without-affine-relu"])
+def test_a_float_conv_runs_its_batch_norm_and_relu_in_the_kernel(affine, relu, rng):
+    """An inference BatchNorm after a float conv (and a ReLU after it) becomes the float
+    kernel's per-channel scale and shift; without affine parameters (center and scale off)
+    only the statistics count."""
+    bn = torch.nn.BatchNorm2d(16, affine=affine)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    if affine:
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.5, 0.5)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), bn,
+                                *([torch.nn.ReLU()] if relu else []), torch.nn.Flatten()).eval()
+    x = torch.from_numpy(rng.standard_normal((1, 3, 9, 7)).astype(np.float32))
+    rewritten = rewrite_quantized(from_torch(model, x), TARGET)
+    counted = calls(rewritten)
+    assert counted["relax.nn.batch_norm"] == 0 and counted["relax.nn.relu"] == 0 and counted["tir:kernel"] == 1
+    with torch.no_grad():
+        expected = model(x).numpy()
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 

@@ -254,7 +254,7 @@ def block_channels(packed: np.ndarray, block: int, multiple: int = 1) -> np.ndar
 def taps_per_word(channels: int, kernel: Sequence[int], word_bits: int = WORD_BITS) -> int:
     """Kernel taps that share one word in the patch layout (see the module doc), or 1 when
     a conv2d with ``channels`` inputs and ``kernel`` keeps the ordinary layout (one tap per
-    word: at least half a word of channels, or a single tap)."""
+    word: more than half a word of channels, or a single tap)."""
     taps = int(np.prod(kernel, dtype=np.int64)) if len(kernel) else 1
     per_word = word_bits // channels
     return per_word if per_word >= 2 and taps >= 2 else 1

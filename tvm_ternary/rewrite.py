@@ -55,8 +55,9 @@ from .operators.spec import out_spatial
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
 
 KERNEL_ATTR = "tvm_ternary.kernel"
-"""PrimFunc attribute of the functions this pass adds: ``"<op>[<scheme>]:kernel"`` or
-``"<op>[<scheme>]:quantize"`` (the fused quantize + data stage)."""
+"""PrimFunc attribute of the functions this pass adds: ``"<op>[<scheme>]:kernel"``,
+``"<op>[<scheme>]:quantize"`` (the fused quantize + data stage), ``"<op>[<scheme>]:gather"``
+(the patch gather after a previous kernel's packed output) or ``"conv2d[float]:pad"``."""
 
 MACS_ATTR = "tvm_ternary.macs"
 """PrimFunc attribute of the conv2d/dense kernels this pass adds: multiply-accumulates per
@@ -72,7 +73,6 @@ class Layer:
     var: relax.Var                      # binding of the conv2d/matmul
     op: str                             # "conv2d" or "dense"
     quantizer_input: relax.Expr
-    quantizer_var: relax.Var            # binding of the activation quantizer
     thresholds: np.ndarray              # the activation quantizer's float32 thresholds
     lo: float
     step: float
@@ -92,6 +92,7 @@ class Layer:
     next_layer: "Layer | None" = None  # requantize straight into this layer's input
     int_thresholds: np.ndarray | None = None
     packed_input: relax.Expr | None = None
+    quantizer_var: relax.Var | None = None              # binding of the activation quantizer
 
     @property
     def end(self) -> relax.Var:
@@ -216,8 +217,8 @@ class _Matcher:
                           f"or bind them (relax.transform.BindParams)", SlowPathWarning)
             return None
         data_shape = tuple(int(d) for d in value.args[0].ty.shape)
-        layer = Layer(var, op, x, value.args[0], thresholds.astype(np.float32), float(info["lo"]),
-                      float(info["step"]), scheme, weight, data_shape)
+        layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]), scheme,
+                      weight, data_shape, quantizer_var=value.args[0])
         if op == "conv2d":
             conv = _conv_attrs(value.attrs)
             if conv is None:
@@ -356,7 +357,7 @@ def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]
     return np.sign(w).astype(np.int32), m.astype(np.float32)
 
 
-def _quantizers_of_packed_layers(graph: _Graph, layers: dict[relax.Var, Layer], target: Target) -> set[relax.Var]:
+def _quantizers_reading_blocked_input(graph: _Graph, layers: dict[relax.Var, Layer], target: Target) -> set[relax.Var]:
     """Activation quantizers whose every user is a bit-packed, ungrouped conv2d in the
     ordinary layout that quantizes its own input: their data stages can read a
     channel-blocked input (:func:`~.operators.compute.pack_blocked_data`)."""
@@ -414,7 +415,8 @@ class _Rewriter(PyExprMutator):
         self.functions: dict[tuple, relax.GlobalVar] = {}
         self.blocked: dict[relax.Var, tuple[relax.Expr, int]] = {}   # var -> its channel-blocked value, block
         self.unblocked: set[relax.Var] = set()                       # blocked vars also emitted as NCHW
-        self.blocked_quantizers = _quantizers_of_packed_layers(graph, layers, target)
+        self.blocked_quantizers = _quantizers_reading_blocked_input(graph, layers, target)
+        self.wants_blocked: dict[relax.Var, bool] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         layer = self.layers.get(binding.var)
@@ -428,35 +430,38 @@ class _Rewriter(PyExprMutator):
 
     # the channel-blocked float layout (tvm_ternary.layout)
 
-    def _takes_blocked(self, user: relax.Var | None) -> bool:
-        """Whether binding ``user`` (None: the function's output) can read a blocked operand."""
-        if user is None:
-            return False
-        if user in self.blocked_quantizers:
-            return True
-        value = self.graph.values.get(user)
+    def _is_glue(self, var: relax.Var | None) -> bool:
+        """Whether binding ``var`` is an op that runs on blocked operands as well (elementwise, NCHW max pool)."""
+        value = self.graph.values.get(var) if var is not None else None
         name = _op_name(value)
         return name in layout.ELEMENTWISE_OPS or (name == layout.POOL_OP and layout.pool_takes_blocked(value))
 
-    def _may_block(self, var: relax.Var) -> bool:
-        return all(self._takes_blocked(user) for user in self.graph.users.get(var, [None]))
+    def _wants_blocked(self, var: relax.Var) -> bool:
+        """Whether ``var``'s value is worth keeping blocked: some data stage that reads blocked
+        input consumes it, directly or through glue ops that then stay blocked. Users that
+        need NCHW get a conversion; a value nobody reads blocked is never blocked (a float
+        model, FGQ layers, patch-layout layers: no conversions at all)."""
+        if var not in self.wants_blocked:
+            self.wants_blocked[var] = any(
+                user in self.blocked_quantizers or (self._is_glue(user) and self._wants_blocked(user))
+                for user in self.graph.users.get(var, []) if user is not None)
+        return self.wants_blocked[var]
 
     def _emit_blocked_op(self, binding: relax.VarBinding) -> bool:
         """Emit an elementwise op or max pool with a blocked operand in the blocked layout, if
-        every user of its result takes that layout and every operand converts (a blocked or
-        NCHW tensor of its shape, a scalar or per-channel constant); False, nothing emitted,
-        otherwise. The result takes the block of the first blocked operand."""
+        its result is worth keeping blocked (:meth:`_wants_blocked`) and every operand
+        converts (a blocked or NCHW tensor of its shape, a scalar or per-channel constant);
+        False, nothing emitted, otherwise. The result takes the block of the first blocked
+        operand."""
         value, var = binding.value, binding.var
-        name = _op_name(value)
-        if name not in (*layout.ELEMENTWISE_OPS, layout.POOL_OP) or not self._may_block(var):
+        if not self._is_glue(var) or not self._wants_blocked(var):
             return False
+        name = _op_name(value)
         blocked = [a for a in value.args if isinstance(a, relax.Var) and a in self.blocked]
         if not blocked:
             return False
         b = self.blocked[blocked[0]][1]
         if name == layout.POOL_OP:
-            if not layout.pool_takes_blocked(value):
-                return False
             pooled = layout.blocked_max_pool(value, self._blocked_value(value.args[0], b), b)
             self.blocked[var] = (self.builder_.emit(pooled), b)
             return True
@@ -508,7 +513,7 @@ class _Rewriter(PyExprMutator):
         its BatchNorm and ReLU, writing the blocked layout when every user takes it."""
         k, c, *kernel = conv.weight.shape
         lanes = schedules.isa_of(self.target).int32_lanes
-        blocked_out = k % lanes == 0 and self._may_block(conv.end)
+        blocked_out = k % lanes == 0 and self._wants_blocked(conv.end)
         spatial = out_spatial(conv.data_shape[2:], kernel, conv.stride, conv.padding)
         x = te.placeholder(conv.data_shape, "float32", name="x")
         xpad = pad_nchw(x, conv.padding)
@@ -542,7 +547,7 @@ class _Rewriter(PyExprMutator):
         if layer.groups > 1:
             self.set_var_remap(layer.end, self._emit_grouped(layer))
             return
-        may_block = layer.op == "conv2d" and layer.next_layer is None and self._may_block(layer.end)
+        may_block = layer.op == "conv2d" and layer.next_layer is None and self._wants_blocked(layer.end)
         out, block = self._emit_kernel(layer, may_block)
         if layer.next_layer is not None:
             layer.next_layer.packed_input = out
@@ -563,10 +568,10 @@ class _Rewriter(PyExprMutator):
             cut = lambda a: None if a is None else a[channels]  # noqa: E731
             part = self.builder_.emit(relax.TupleGetItem(parts, g))
             outs.append(self._emit_kernel(Layer(
-                layer.var, layer.op, part, layer.quantizer_var, layer.thresholds, layer.lo, layer.step, layer.scheme,
+                layer.var, layer.op, part, layer.thresholds, layer.lo, layer.step, layer.scheme,
                 layer.weight[channels], (n, c // groups, *spatial), layer.stride, layer.padding, layer.dilation,
                 fgq_scales=cut(layer.fgq_scales), scale=cut(layer.scale), bias=cut(layer.bias),
-                relu=layer.relu))[0])
+                relu=layer.relu, quantizer_var=layer.quantizer_var))[0])
         return self.builder_.emit(relax.op.concat(outs, axis=1))
 
     def _emit_kernel(self, layer: Layer, may_block: bool = False) -> tuple[relax.Var, int]:

@@ -12,12 +12,15 @@ NEON, with uint16 accumulators):
 * output int32 ``[N, K, *out_spatial]`` (NCHW for conv2d)
 
 Stages (block names, which schedules refer to): ``pack`` (values -> padded planes, the
-data function), ``acc`` (the popcount reduction over kernel taps and words, one
-accumulator per popcount term) and ``out`` (combines the terms, adds fatnn's correction:
-the epilogue). With the
-requantize epilogue (:func:`requantize_pack`), ``bits``, ``chunk``, ``pack``
-and ``repad`` follow and the kernel writes the next layer's packed planes instead of int32;
-with the affine epilogue (:func:`affine`), ``affine`` writes float32.
+data function; a small-channel conv2d adds ``patches``, the gather into the patch layout,
+and its kernel is then 1x1 over ``[N, P', OH, OW, Rw]``; from a channel-blocked input the
+data function is ``bits``, ``chunk``, ``pack``, see :func:`pack_blocked_data`), ``acc``
+(the popcount reduction over kernel taps and words, one accumulator per popcount term) and
+``out`` (combines the terms, adds fatnn's correction: the epilogue). With the requantize
+epilogue (:func:`requantize_pack`), ``bits``, ``chunk``, ``pack`` and ``repad`` follow and
+the kernel writes the next layer's packed planes instead of int32; with the affine
+epilogue (:func:`affine`), ``affine`` writes float32, NCHW or channel-blocked
+``[N, K/V, *out_spatial, V]`` (:mod:`tvm_ternary.layout`).
 
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 

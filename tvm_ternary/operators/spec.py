@@ -1,7 +1,8 @@
 """One operator instance: op, scheme, shapes, stride and padding, validated.
 
-:class:`OperatorSpec` turns a request into the two TE PrimFuncs of the operator (the
-data stage, which packs values on the device, and the kernel) and prepares the host-side
+:class:`OperatorSpec` turns a request into the TE PrimFuncs of the operator (the data
+stage, which packs values on the device, or quantizes and packs them, from NCHW or
+channel-blocked input; the patch gather alone; the kernel) and prepares the host-side
 weight arguments. conv2d is rank 2 (NCHW data, OIHW weights); dense is rank 0 (``[N, K]``
 data, ``[M, K]`` weights), i.e. a 1x1 convolution without spatial axes.
 """
