@@ -82,16 +82,6 @@ def network(name: str, size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
     return model, torch.randn(1, 3, size, size, generator=generator)
 
 
-def resnet18(size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
-    """ResNet-18 and its input (:func:`network`)."""
-    return network("resnet18", size)
-
-
-def resnet50(size: int = SIZE) -> tuple[nn.Module, torch.Tensor]:
-    """ResNet-50 (bottleneck blocks) and its input (:func:`network`)."""
-    return network("resnet50", size)
-
-
 @lru_cache(maxsize=None)
 def loaded(name: str) -> tuple[nn.Module, torch.Tensor]:
     """:func:`network` at 224x224, made once per process: every precision times the same

@@ -282,6 +282,13 @@ def test_bad_requests(kwargs, error, message):
         tvm_ternary.op(**args)
 
 
+@pytest.mark.parametrize("epilogue", ["affine_add", "affine_add_relu"])
+def test_residual_epilogues_are_for_built_models(epilogue):
+    with pytest.raises(ValueError, match=rf"conv2d\[ternary\]: the '{epilogue}' epilogue adds a residual tensor "
+                                         r"inside a built model"):
+        tvm_ternary.op("conv2d", "ternary", (1, 16, 8, 8), (8, 16, 3, 3), target=AVX2, epilogue=epilogue)
+
+
 def test_dense_rejects_stride_and_mismatched_features():
     with pytest.raises(ValueError, match=r"dense\[ternary\]: dense takes no stride, padding or dilation"):
         tvm_ternary.op("dense", "ternary", (1, 16), (4, 16), stride=2)

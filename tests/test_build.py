@@ -92,6 +92,40 @@ SMALL_CNNS = {   # (model, input): each kind of convolution quantize once refuse
 }
 
 
+class LateShortcut(nn.Module):
+    """A residual block that computes its projection shortcut after the convolutions (as
+    torchvision's blocks do), then adds without a ReLU and with one."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU())
+        self.conv1, self.bn1 = nn.Conv2d(32, 48, 3, 2, 1, bias=False), nn.BatchNorm2d(48)
+        self.conv2, self.bn2 = nn.Conv2d(48, 48, 3, 1, 1, bias=False), nn.BatchNorm2d(48)
+        self.down = nn.Sequential(nn.Conv2d(32, 48, 1, 2, bias=False), nn.BatchNorm2d(48))
+        self.conv3 = nn.Conv2d(48, 48, 3, 1, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(48 * 16, 5))
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        y = torch.relu(y + self.down(x))
+        return self.head(self.conv3(y) + y)
+
+
+@pytest.mark.parametrize("scheme", ["ternary", "w1a1"])
+def test_residual_adds_run_in_kernel_epilogues_exactly(scheme):
+    """A residual add (and its ReLU) becomes part of a kernel's epilogue even when the other
+    operand is computed after the kernel's convolution; the logits stay bit-identical."""
+    torch.manual_seed(0)
+    net = randomize_batchnorm(LateShortcut()).eval()
+    x = torch.randn(2, 3, 8, 8)
+    model = quantize(net, scheme, x, keep_first_last=False)
+    mod = from_torch(model, x)
+    counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
+    assert counted["relax.add"] == 0 and counted["relax.nn.relu"] == 0
+    assert np.array_equal(run(build(mod, TARGET), x), expected(model, x))
+
+
 @pytest.mark.parametrize("scheme", ["fatnn", "w1a1", "fgq_w2a4"])
 @pytest.mark.parametrize("kind", SMALL_CNNS)
 def test_grouped_dilated_and_depthwise_models_build_exactly(kind, scheme):

@@ -30,7 +30,7 @@ from tvm.target import Target
 
 from . import schedules, tuning
 from .diagnostics import warn_if_generic_target
-from .operators.spec import OperatorSpec
+from .operators.spec import RESIDUAL_EPILOGUES, OperatorSpec
 from .schemes import Scheme, make_scheme
 from .remote import RemoteLike, RemoteModule, last_line
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
@@ -245,6 +245,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
+    if epilogue in RESIDUAL_EPILOGUES:
+        raise ValueError(f"{spec.where}: the {epilogue!r} epilogue adds a residual tensor inside a built model; "
+                         f"op() offers 'int32', 'affine', 'affine_relu' and 'requantize'")
     if remote is None:
         warn_if_generic_target(target, spec.where)
     return CompiledOperator(spec, target, remote, tuned)

@@ -13,7 +13,10 @@ which names the kernel scheme) and whose weights are constant integers. Each one
   the next quantizer fold into per-channel **integer thresholds** on the int32
   accumulator (exact: found by bisection on the very float32 operations the graph would
   run), and the kernel writes the next layer's packed input directly. Otherwise the
-  kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax.
+  kernel writes float32 (``y * scale + bias``, ReLU), and the graph goes on in Relax; a
+  conv2d without ReLU whose result then goes alone into a residual ``add`` with another
+  tensor (and a ``relu`` after it) adds that tensor in its epilogue too, and is emitted at
+  the add (the other operand may be computed after the convolution).
 
 A grouped conv2d becomes a channel split, a data stage and kernel per group (one
 function serves all groups) and a concat, with the float epilogue; a dilated one passes
@@ -93,6 +96,8 @@ class Layer:
     int_thresholds: np.ndarray | None = None
     packed_input: relax.Expr | None = None
     quantizer_var: relax.Var | None = None              # binding of the activation quantizer
+    residual: relax.Var | None = None                   # a residual add's other operand, added in the epilogue
+    residual_add: relax.Var | None = None               # ... and that add's binding
 
     @property
     def end(self) -> relax.Var:
@@ -184,6 +189,7 @@ class _Matcher:
 
     def __init__(self, mod: tvm.IRModule, graph: _Graph, target: Target):
         self.mod, self.graph, self.target = mod, graph, target
+        self.residual_adds: set[relax.Var] = set()          # adds a layer's epilogue has taken
 
     def quantizer(self, expr: relax.Expr) -> tuple | None:
         """``(input, thresholds, info)`` if ``expr`` is a var bound to an activation quantizer."""
@@ -318,6 +324,28 @@ class _Matcher:
                 layer.relu = True
             layer.chain.append(nxt)
             cur = nxt
+        if layer.op == "conv2d" and layer.groups == 1 and not layer.relu:
+            self._residual_epilogue(layer, cur)
+
+    def _residual_epilogue(self, layer: Layer, cur: relax.Var) -> None:
+        """Absorb a residual ``add`` of another tensor of the output's shape that alone
+        follows the epilogue so far, and a ``relu`` after it: the kernel adds the tensor.
+        An add of two layers' results (a projection shortcut) goes to the first one matched."""
+        nxt = self.graph.sole_user(cur)
+        value = self.graph.values.get(nxt) if nxt is not None else None
+        if _op_name(value) != "relax.add" or nxt in self.residual_adds:
+            return
+        other = [a for a in value.args if not (isinstance(a, relax.Var) and a.same_as(cur))]
+        if len(other) != 1 or not isinstance(other[0], relax.Var) or \
+                tuple(int(d) for d in other[0].ty.shape) != tuple(int(d) for d in nxt.ty.shape):
+            return
+        layer.residual, layer.residual_add = other[0], nxt
+        self.residual_adds.add(nxt)
+        layer.chain.append(nxt)
+        relu = self.graph.sole_user(nxt)
+        if relu is not None and _op_name(self.graph.values.get(relu)) == "relax.nn.relu":
+            layer.relu = True
+            layer.chain.append(relu)
 
     def requantize_target(self, layer: Layer, layers: dict[relax.Var, Layer]) -> Layer | None:
         """The next layer whose quantizer alone consumes this layer's epilogue, if folding applies."""
@@ -330,6 +358,8 @@ class _Matcher:
             return None
         if layer.groups > 1 or nxt.groups > 1:
             return None                  # grouped layers run a kernel per group, in float between them
+        if layer.residual is not None:
+            return None                  # a residual varies per element: no per-channel thresholds
         if layer.scale is not None and np.any(layer.scale <= 0):
             return None                  # decreasing in y: the kernel's thresholds count upwards
         if schedules.word_bits(self.target, layer.weight.shape) != schedules.word_bits(self.target, nxt.weight.shape):
@@ -416,12 +446,15 @@ class _Rewriter(PyExprMutator):
         self.blocked: dict[relax.Var, tuple[relax.Expr, int]] = {}   # var -> its channel-blocked value, block
         self.unblocked: set[relax.Var] = set()                       # blocked vars also emitted as NCHW
         self.blocked_quantizers = _quantizers_reading_blocked_input(graph, layers, target)
+        # a layer that adds a residual is emitted at its add: the residual may be computed after the conv
+        self.at_residual_add = {layer.residual_add: layer for layer in layers.values() if layer.residual is not None}
         self.wants_blocked: dict[relax.Var, bool] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        layer = self.layers.get(binding.var)
+        layer = self.at_residual_add.get(binding.var) or self.layers.get(binding.var)
         if layer is not None:
-            self._emit_layer(layer)
+            if layer.residual is None or binding.var.same_as(layer.residual_add):
+                self._emit_layer(layer)
         elif binding.var in self.float_convs:
             self._emit_float_conv(self.float_convs[binding.var])
         elif binding.var not in self.absorbed and not self._emit_blocked_op(binding):
@@ -578,7 +611,10 @@ class _Rewriter(PyExprMutator):
         """The layer's data stage (unless a previous kernel handed over its packed input) and
         kernel; returns the kernel's output and, if it writes the blocked layout (allowed by
         ``may_block``, for output channels a multiple of the kernel's block), the block, else 0."""
-        epilogue = "requantize" if layer.next_layer is not None else ("affine_relu" if layer.relu else "affine")
+        if layer.next_layer is not None:
+            epilogue = "requantize"
+        else:
+            epilogue = ("affine_add" if layer.residual is not None else "affine") + ("_relu" if layer.relu else "")
         request = (layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
                    layer.padding or 0, self.target, epilogue,
                    None if layer.next_layer is None else (layer.next_layer.padding or 0))
@@ -611,8 +647,11 @@ class _Rewriter(PyExprMutator):
         kernel = self._add(spec.kernel_prim_func, name, spec.where + ":kernel", ("kernel", spec),
                            int(np.prod(spec.out_shape)) * int(np.prod(spec.weight_shape[1:])))
         out_shape, out_dtype = spec.kernel_output()
-        out = self.builder_.emit(relax.call_tir(kernel, [data, *(relax.const(a) for a in args)],
-                                                relax.TensorType(out_shape, out_dtype)))
+        inputs = [data, *(relax.const(a) for a in args)]
+        if layer.residual is not None:   # in the layout the kernel writes
+            inputs.append(self._blocked_value(layer.residual, spec.block) if spec.blocked_output
+                          else self._visit_nchw(layer.residual))
+        out = self.builder_.emit(relax.call_tir(kernel, inputs, relax.TensorType(out_shape, out_dtype)))
         return out, spec.block if spec.blocked_output else 0
 
 

@@ -170,25 +170,29 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
-def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: int = 0) -> te.Tensor:
+def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: int = 0,
+           residual: te.Tensor | None = None) -> te.Tensor:
     """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
-    the dequantization scale, the layer's bias), then ``max(., 0)`` with ``relu``
-    (stage ``affine``; float32, the shape of ``y`` ``[N, K, *o]``, or with ``block`` ``B``
-    the channel-blocked ``[N, K/B, *o, B]`` of :mod:`tvm_ternary.layout`).
+    the dequantization scale, the layer's bias), plus ``residual`` (a residual add's other
+    operand, in the output's layout), then ``max(., 0)`` with ``relu`` (stage ``affine``;
+    float32, the shape of ``y`` ``[N, K, *o]``, or with ``block`` ``B`` the channel-blocked
+    ``[N, K/B, *o, B]`` of :mod:`tvm_ternary.layout`).
 
     The product is rounded before the sum, as PyTorch and Relax's separate multiply and
     add do: an arithmetic fence keeps LLVM (which TVM lets contract freely) from fusing
     them into one FMA, whose single rounding would differ in the last bit."""
-    def value(i, oc, *o):
+    def value(index, i, oc, *o):
         product = y[(i, oc, *o)].astype("float32") * scale[oc]
         v = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product) + bias[oc]
+        if residual is not None:
+            v = v + residual[index]
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
 
     if not block:
-        return te.compute(y.shape, value, name="affine")
+        return te.compute(y.shape, lambda *index: value(index, *index), name="affine")
     n, k, *o = (int(d) for d in y.shape)
-    return te.compute((n, k // block, *o, block), lambda i, kb, *rest: value(i, kb * block + rest[-1], *rest[:-1]),
-                      name="affine")
+    return te.compute((n, k // block, *o, block),
+                      lambda i, kb, *rest: value((i, kb, *rest), i, kb * block + rest[-1], *rest[:-1]), name="affine")
 
 
 UNROLLED_THRESHOLDS = 16

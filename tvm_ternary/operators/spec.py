@@ -30,7 +30,10 @@ OPERATORS = {"conv2d": 2, "dense": 0}
 DATA_DTYPE = "int32"
 """dtype of the value tensors the data stage reads."""
 
-EPILOGUES = ("int32", "affine", "affine_relu", "requantize")
+EPILOGUES = ("int32", "affine", "affine_relu", "affine_add", "affine_add_relu", "requantize")
+RESIDUAL_EPILOGUES = ("affine_add", "affine_add_relu")
+"""Epilogues that add a residual tensor (the kernel's last input, in its output's layout)
+before the optional ReLU: what a built model fuses; :func:`tvm_ternary.op` does not offer them."""
 
 
 def out_spatial(sizes: Sequence[int], kernel: Sequence[int], stride: Sequence[int],
@@ -95,7 +98,8 @@ class OperatorSpec:
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
         schemes), a property of the target's schedule rather than of the request.
         ``epilogue`` is ``"int32"`` (the integer result, NCHW), ``"affine"``/``"affine_relu"``
-        (float32 ``y * scale[k] + bias[k]``, then ReLU) or ``"requantize"`` (per-channel
+        (float32 ``y * scale[k] + bias[k]``, then ReLU), ``"affine_add"``/``"affine_add_relu"``
+        (the same plus a residual tensor, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
         layer's padding; bit-packed schemes only). ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
@@ -284,8 +288,12 @@ class OperatorSpec:
                                          (1,) * len(self.stride), correction, geometry)
         if self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
-            out = affine(out, scale, bias, self.epilogue == "affine_relu", self.block if self.blocked_output else 0)
-            weight_args += [scale, bias]
+            residual = None
+            if self.epilogue in RESIDUAL_EPILOGUES:
+                residual = te.placeholder(self.kernel_output()[0], "float32", name="residual")
+            out = affine(out, scale, bias, self.epilogue.endswith("_relu"), self.block if self.blocked_output else 0,
+                         residual)
+            weight_args += [scale, bias] + ([residual] if residual is not None else [])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
             out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block,
