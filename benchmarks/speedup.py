@@ -84,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scope", choices=["layers", "model", "all"], default=None,
                    help="the layers, the networks of --models end to end at 224x224 (model), or both "
                         "(default: all; with --rpc: layers)")
-    p.add_argument("--models", default="resnet18",
+    p.add_argument("--models", default=None,
                    help=f"comma list of networks that --scope model/all times end to end, from {list(NETWORKS)} "
                         f"(default: resnet18; resnet50, with 1x1 bottleneck convolutions, makes the run longer)")
     p.add_argument("--threads", default="1,all",
@@ -112,7 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown precisions {unknown}; choose from {PRECISIONS}")
     args.scope = args.scope or ("layers" if args.rpc else "all")
-    args.models = list(dict.fromkeys(args.models.split(",")))
+    if args.models is not None and args.scope == "layers":
+        p.error("--models chooses the networks of --scope model/all; --scope layers times no network")
+    args.models = list(dict.fromkeys((args.models or "resnet18").split(",")))
     unknown = sorted(set(args.models) - set(NETWORKS))
     if unknown:
         p.error(f"unknown models {unknown}; choose from {list(NETWORKS)}")

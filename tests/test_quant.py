@@ -213,7 +213,9 @@ def test_grouped_and_dilated_convolutions_quantize_with_their_geometry(groups, d
     h = q[0](x)
     levels = torch.ops.tvm_ternary.quantize(h, layer.thresholds, float(layer.act.lo), float(layer.act.step),
                                             layer.scheme)
-    expected = nn.functional.conv2d(levels, layer.w_int, None, 1, 2, dilation, groups) * layer.alpha + layer.beta
+    conv = net[1]                        # the float layer's own geometry, not the copies the layer keeps
+    expected = nn.functional.conv2d(levels, layer.w_int, None, conv.stride, conv.padding, conv.dilation,
+                                    conv.groups) * layer.alpha + layer.beta
     torch.testing.assert_close(layer(h), expected, rtol=0, atol=0)
 
 
