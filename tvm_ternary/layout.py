@@ -7,9 +7,9 @@ A float activation that our conv2d kernels write and a model's elementwise glue 
 (one vector of lanes). The kernel then stores whole vectors (in NCHW each vector of
 channels is scattered over ``B`` planes), the glue runs on contiguous vectors, and the next
 layer's quantize+pack stage reads a pixel's channels contiguously. The rewrite
-(:mod:`tvm_ternary.rewrite`) keeps a tensor blocked only where every user takes that form,
-and converts back to NCHW (:func:`unblock`) where one does not (the classifier's pooling,
-the model's output).
+(:mod:`tvm_ternary.rewrite`) keeps a tensor blocked only where such a data stage consumes
+it, directly or through glue that stays blocked, and converts back to NCHW
+(:func:`unblock`) for a user that needs NCHW (the classifier's pooling, the model's output).
 """
 
 from __future__ import annotations

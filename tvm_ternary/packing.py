@@ -45,8 +45,9 @@ instead: ``T = taps_per_word(C, ...) = word_bits // C`` taps share a word, tap
 every plane (like tail bits). Activations ``[N, P, OH, OW, Rw]`` (``Rw = ceil(KH*KW / T)``)
 are gathered on the device from the ordinary padded planes by :func:`gather_patches_te`,
 so padded taps keep their encoding's pad bits; weights ``[K, P, 1, 1, Rw]`` come from
-:func:`pack_patch_planes`. The kernel is then a 1x1 convolution over ``Rw`` words. Kernels read weights
-blocked by ``V`` output channels (:func:`block_channels`):
+:func:`pack_patch_planes`. The kernel is then a 1x1 convolution over ``Rw`` words.
+
+Kernels read weights blocked by ``V`` output channels (:func:`block_channels`):
 ``[ceil(K/V), P, *kernel, Cw, V]``, so one vector load gives ``V`` channels' words; ``V``
 is the target's vector width in words (1 = unblocked) and padded channels are zero. Weights are packed on
 the host by :func:`pack_planes` (once, at compile time in a graph); activations on the
@@ -197,23 +198,34 @@ def pack_planes_te(x: te.Tensor, encoding: "Encoding", padding: Sequence[int] = 
             row, phase, column = pos
             pos = [row, column * column_phases + phase]
         src = [q - p for q, p in zip(pos, padding)]
-        inside = within_bounds(src, spatial) if src else None
-        if thresholds is None:
-            value = encoding.plane_bit_te(x[(i, element, *src)].astype("int32"), plane)
-        else:
-            value = encoding.plane_bit_of_levels(
-                [x[(i, element, *src)] >= thresholds[j] for j in range(int(thresholds.shape[0]))], plane)
-        if validity:
-            value = tirx.if_then_else(plane == stored, 1, value)
-        if inside is None:
+        value = element_bit_te(encoding, x[(i, element, *src)], plane, validity, thresholds)
+        if not src:
             return value
-        pad = tirx.const(0, "int32")
-        for p in range(stored):
-            if encoding.pad_bit(p):
-                pad = tirx.if_then_else(plane == p, 1, pad)
-        return tirx.if_then_else(inside, value, pad)
+        return tirx.if_then_else(within_bounds(src, spatial), value, padding_bit_te(encoding, plane))
 
     return pack_words_te(shape, c, bit, name, word_bits)
+
+
+def element_bit_te(encoding: "Encoding", value: PrimExpr, plane: PrimExpr, validity: bool,
+                   thresholds: te.Tensor | None = None) -> PrimExpr:
+    """TE expression: plane ``plane``'s bit of an existing element, ``value`` being its level
+    or, with ``thresholds`` (``[L]``, ascending), the float its quantizer compares; with
+    ``validity``, the validity plane (index ``encoding.num_planes``) is 1."""
+    if thresholds is None:
+        bit = encoding.plane_bit_te(value.astype("int32"), plane)
+    else:
+        bit = encoding.plane_bit_of_levels([value >= thresholds[j] for j in range(int(thresholds.shape[0]))], plane)
+    return tirx.if_then_else(plane == encoding.num_planes, 1, bit) if validity else bit
+
+
+def padding_bit_te(encoding: "Encoding", plane: PrimExpr) -> PrimExpr:
+    """TE expression: plane ``plane``'s bit of a padded tap, the encoding's
+    :meth:`~tvm_ternary.encodings.Encoding.pad_bit` (0 in the validity plane)."""
+    pad = tirx.const(0, "int32")
+    for p in range(encoding.num_planes):
+        if encoding.pad_bit(p):
+            pad = tirx.if_then_else(plane == p, 1, pad)
+    return pad
 
 
 def pack_planes_padded(values: np.ndarray, encoding: "Encoding", padding: Sequence[int] = (),

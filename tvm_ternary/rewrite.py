@@ -26,10 +26,11 @@ register-tiled float kernel (:func:`~.operators.compute.float_conv_nchw`), with 
 ``batch_norm`` (constant parameters) and ``relu`` after it in its epilogue. Everything else
 is left to Relax.
 
-Float results stay channel-blocked (:mod:`tvm_ternary.layout`) where every user takes that
-layout: affine conv2d kernels and the float conv kernel write it, residual adds, ReLUs,
-per-channel multiply/add and max pool run on it, and the next layer's data stage reads it;
-a conversion to NCHW is emitted before the first user that needs NCHW.
+Float results stay channel-blocked (:mod:`tvm_ternary.layout`) where a data stage that
+reads that layout consumes them, directly or through glue that stays blocked: affine
+conv2d kernels and the float conv kernel write it, residual adds, ReLUs, per-channel
+multiply/add and max pool run on it, and the next layer's data stage reads it; a
+conversion to NCHW is emitted before the first user that needs NCHW.
 A conv2d/matmul after an activation quantizer whose weights or thresholds are not
 constants (parameters kept as function inputs) stays in Relax too, where it still computes
 the right values, with a :class:`~tvm_ternary.diagnostics.SlowPathWarning` naming it.
@@ -271,10 +272,15 @@ class _Matcher:
         scale = gamma / np.sqrt(variance.astype(np.float64) + float(value.attrs.epsilon))
         conv.scale, conv.shift = scale.astype(np.float32), (beta - mean.astype(np.float64) * scale).astype(np.float32)
         conv.chain = [bn, item]
-        relu = self.graph.sole_user(item)
-        if relu is not None and _op_name(self.graph.values.get(relu)) == "relax.nn.relu":
+        relu = self._relu_after(item)
+        if relu is not None:
             conv.relu = True
             conv.chain.append(relu)
+
+    def _relu_after(self, var: relax.Var) -> relax.Var | None:
+        """The ``relu`` binding that alone consumes ``var``, if any."""
+        user = self.graph.sole_user(var)
+        return user if user is not None and _op_name(self.graph.values.get(user)) == "relax.nn.relu" else None
 
     def _weight(self, op: str, value: relax.Call) -> np.ndarray | None:
         w = value.args[1]
@@ -342,8 +348,8 @@ class _Matcher:
         layer.residual, layer.residual_add = other[0], nxt
         self.residual_adds.add(nxt)
         layer.chain.append(nxt)
-        relu = self.graph.sole_user(nxt)
-        if relu is not None and _op_name(self.graph.values.get(relu)) == "relax.nn.relu":
+        relu = self._relu_after(nxt)
+        if relu is not None:
             layer.relu = True
             layer.chain.append(relu)
 
@@ -446,15 +452,17 @@ class _Rewriter(PyExprMutator):
         self.blocked: dict[relax.Var, tuple[relax.Expr, int]] = {}   # var -> its channel-blocked value, block
         self.unblocked: set[relax.Var] = set()                       # blocked vars also emitted as NCHW
         self.blocked_quantizers = _quantizers_reading_blocked_input(graph, layers, target)
-        # a layer that adds a residual is emitted at its add: the residual may be computed after the conv
-        self.at_residual_add = {layer.residual_add: layer for layer in layers.values() if layer.residual is not None}
+        # where each layer is emitted: at its conv2d/matmul, or at the residual add it takes
+        # (the add's other operand may be computed after the convolution)
+        self.emitted_at = {layer.var if layer.residual_add is None else layer.residual_add: layer
+                           for layer in layers.values()}
         self.wants_blocked: dict[relax.Var, bool] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
-        layer = self.at_residual_add.get(binding.var) or self.layers.get(binding.var)
-        if layer is not None:
-            if layer.residual is None or binding.var.same_as(layer.residual_add):
-                self._emit_layer(layer)
+        if binding.var in self.emitted_at:
+            self._emit_layer(self.emitted_at[binding.var])
+        elif binding.var in self.layers:
+            pass                         # emitted at its residual add
         elif binding.var in self.float_convs:
             self._emit_float_conv(self.float_convs[binding.var])
         elif binding.var not in self.absorbed and not self._emit_blocked_op(binding):
@@ -543,7 +551,7 @@ class _Rewriter(PyExprMutator):
 
     def _emit_float_conv(self, conv: FloatConv) -> None:
         """Pad on the device, then the register-tiled float kernel (weights blocked here) with
-        its BatchNorm and ReLU, writing the blocked layout when every user takes it."""
+        its BatchNorm and ReLU, writing the blocked layout when that pays (:meth:`_wants_blocked`)."""
         k, c, *kernel = conv.weight.shape
         lanes = schedules.isa_of(self.target).int32_lanes
         blocked_out = k % lanes == 0 and self._wants_blocked(conv.end)

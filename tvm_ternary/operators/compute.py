@@ -42,8 +42,8 @@ import numpy as np
 from tvm.ir import Expr as PrimExpr
 from tvm import te, tirx
 
-from ..packing import (WORD_BITS, WORD_DTYPE, num_words, pack_planes_te, valid_word_te, within_bounds,
-                       word_dtype)
+from ..packing import (WORD_BITS, WORD_DTYPE, element_bit_te, num_words, pack_planes_te, padding_bit_te,
+                       valid_word_te, within_bounds, word_dtype)
 from ..encodings import Encoding
 from ..schemes import FgqScheme, PackedScheme
 
@@ -119,7 +119,9 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     sum over kernel taps and words of each popcount term (split accumulators, ``G`` = number
     of terms) or, for schemes with more than :data:`MAX_SPLIT_TERMS` terms, of their
     weighted sum (``G`` = 1). ``wp`` is blocked by ``V`` output channels:
-    ``[Kb, Pw, *kernel, Cw, V]``.
+    ``[Kb, Pw, *kernel, Cw, V]``. ``stride`` and ``dilation`` (default 1) place the taps
+    of ``wp``'s kernel on ``xp``: for the patch layout, a 1x1 kernel with unit stride,
+    while ``geometry`` keeps the convolution's own.
 
     ``out`` ``[N, K, *out_spatial]`` int32: the terms combined with their coefficients, plus
     ``correction[k]`` when given, plus the scheme's valid-tap term (input channels times
@@ -263,18 +265,8 @@ def pack_blocked_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int]
         src = [q - p for q, p in zip(pos, padding)]
         clamped = [tirx.min(tirx.max(s_, 0), size - 1) for s_, size in zip(src, spatial)]   # loads stay in bounds
         x_value = x[(i, tirx.min(ch // lanes, blocks - 1), *clamped, ch % lanes)]
-        if thresholds is None:
-            value = enc.plane_bit_te(x_value.astype("int32"), plane)
-        else:
-            value = enc.plane_bit_of_levels([x_value >= thresholds[j] for j in range(int(thresholds.shape[0]))],
-                                            plane)
-        if validity:
-            value = tirx.if_then_else(plane == stored, 1, value)
-        pad = tirx.const(0, "int32")
-        for p in range(stored):
-            if enc.pad_bit(p):
-                pad = tirx.if_then_else(plane == p, 1, pad)
-        value = tirx.Select(within_bounds(src, spatial), value, pad)
+        value = tirx.Select(within_bounds(src, spatial), element_bit_te(enc, x_value, plane, validity, thresholds),
+                            padding_bit_te(enc, plane))
         return tirx.Select(ch < channels, value, 0)
 
     bits = te.compute((n, stored + int(validity), *padded, num_words(channels, word_bits) * word_bits), bit,

@@ -227,11 +227,8 @@ class OperatorSpec:
         """PrimFunc ``(padded planes [N, P', H + 2 pad, W + 2 pad, 1]) -> patches``: the patch
         gather alone, for a patch-layout layer whose input a previous kernel's requantize
         epilogue packed (ordinary layout, this layer's padding)."""
-        enc = self.scheme.activation
-        n, _, *spatial = self.data_shape
-        shape = (n, enc.num_planes + int(enc.needs_validity_plane), *(s + 2 * p for s, p in zip(spatial, self.padding)),
-                 num_words(self.data_shape[1], self.word_bits))
-        planes = te.placeholder(shape, word_dtype(self.word_bits), name="planes")
+        padded = pack_data(te.placeholder(self.data_shape, DATA_DTYPE), self.scheme, self.padding, self.word_bits)
+        planes = te.placeholder(padded.shape, padded.dtype, name="planes")
         patches = gather_patches_te(planes, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:],
                                     self.dilation)
         return te.create_prim_func([planes, patches]).with_attr("global_symbol", self.symbol + "_gather")
@@ -280,12 +277,10 @@ class OperatorSpec:
             correction = weight_args[1] if len(weight_args) > 1 else None
             geometry = ConvGeometry(self.data_shape[1], self.weight_shape[2:], self.stride, self.padding,
                                     self.data_shape[2:], self.dilation)
-            if self.patch_taps == 1:
-                out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
-                                         self.stride, correction, geometry, self.dilation)
-            else:                                       # patches: a 1x1 kernel
-                out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
-                                         (1,) * len(self.stride), correction, geometry)
+            ordinary = self.patch_taps == 1                 # else patches: a 1x1 kernel with unit stride
+            out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
+                                     self.stride if ordinary else (1,) * len(self.stride), correction, geometry,
+                                     self.dilation if ordinary else ())
         if self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
             residual = None
