@@ -16,6 +16,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .data import ActivationPack
+from .dot import DotKernel
 from .fgq import FgqKernel
 from .generic import GenericCPU
 from .isa import Isa, isa_of, kernel_isa
@@ -26,14 +27,14 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if target.kind.name != "llvm":
         raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
-    return [PopcountKernel(), FgqKernel(), ActivationPack(), GenericCPU()]
+    return [PopcountKernel(), FgqKernel(), DotKernel(), ActivationPack(), GenericCPU()]
 
 
 def weight_block(target: Target, scheme: str = "ternary", weight_shape: Sequence[int] = ()) -> int:
     """Output-channel block ``V`` of the kernels' weight layout for ``target``: one vector
     of words (popcount schemes; ``weight_shape`` decides whether 16-bit words fit) or of
-    32-bit lanes (``fgq``)."""
-    if scheme == "fgq":
+    32-bit lanes (the byte schemes ``fgq`` and ``int8``)."""
+    if scheme in ("fgq", "int8"):
         return isa_of(target).int32_lanes
     return kernel_isa(target, weight_shape).lanes
 
@@ -43,7 +44,7 @@ def word_bits(target: Target, weight_shape: Sequence[int] = ()) -> int:
     return kernel_isa(target, weight_shape).word_bits
 
 
-TUNABLE_RULES = (PopcountKernel, FgqKernel)
+TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel)
 """Rules whose knobs MetaSchedule searches (the kernels); data stages keep their fixed schedule."""
 
 
@@ -53,7 +54,7 @@ def schedule_in_place(sch: s_tir.Schedule, target: Target, tunable: bool = True)
     for rule in TUNABLE_RULES:
         if rule().schedule(sch, target, tunable) is not None:
             return
-    raise ValueError("schedules: no tunable rule applies (tuning covers the popcount and FGQ kernels)")
+    raise ValueError("schedules: no tunable rule applies (tuning covers the popcount, FGQ and int8 kernels)")
 
 
 def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
@@ -66,4 +67,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]
+__all__ = ["ActivationPack", "DotKernel", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]

@@ -95,11 +95,11 @@ def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel,
     return reduce
 
 
-def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1):
+def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1, reduction="acc"):
     """Tile an NCHW output (loops ``n, ko, oh, ow, ki``) by ``channel_blocks`` blocks of output
     channels and a pixel run of its rows, so that ``blocks x tile x per_pixel`` accumulators
-    fit the register budget, and compute ``acc`` there. Returns the tile's names and the
-    fused parallel loop."""
+    fit the register budget, and compute the ``reduction`` block there. Returns the tile's
+    names and the fused parallel loop."""
     groups = per_pixel * channel_blocks
     oh, ow = spatial
     width = int(sch.get(ow).extent)
@@ -110,7 +110,7 @@ def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_block
     owo, owi = sch.split(ow, factors)
     koo, koi = sch.split(ko, [None, channel_blocks])
     sch.reorder(n, koo, oh, owo, koi, owi, ki)
-    sch.compute_at(sch.get_sblock("acc"), owo)
+    sch.compute_at(sch.get_sblock(reduction), owo)
     tile = int(sch.get(owi).extent)
     fused = 3 if not tunable else 2 + int(sch.get(sch.sample_categorical([0, 1], [0.3, 0.7])))
     parallel = sch.fuse(n, koo, oh) if fused == 3 else sch.fuse(n, koo)
@@ -127,9 +127,10 @@ def batch_tile(batch: int, per_row: int, budget: int) -> int:
     return max(d for d in divisors(batch) if d <= MAX_BATCH_TILE and d * per_row <= budget)
 
 
-def tile_dense(sch, n, ko, ki, groups, budget, tunable):
+def tile_dense(sch, n, ko, ki, groups, budget, tunable, reduction="acc"):
     """Tile a dense output (loops ``n, ko, ki``) by batch rows and output-channel blocks that
-    fit ``groups`` accumulators each in the register budget, and compute ``acc`` there."""
+    fit ``groups`` accumulators each in the register budget, and compute the ``reduction``
+    block there."""
     batch, blocks = int(sch.get(n).extent), int(sch.get(ko).extent)
     if tunable:
         nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=MAX_BATCH_TILE)
@@ -141,22 +142,22 @@ def tile_dense(sch, n, ko, ki, groups, budget, tunable):
     no, ni = sch.split(n, nf)
     kso, ksi = sch.split(ko, kf)
     sch.reorder(kso, no, ni, ksi, ki)
-    sch.compute_at(sch.get_sblock("acc"), no)
+    sch.compute_at(sch.get_sblock(reduction), no)
     tile = [("batch", int(sch.get(ni).extent)), ("block", int(sch.get(ksi).extent))]
     return tile, sch.fuse(kso, no)
 
 
-def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1):
+def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1, reduction="acc"):
     """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes``, or take its
     channel blocks (a blocked conv2d output ``[N, K/lanes, OH, OW, lanes]``), and tile it
-    (:func:`tile_conv` with ``channel_blocks``, or :func:`tile_dense`); returns the tile's
-    names and the parallel loop."""
+    (:func:`tile_conv` with ``channel_blocks``, or :func:`tile_dense`), computing the
+    ``reduction`` block in the tile; returns the tile's names and the parallel loop."""
     loops = sch.get_loops(out)
     if len(loops) == 5:                 # blocked NCHW{lanes}c
         n, ko, *spatial, ki = loops
-        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks)
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction)
     n, k, *spatial = loops
     ko, ki = sch.split(k, [None, lanes])
     if spatial:
-        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks)
-    return tile_dense(sch, n, ko, ki, per_item, budget, tunable)
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction)
+    return tile_dense(sch, n, ko, ki, per_item, budget, tunable, reduction)

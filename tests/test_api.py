@@ -17,13 +17,13 @@ from .conftest import AVX2, AVX512, RASP4, host_isa
 
 TARGETS = [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512"), pytest.param(RASP4, id="rasp4")]
 X86_INSTRUCTIONS = {
-    "avx2": {"popcount": [("vpshufb",), ("vpsadbw",)], "fgq": [("vpmaddubsw",), ("vpmaddwd",)],
+    "avx2": {"popcount": [("vpshufb",), ("vpsadbw",)], "bytes": [("vpmaddubsw",), ("vpmaddwd",)],
              "requantize": [("vmovmskps",)]},
-    "avx512": {"popcount": [("vpopcntd", "vpopcntq")], "fgq": [("vpdpbusd",)],
+    "avx512": {"popcount": [("vpopcntd", "vpopcntq")], "bytes": [("vpdpbusd",)],
                "requantize": [("kmovw", "kmovd")]},
 }
-"""Per x86 ISA, the instructions a kernel must use: the vector popcount, or FGQ's byte dot
-product (the AVX512 target is Zen 4, which has VNNI), and the requantize epilogue's movemask
+"""Per x86 ISA, the instructions a kernel must use: the vector popcount, or the byte dot
+product of fgq and int8 (the AVX512 target is Zen 4, which has VNNI), and the requantize epilogue's movemask
 (on AVX-512 compares into k registers read by ``kmovw``, or ``kmovd`` where LLVM joins two
 16-bit masks first). Each tuple lists alternatives, one of which must occur."""
 RELU = ("vmaxss", "vmaxps")
@@ -40,9 +40,10 @@ SCHEMES = [
     ("bitserial", dict(abits=1, wbits=8)),
     ("fgq", dict(group_size=4, abits=4)),
     ("fgq", dict(group_size=64, abits=8)),
+    ("int8", dict(activation_encoding="signed")),   # stored with an offset: padding is not byte 0
 ]
 SCHEME_IDS = ["ternary", "fatnn", "w1a1bb", "w2a2uu", "a3u-w1b", "a2b-w3u", "a8b-w8b", "a1u-w8u",
-              "fgq-g4a4", "fgq-g64a8"]
+              "fgq-g4a4", "fgq-g64a8", "int8-signed"]
 
 CONV_SHAPES = [  # data (N, C, H, W), weight (K, C, KH, KW), stride, padding
     ((1, 3, 11, 13), (5, 3, 7, 7), 2, 3),      # stem-like: C=3, 7x7, stride 2, pad 3, odd H/W
@@ -60,7 +61,7 @@ def kernel_instructions(f: tvm_ternary.CompiledOperator) -> list[tuple[str, ...]
     """What ``f``'s x86 kernel must use (:data:`X86_INSTRUCTIONS`, :data:`RELU`), for its
     target's ISA, scheme and epilogue; each tuple lists alternatives."""
     table = X86_INSTRUCTIONS[schedules.isa_of(f.target).name]
-    needed = list(table["fgq" if f.spec.scheme.name == "fgq" else "popcount"])
+    needed = list(table["bytes" if f.spec.scheme.name in ("fgq", "int8") else "popcount"])
     if f.spec.epilogue == "requantize":
         needed += table["requantize"]
     if f.spec.epilogue == "affine_relu":
@@ -150,7 +151,8 @@ def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng, requ
     (AVX512, "ternary", {}, "requantize", dict(epilogue="int32"), "kmovw/kmovd"),
     (AVX512, "fatnn", {}, "affine_relu", dict(epilogue="affine"), "vmaxss/vmaxps"),
     (AVX2, "fgq", dict(group_size=4, abits=4), "int32", dict(target=AVX512), "vpmaddubsw, vpmaddwd"),
-], ids=["avx512-popcount", "avx512-vnni", "avx512-movemask", "relu", "avx2-fgq"])
+    (AVX512, "int8", {}, "int32", dict(target=AVX2), "vpdpbusd"),
+], ids=["avx512-popcount", "avx512-vnni", "avx512-movemask", "relu", "avx2-fgq", "avx512-int8"])
 def test_assembly_check_fails_without_the_kernel_instructions(target, scheme, params, epilogue, asm_of, missing,
                                                               monkeypatch):
     """The check that stands in for a run where the host cannot run a kernel can fail: given
@@ -379,7 +381,8 @@ def test_requantize_errors():
     ("affine", "conv2d", "ternary", {}), ("affine_relu", "conv2d", "fatnn", {}),
     ("affine_relu", "dense", "bitserial", dict(abits=2, wbits=2)),
     ("affine_relu", "conv2d", "fgq", dict(group_size=4, abits=4)),
-], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu", "conv-fgq-relu"])
+    ("affine_relu", "dense", "int8", {}),
+], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu", "conv-fgq-relu", "dense-int8-relu"])
 def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
     f = runnable(tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,

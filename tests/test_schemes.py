@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tvm_ternary.schemes import BitSerialScheme, FatnnScheme, FgqScheme, TernaryScheme, make_scheme
+from tvm_ternary.schemes import BitSerialScheme, FatnnScheme, FgqScheme, Int8Scheme, TernaryScheme, make_scheme
 
 
 def test_defaults_and_labels():
@@ -14,6 +14,8 @@ def test_defaults_and_labels():
     bnn = make_scheme("dense", "bitserial", abits=1, wbits=1, activation_encoding="bipolar",
                       weight_encoding="bipolar")
     assert bnn.label() == "bitserial(a1b,w1b)"
+    assert make_scheme("conv2d", "int8") == Int8Scheme("unsigned")
+    assert make_scheme("conv2d", "int8", activation_encoding="signed").label() == "int8(a7s)"
 
 
 @pytest.mark.parametrize("scheme,params,error,message", [
@@ -26,6 +28,9 @@ def test_defaults_and_labels():
     ("fgq", dict(group_size=8), ValueError, r"conv2d\[fgq\]: group_size must be in \{4, 64\}, got 8"),
     ("fgq", dict(abits=2), ValueError, r"conv2d\[fgq\]: abits must be in \{4, 8\}, got 2"),
     ("ternary", dict(abits=2), ValueError, r"conv2d\[ternary\]: parameter\(s\) \['abits'\] do not apply"),
+    ("int8", dict(activation_encoding="bipolar"), ValueError,
+     r"conv2d\[int8\]: activation_encoding must be one of \('unsigned', 'signed'\)"),
+    ("int8", dict(abits=8), ValueError, r"conv2d\[int8\]: parameter\(s\) \['abits'\] do not apply"),
 ])
 def test_bad_scheme_parameters(scheme, params, error, message):
     with pytest.raises(error, match=message):
@@ -40,6 +45,9 @@ def test_bad_scheme_parameters(scheme, params, error, message):
      r"weight values must be in odd integers in \[-1, 1\]"),
     ("fgq", dict(abits=4), "data", [16], r"dense\[fgq\(g64,a4\)\]: data values must be in integers 0\.\.15"),
     ("ternary", {}, "data", [0.5], r"data values must be integers in \{-1, 0, 1\}"),
+    ("int8", {}, "data", [128], r"dense\[int8\(a7u\)\]: data values must be in integers 0\.\.127"),
+    ("int8", dict(activation_encoding="signed"), "data", [64], r"data values must be in integers -64\.\.63"),
+    ("int8", {}, "weight", [-129], r"weight values must be in integers -128\.\.127 \(8-bit signed\)"),
 ])
 def test_values_outside_the_set(scheme, params, role, values, message):
     s = make_scheme("dense", scheme, **params)
@@ -67,3 +75,13 @@ def test_fatnn_correction_is_weight_sum_per_output_channel():
 def test_fgq_groups():
     assert FgqScheme(group_size=4).num_groups(130) == 33
     assert FgqScheme(group_size=64).num_groups(64) == 1
+
+
+def test_int8_signed_activations_are_offset_and_corrected():
+    """Signed activations are stored as ``v + 64``: the correction ``-64 * sum(w)`` takes the
+    offset out of every output; unsigned ones need none."""
+    w = np.array([[[[3, -1]]], [[[-128, 127]]]])
+    signed = Int8Scheme("signed")
+    assert signed.activation_offset == 64
+    np.testing.assert_array_equal(signed.weight_correction(w), [-128, 64])
+    assert Int8Scheme("unsigned").activation_offset == 0 and Int8Scheme("unsigned").weight_correction(w) is None

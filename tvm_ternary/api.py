@@ -69,7 +69,7 @@ class CompiledOperator:
     """A compiled operator: call it with values, read its assembly from :attr:`lib`.
 
     Calling runs two device functions: ``<symbol>_data`` packs the values (bit planes,
-    or channels-last bytes for fgq) and ``<symbol>`` is the kernel; weights are packed on
+    or channels-last bytes for fgq and int8) and ``<symbol>`` is the kernel; weights are packed on
     the host at each call. With a ``remote``, both run on that board (see
     :mod:`tvm_ternary.remote`); the module is uploaded at the first call.
     """
@@ -214,7 +214,7 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     Args:
         name: "conv2d" (data NCHW ``(N, C, H, W)``, weight ``(K, C, KH, KW)``) or
             "dense" (data ``(N, K)``, weight ``(M, K)``; no stride/padding).
-        scheme: "ternary", "fatnn", "bitserial" or "fgq" (see :mod:`tvm_ternary.schemes`).
+        scheme: "ternary", "fatnn", "bitserial", "fgq" or "int8" (see :mod:`tvm_ternary.schemes`).
         stride, padding, dilation: an int or one int per spatial axis (conv2d only).
         target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``,
             ``"rasp4"``, ...), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
@@ -233,7 +233,8 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             a warning on the ``tvm_ternary.api`` logger; ``.tuned`` says which). Tuning more
             into the directory makes the next call compile again.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
-            ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8).
+            ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8);
+            int8 ``activation_encoding`` ("unsigned": 0..127, or "signed": -64..63).
 
     Returns:
         A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``) returns int32

@@ -15,6 +15,7 @@ encoding          values                 planes                                 
 ``bipolar(b)``    odd, ±(2^b - 1)        plane i: bit i of ``(v + 2^b - 1) / 2``;  zero word; the
                                          ``v = sum_i 2^i (2 bit_i - 1)``           kernel adds a
                                                                                     validity plane
+``signed(b)``     -2^(b-1) .. 2^(b-1)-1  none: byte schemes store bytes            (see the scheme)
 ================  =====================  =========================================  ==================
 
 Padded taps are written by the device packing stage (:func:`tvm_ternary.packing.pack_planes_te`).
@@ -219,6 +220,23 @@ class BipolarEncoding(Encoding):
     def plane_bit_te(self, value, plane):
         unsigned = tirx.shift_right(value + self._offset(), 1)
         return tirx.bitwise_and(tirx.shift_right(unsigned, plane), 1)
+
+
+@dataclass(frozen=True)
+class SignedEncoding(Encoding):
+    """Two's-complement ``bits``-bit values -2^(bits-1) .. 2^(bits-1) - 1. A value set of the
+    byte schemes (:class:`tvm_ternary.schemes.Int8Scheme`), which store bytes, not planes."""
+
+    name: ClassVar[str] = "signed"
+
+    @property
+    def value_range(self) -> tuple[int, int]:
+        half = 1 << (self.bits - 1)
+        return (-half, half - 1)
+
+    def describe(self) -> str:
+        lo, hi = self.value_range
+        return f"integers {lo}..{hi} ({self.bits}-bit signed)"
 
 
 ENCODING_NAMES = ("unipolar", "bipolar")

@@ -16,6 +16,12 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   (4 or 8) activations; float32 output. Stored as bytes, not bit planes: at 4–8
   activation bits a bit-serial product needs 2·abits popcounts per word, more than a
   byte dot product (``vpmaddubsw``, NEON ``smull``/``sadalp``) costs.
+* ``int8``: signed 8-bit weights (-128..127) × 7-bit activations, ``unsigned`` (0..127)
+  or ``signed`` (-64..63, stored as ``v + 64``, with ``-64 * sum(w)`` per output channel
+  and padded taps stored as 64); int32 output. A byte dot product like fgq's, for the
+  first and last layers of a model (PyTorch's x86 int8 likewise keeps activations to 7
+  bits, ``reduce_range``): then every pair of products fits the int16 sums of AVX2's
+  ``vpmaddubsw`` (``2 * 127 * 128 < 2^15``), so one definition is exact on every target.
 
 Every scheme means exactly PyTorch's ``conv2d``/``linear`` applied to the values, with
 zero padding in the value domain.
@@ -35,15 +41,18 @@ from .encodings import (
     BipolarEncoding,
     Encoding,
     ShiftedTernaryEncoding,
+    SignedEncoding,
     TernaryEncoding,
     UnipolarEncoding,
     bitserial_encoding,
 )
 
-SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq")
+SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq", "int8")
 FGQ_GROUP_SIZES = (4, 64)
 FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
+INT8_ACTIVATIONS = ("unsigned", "signed")
+INT8_ACTIVATION_BITS = 7
 
 WordOf = Callable[[int], PrimExpr]
 """``plane -> word`` accessor for one operand at the current reduction point."""
@@ -216,7 +225,52 @@ class BitSerialScheme(PackedScheme):
 
 
 @dataclass(frozen=True)
-class FgqScheme(Scheme):
+class ByteScheme(Scheme):
+    """A scheme computed as byte dot products: activations stored as unsigned bytes
+    (value + :attr:`activation_offset`), weights as signed bytes, channels last in quads
+    (the operands of ``vpdpbusd``/``vpmaddubsw``)."""
+
+    @property
+    def activation_offset(self) -> int:
+        """Added to an activation value to get its stored byte (padded taps store it too)."""
+        return 0
+
+    def weight_correction(self, weight: np.ndarray) -> np.ndarray | None:
+        """Per-output-channel int32 constant added to every output (``-offset * sum(w)``,
+        which cancels the stored offset over every tap, padded ones included), or None."""
+        if not self.activation_offset:
+            return None
+        sums = weight.reshape(weight.shape[0], -1).sum(axis=1, dtype=np.int64)
+        return (-self.activation_offset * sums).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Int8Scheme(ByteScheme):
+    """Signed 8-bit weights × 7-bit activations, ``unsigned`` or ``signed`` (module doc)."""
+
+    name: ClassVar[str] = "int8"
+    activation_encoding: str = "unsigned"
+
+    @property
+    def activation(self) -> Encoding:
+        if self.activation_encoding == "signed":
+            return SignedEncoding(bits=INT8_ACTIVATION_BITS)
+        return UnipolarEncoding(bits=INT8_ACTIVATION_BITS)
+
+    @property
+    def weight(self) -> Encoding:
+        return SignedEncoding(bits=8)
+
+    @property
+    def activation_offset(self) -> int:
+        return -self.activation.value_range[0]
+
+    def label(self) -> str:
+        return f"int8(a7{self.activation_encoding[0]})"
+
+
+@dataclass(frozen=True)
+class FgqScheme(ByteScheme):
     """Ternary weights grouped by ``group_size`` with float scales × unsigned activations."""
 
     name: ClassVar[str] = "fgq"
@@ -260,6 +314,7 @@ _PARAMETERS = {
     "fatnn": (),
     "bitserial": ("abits", "wbits", "activation_encoding", "weight_encoding"),
     "fgq": ("group_size", "abits"),
+    "int8": ("activation_encoding",),
 }
 
 
@@ -268,7 +323,8 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
 
     ``bitserial`` takes ``abits``, ``wbits`` (1..8, default 2) and
     ``activation_encoding``/``weight_encoding`` ("unipolar" default, or "bipolar");
-    ``fgq`` takes ``group_size`` (4 or 64, default 64) and ``abits`` (4 or 8, default 8).
+    ``fgq`` takes ``group_size`` (4 or 64, default 64) and ``abits`` (4 or 8, default 8);
+    ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed").
     """
     if scheme not in _PARAMETERS:
         raise ValueError(f"{op}: unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
@@ -285,6 +341,12 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
             group_size=_check_bits(op, scheme, "group_size", params.get("group_size", 64), FGQ_GROUP_SIZES),
             abits=_check_bits(op, scheme, "abits", params.get("abits", 8), FGQ_ACTIVATION_BITS),
         )
+    if scheme == "int8":
+        encoding = params.get("activation_encoding", "unsigned")
+        if encoding not in INT8_ACTIVATIONS:
+            raise ValueError(f"{op}[{scheme}]: activation_encoding must be one of {INT8_ACTIVATIONS}, "
+                             f"got {encoding!r}")
+        return Int8Scheme(activation_encoding=encoding)
     bits = range(1, MAX_BITS + 1)
     encodings = {}
     for key in ("activation_encoding", "weight_encoding"):

@@ -25,12 +25,16 @@ epilogue (:func:`affine`), ``affine`` writes float32, NCHW or channel-blocked
 FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
 * data   ``xb`` uint8 ``[N, *(spatial + 2 pad), Cg*G]`` (channels last, zero-padded, zero
-  tail; :func:`layout_fgq_data`)
+  tail; :func:`layout_bytes`)
 * weight ``wb`` int8 ``[Kb, *kernel, Cg*G/4, V, 4]``; ``scales`` float32 ``[Kb, Cg, *kernel, V]``
   (both blocked by ``V`` output channels, like the packed weights; channels in quads)
 * output float32 ``[N, K, *out_spatial]``; stages ``layout`` (data function), ``group``
   (integer dot product of one group), ``acc`` (scaled sum over groups and taps) and
   ``out`` (NCHW).
+
+int8, bytes in the same layouts (channels padded to a whole quad, activations stored with
+the scheme's offset): one int32 reduction ``dot`` over taps and quads, and ``out`` with the
+per-channel correction (:func:`byte_dot_correlation`).
 """
 
 from __future__ import annotations
@@ -320,20 +324,52 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     return te.compute(shape, word, name="repad")
 
 
-def layout_fgq_data(x: te.Tensor, scheme: FgqScheme, padding: Sequence[int]) -> te.Tensor:
-    """FGQ data: values ``[N, C, *spatial]`` -> uint8 ``[N, *(spatial + 2 pad), Cg*G]``,
-    zero-padded (stage ``layout``)."""
+def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0) -> te.Tensor:
+    """Byte-scheme data: values ``[N, C, *spatial]`` -> uint8 ``[N, *(spatial + 2 pad), channels]``
+    (stage ``layout``): each value plus ``offset``, padded taps ``offset`` (value 0), channels
+    beyond ``C`` (to ``channels``, a whole number of quads or groups) 0 (their weights are 0)."""
     n, c, *spatial = (int(d) for d in x.shape)
-    padded_c = scheme.num_groups(c) * scheme.group_size
-    shape = (n, *(s + 2 * p for s, p in zip(spatial, padding)), padded_c)
+    shape = (n, *(s + 2 * p for s, p in zip(spatial, padding)), channels)
 
     def byte(i, *rest):
         *pos, ch = rest
         src = [q - p for q, p in zip(pos, padding)]
         inside = tirx.all(ch < c, within_bounds(src, spatial)) if src else ch < c
-        return tirx.if_then_else(inside, x[(i, ch, *src)].astype("int32"), 0).astype("uint8")
+        outside = tirx.if_then_else(ch < c, offset, 0)           # a padded tap, or a channel beyond C
+        return tirx.if_then_else(inside, x[(i, ch, *src)].astype("int32") + offset, outside).astype("uint8")
 
     return te.compute(shape, byte, name="layout")
+
+
+def byte_dot_correlation(xb: te.Tensor, wb: te.Tensor, out_channels: int, out_spatial: Sequence[int],
+                         stride: Sequence[int], dilation: Sequence[int] = (),
+                         correction: te.Tensor | None = None) -> te.Tensor:
+    """The int8 scheme's kernel over pre-padded ``xb`` (:func:`layout_bytes`) and weights
+    ``wb`` int8 ``[Kb, *kernel, C4/4, V, 4]`` (blocked by ``V`` output channels, channels in
+    quads, as FGQ's): ``dot`` ``[N, Kb, *out, 1, V]`` int32 sums
+    ``xb[.., 4q + b] * wb[.., q, v, b]`` over taps, quads and bytes (schedules tensorize the
+    ``(v, b)`` loops into one dot-product instruction); ``out`` ``[N, K, *out]`` adds the
+    scheme's per-channel ``correction`` (int32 ``[K]``) if any."""
+    n = int(xb.shape[0])
+    kb, *kernel, quads, v, _ = (int(d) for d in wb.shape)
+    quad = te.reduce_axis((0, quads), name="rq")
+    byte = te.reduce_axis((0, 4), name="rb")
+    taps = [te.reduce_axis((0, k), name=f"r{d}") for d, k in enumerate(kernel)]
+    dilation = tuple(dilation) or (1,) * len(kernel)
+
+    def dot(i, ko, *rest):
+        *o, _, vi = rest
+        pos = [oi * st + t * d for oi, st, t, d in zip(o, stride, taps, dilation)]
+        return te.sum(xb[(i, *pos, quad * 4 + byte)].astype("int32") * wb[(ko, *taps, quad, vi, byte)].astype("int32"),
+                      axis=[*taps, quad, byte])
+
+    summed = te.compute((n, kb, *out_spatial, 1, v), dot, name="dot")
+
+    def out(i, oc, *o):
+        y = summed[(i, oc // v, *o, 0, oc % v)]
+        return y if correction is None else y + correction[oc]
+
+    return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,

@@ -19,9 +19,9 @@ from tvm import te, tirx
 from .. import reference
 from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_planes, pack_planes,
                        pack_planes_padded, taps_per_word, word_dtype)
-from ..schemes import FgqScheme, PackedScheme, Scheme
-from .compute import (ConvGeometry, affine, fgq_correlation, layout_fgq_data, pack_blocked_data, pack_data,
-                      packed_correlation,
+from ..schemes import ByteScheme, FgqScheme, Int8Scheme, PackedScheme, Scheme
+from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
+                      pack_data, packed_correlation,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -184,9 +184,17 @@ class OperatorSpec:
                                  self.dilation)
 
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
-        if isinstance(self.scheme, FgqScheme):
-            return layout_fgq_data(x, self.scheme, self.padding)
+        if isinstance(self.scheme, ByteScheme):
+            return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset)
         return self._pack(x)
+
+    @property
+    def _byte_channels(self) -> int:
+        """Channels of a byte scheme's data and weight layouts: whole FGQ groups, or int8 quads."""
+        c = self.data_shape[1]
+        if isinstance(self.scheme, FgqScheme):
+            return self.scheme.num_groups(c) * self.scheme.group_size
+        return -(-c // 4) * 4
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
@@ -273,6 +281,9 @@ class OperatorSpec:
         if isinstance(self.scheme, FgqScheme):
             out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride,
                                   self.dilation)
+        elif isinstance(self.scheme, Int8Scheme):
+            out = byte_dot_correlation(data, weight_args[0], self.weight_shape[0], out_spatial, self.stride,
+                                       self.dilation, weight_args[1] if len(weight_args) > 1 else None)
         else:
             correction = weight_args[1] if len(weight_args) > 1 else None
             geometry = ConvGeometry(self.data_shape[1], self.weight_shape[2:], self.stride, self.padding,
@@ -388,14 +399,16 @@ class OperatorSpec:
                 self._threshold_arg(thresholds, self.scheme.weight_correction(values))]
 
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
-        if isinstance(self.scheme, FgqScheme):
+        if isinstance(self.scheme, ByteScheme):
             channels_last = np.moveaxis(w, 1, -1)                      # [K, *kernel, C]
-            padded = self.scheme.num_groups(w.shape[1]) * self.scheme.group_size
-            wb = np.zeros(channels_last.shape[:-1] + (padded,), np.int8)
+            wb = np.zeros(channels_last.shape[:-1] + (self._byte_channels,), np.int8)
             wb[..., : w.shape[1]] = channels_last
-            quads = block_channels(wb.reshape(*wb.shape[:-1], padded // 4, 4), self.block)  # [Kb, .., C/4, 4, V]
-            return [np.ascontiguousarray(np.swapaxes(quads, -1, -2)),
-                    block_channels(np.asarray(scales, np.float32), self.block)]
+            quads = block_channels(wb.reshape(*wb.shape[:-1], self._byte_channels // 4, 4), self.block)
+            args = [np.ascontiguousarray(np.swapaxes(quads, -1, -2))]          # [Kb, .., C/4, V, 4]
+            if isinstance(self.scheme, FgqScheme):
+                return [*args, block_channels(np.asarray(scales, np.float32), self.block)]
+            correction = self.scheme.weight_correction(w)
+            return args if correction is None else [*args, correction]
         assert isinstance(self.scheme, PackedScheme)
         whole = self.word_bits if self.epilogue == "requantize" else 1   # the epilogue packs whole words
         pack = pack_planes if self.patch_taps == 1 else pack_patch_planes
