@@ -1,7 +1,7 @@
 """Where a built model's time goes: each function the Relax VM calls, timed alone.
 
     python benchmarks/model_profile.py                                  # ternary ResNet-18, default quantize, 1 thread
-    python benchmarks/model_profile.py --precisions ternary,w1a1 --all-quantized --threads 2 --csv profile.csv
+    python benchmarks/model_profile.py --precisions ternary,w1a1 --first-last same --threads 2 --csv profile.csv
     python benchmarks/model_profile.py --model resnet50                 # the bottleneck network instead
 
 For each precision, ResNet-18 (or ``--model``, a network of benchmarks/networks.py) at
@@ -108,7 +108,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precisions", default="ternary",
                    help=f"comma list of tvm_ternary.quantize schemes, or 'float' ({', '.join(tvm_ternary.QUANTIZE_SCHEMES)})")
-    p.add_argument("--all-quantized", action="store_true", help="quantize the stem and classifier too")
+    p.add_argument("--first-last", choices=tvm_ternary.quant.FIRST_LAST, default="float",
+                   help="the stem and classifier: float (quantize's default), int8, or the same scheme as the rest")
     p.add_argument("--model", choices=list(NETWORKS), default="resnet18", help="the network (random weights)")
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--threads", type=int, default=1)
@@ -128,8 +129,8 @@ def main(argv=None) -> None:
     out = []
     for precision in precisions:
         quantized = model if precision == "float" else tvm_ternary.quantize(
-            model, precision, x, keep_first_last=not args.all_quantized)
-        name = f"{args.model}_{args.size}" + ("_all_quantized" if args.all_quantized and precision != "float" else "")
+            model, precision, x, first_last=args.first_last)
+        name = f"{args.model}_{args.size}" + (f"_first_last_{args.first_last}" if precision != "float" else "")
         entries, whole = profile(tvm_ternary.from_torch(quantized, x), x.numpy(), target, args.repeat)
         table = rows(precision, name, args.threads, entries)
         print_table(f"{precision} {name}", table, whole)

@@ -10,8 +10,9 @@
   plain float schedules; untuned.
 * ours: ``tvm_ternary.quantize(model, scheme)`` built with ``tvm_ternary.build`` and
   checked against the PyTorch quantized model once: with the stem and classifier kept in
-  float (``impl`` ``hand``, the default of ``quantize``) and with every layer quantized
-  (``hand-all-quantized``). ``w2a2`` (unsigned weights) is a layer kernel only: a model's
+  float (``impl`` ``hand``, the default of ``quantize``), in 8 bits (``quantize(...,
+  first_last="int8")``, ``hand-int8-first-last``) and with every layer quantized by the
+  scheme (``hand-all-quantized``). ``w2a2`` (unsigned weights) is a layer kernel only: a model's
   W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights).
 
 Every contender is timed by :mod:`harness` (a Python loop around the model call).
@@ -117,9 +118,9 @@ LAYER_ONLY = {"w2a2"}
 """Precisions that no quantized model uses (unsigned weights): no model rows."""
 
 ALL_QUANTIZED_TOLERANCE = 1e-5
-"""Relative error allowed with every layer quantized: no float stem, so the integer layers
-are bit-identical to PyTorch and only the float classifier scale remains; this is the check
-that catches kernel bugs."""
+"""Relative error allowed with every layer quantized (by the scheme, or the first and last in
+int8): no float stem, so the integer layers are bit-identical to PyTorch and only the
+classifier's float scale remains; this is the check that catches kernel bugs."""
 
 
 def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: float) -> None:
@@ -167,11 +168,11 @@ def network_runner(precision: str, fgq_group: int, target,
         raise ValueError(f"networks.py: no model of precision {precision!r}: it is a layer kernel only "
                          f"(a model's W2A2 is w2a2_bw)")
     runners = []
-    for keep_first_last, impl, tolerance in ((True, "hand", FLOAT_STEM_TOLERANCE),
-                                             (False, "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
+    for first_last, impl, tolerance in (("float", "hand", FLOAT_STEM_TOLERANCE),
+                                        ("int8", "hand-int8-first-last", ALL_QUANTIZED_TOLERANCE),
+                                        ("same", "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
         quantized = tvm_ternary.quantize(model, QUANTIZE_SCHEME.get(precision, precision), x,
-                                         keep_first_last=keep_first_last,
-                                         group_size=fgq_group)
+                                         first_last=first_last, group_size=fgq_group)
         with torch.no_grad():
             expected = quantized(x).numpy()
         runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, x), target, x, expected, precision,

@@ -7,6 +7,8 @@ ternary input) and a whole padded image row in the inner, vectorized loop, so ev
 is a contiguous row of values and the row's words stay in registers until all 32 bits are
 in, then are stored once. Small-channel conv2d gathers the padded planes into patches
 (``patches``, see the patch layout in :mod:`tvm_ternary.packing`) in the same function.
+The byte schemes' quantize stage computes a row's levels as vectors, then lays the row out
+channels last.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from tvm.target import Target
 
 from .generic import inline_quantizer
 from .intrinsics import MOVEMASK_LANES, movemask_name
+from .isa import isa_of
 from .tiling import TILE_SCOPE
 
 MAX_VECTOR_ROW = 64
@@ -25,8 +28,8 @@ MAX_VECTOR_ROW = 64
 
 class ActivationPack(ScheduleRule):
     """Schedule rule for the ``pack`` stage of conv2d (rank 2) and the patch gather that
-    may follow it or stand alone; dense packing is left to the generic rule (a single row
-    of at most a few thousand values)."""
+    may follow it or stand alone, and for conv2d's quantize + byte layout; dense packing is
+    left to the generic rule (a single row of at most a few thousand values)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
               seed: int | None = None) -> s_tir.Schedule | None:
@@ -34,6 +37,9 @@ class ActivationPack(ScheduleRule):
         vector row length from the schedule's random state, seeded by ``seed`` (1 to
         2**31 - 1; None: the device's random source)."""
         sch = s_tir.Schedule(func, seed=seed)
+        blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+        if set(blocks) == {"levels", "layout"} and len(sch.get_loops(blocks["layout"])) == 4:
+            return _byte_rows(sch, blocks, isa_of(target).int32_lanes)
         inline_quantizer(sch)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
         if set(blocks) == {"bits", "chunk", "pack"}:     # from a channel-blocked input
@@ -68,6 +74,21 @@ class ActivationPack(ScheduleRule):
         if "patches" in blocks:
             _gather_rows(sch, blocks["patches"])
         return sch
+
+
+def _byte_rows(sch: s_tir.Schedule, blocks: dict, lanes: int) -> s_tir.Schedule:
+    """A byte scheme's quantize + layout (``levels``, ``layout`` ``[N, H', W', C']``), parallel
+    over padded rows: each row's levels for every channel first, vectorized along the input
+    row (contiguous loads, the quantizer's arithmetic on whole vectors), then the row's
+    channels-last bytes from them."""
+    levels, layout = blocks["levels"], blocks["layout"]
+    n, h, _, channel = sch.get_loops(layout)
+    row = sch.fuse(n, h)
+    sch.parallel(row)
+    sch.compute_at(levels, row)
+    sch.vectorize(sch.split(sch.get_loops(levels)[-1], [None, lanes])[1])
+    sch.unroll(channel)
+    return sch
 
 
 def _pack_blocked(sch: s_tir.Schedule, blocks: dict) -> s_tir.Schedule:

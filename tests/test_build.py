@@ -24,13 +24,13 @@ TARGET = "host"   # runs here; the kernels' numerics are pinned per ISA in test_
 
 
 @lru_cache(maxsize=None)
-def resnet(scheme: str, batch: int, seed: int, keep_first_last: bool):
+def resnet(scheme: str, batch: int, seed: int, first_last: str):
     """(quantized model, input, executable), built once per test run."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)                    # the layers' initial weights: the same model in every run
     float_model = randomize_batchnorm(ResNet18(num_classes=10), generator).eval()
     x = torch.randn(batch, 3, 32, 32, generator=generator)
-    model = quantize(float_model, scheme, x, keep_first_last=keep_first_last)
+    model = quantize(float_model, scheme, x, first_last=first_last)
     mod = from_torch(model, x)
     return model, x, mod, build(mod, TARGET)
 
@@ -52,21 +52,33 @@ def test_resnet18_all_layers_quantized_equals_pytorch_exactly(scheme, batch, see
     """Every layer quantized (stem and classifier too): all the arithmetic is integer or the
     same float32 operations, so the logits must be bit-identical; one flipped threshold
     anywhere would show."""
-    model, x, _, ex = resnet(scheme, batch, seed, False)
+    model, x, _, ex = resnet(scheme, batch, seed, "same")
     got, want = run(ex, x), expected(model, x)
     assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+
+
+@pytest.mark.parametrize("scheme,batch", [("ternary", 2), ("fgq_w2a4", 1)])
+def test_resnet18_int8_first_and_last_layers_equal_pytorch_exactly(scheme, batch):
+    """``first_last="int8"``: the stem (signed 7-bit image levels) and the classifier run on
+    our int8 kernels, the rest on the scheme's; integer arithmetic throughout, so the logits
+    are bit-identical to the PyTorch quantized model."""
+    model, x, mod, ex = resnet(scheme, batch, 3, "int8")
+    got, want = run(ex, x), expected(model, x)
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+    counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
+    assert counted["relax.nn.conv2d"] == 0 and counted["relax.matmul"] == 0
 
 
 @pytest.mark.parametrize("scheme", ["fatnn", "w1a1"])
 def test_resnet18_default_float_stem_and_classifier(scheme):
     """Default quantize keeps the stem and classifier in float: those run through Relax's own
     float kernels, whose summation order differs from PyTorch's in the last bits."""
-    model, x, _, ex = resnet(scheme, 2, 2, True)
+    model, x, _, ex = resnet(scheme, 2, 2, "float")
     np.testing.assert_allclose(run(ex, x), expected(model, x), rtol=1e-4, atol=1e-4 * np.abs(expected(model, x)).max())
 
 
 def test_resnet18_every_quantized_layer_becomes_a_kernel():
-    model, _, mod, _ = resnet("ternary", 1, 0, False)
+    model, _, mod, _ = resnet("ternary", 1, 0, "same")
     quantized = sum(isinstance(m, QuantLayer) for m in model.modules())
     assert quantized == 21                      # 20 convolutions and the classifier
     counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
@@ -119,7 +131,7 @@ def test_residual_adds_run_in_kernel_epilogues_exactly(scheme):
     torch.manual_seed(0)
     net = randomize_batchnorm(LateShortcut()).eval()
     x = torch.randn(2, 3, 8, 8)
-    model = quantize(net, scheme, x, keep_first_last=False)
+    model = quantize(net, scheme, x, first_last="same")
     mod = from_torch(model, x)
     counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
     assert counted["relax.add"] == 0 and counted["relax.nn.relu"] == 0
@@ -137,7 +149,7 @@ def test_grouped_dilated_and_depthwise_models_build_exactly(kind, scheme):
     x = torch.randn(*shape)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "quantize: 2 depthwise")
-        model = quantize(net, scheme, x, keep_first_last=False)
+        model = quantize(net, scheme, x, first_last="same")
     mod = from_torch(model, x)
     counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
     groups = [m.groups for m in model.modules() if isinstance(m, QuantConv2d)]
@@ -147,7 +159,7 @@ def test_grouped_dilated_and_depthwise_models_build_exactly(kind, scheme):
 
 
 def test_export_library_round_trip(tmp_path):
-    model, x, _, ex = resnet("ternary", 1, 0, False)
+    model, x, _, ex = resnet("ternary", 1, 0, "same")
     path = str(tmp_path / "resnet18_ternary.so")
     ex.export_library(path)
     loaded = tvm.runtime.load_module(path)
@@ -155,13 +167,13 @@ def test_export_library_round_trip(tmp_path):
 
 
 def test_target_names():
-    model, x, mod, _ = resnet("ternary", 1, 0, False)
+    model, x, mod, _ = resnet("ternary", 1, 0, "same")
     assert np.array_equal(run(build(mod, "x86"), x), expected(model, x))     # AVX2 kernels run on any x86-64 host here
     assert isinstance(build(mod, "rasp4"), tvm.runtime.Executable)           # cross-compiled; runs on the board
 
 
 def test_build_errors():
-    _, _, mod, _ = resnet("ternary", 1, 0, False)
+    _, _, mod, _ = resnet("ternary", 1, 0, "same")
     with pytest.raises(TypeError, match=r"expected a Relax IRModule, got ResNet18 \(call tvm_ternary.from_torch"):
         build(ResNet18())
     with pytest.raises(ValueError, match="target kind 'cuda' is not supported"):

@@ -98,12 +98,12 @@ def test_a_blocked_output_needs_whole_blocks():
         make_spec("conv2d", "ternary", (1, 8, 5, 5), (6, 8, 3, 3), 1, 1, target, "affine", blocked_output=True)
 
 
-def rewritten(scheme: str | None, keep_first_last: bool, width: int = 64, target=AVX2):
+def rewritten(scheme: str | None, first_last: str, width: int = 64, target=AVX2):
     """A random ResNet-18 of ``width`` (32x32), quantized with ``scheme`` (None: float), rewritten for ``target``."""
     torch.manual_seed(0)
     model = randomize_batchnorm(ResNet18(num_classes=10, width=width)).eval()
     x = torch.randn(1, 3, 32, 32)
-    q = model if scheme is None else tvm_ternary.quantize(model, scheme, x, keep_first_last=keep_first_last)
+    q = model if scheme is None else tvm_ternary.quantize(model, scheme, x, first_last=first_last)
     return rewrite_quantized(tvm_ternary.from_torch(q, x), tvm_ternary.resolve_target(target))
 
 
@@ -111,23 +111,23 @@ def rewritten(scheme: str | None, keep_first_last: bool, width: int = 64, target
 def test_models_that_read_nothing_blocked_stay_nchw(scheme):
     """Only a data stage that reads blocked input makes blocking worth it: a float model and
     FGQ layers (whose data stages read NCHW) get no conversions at all."""
-    assert calls(rewritten(scheme, False, target="host"))["relax.layout_transform"] == 0
+    assert calls(rewritten(scheme, "same", target="host"))["relax.layout_transform"] == 0
 
 
-@pytest.mark.parametrize("keep_first_last,transforms", [(False, 1), (True, 3)], ids=["all-quantized", "float-stem"])
-def test_resnet18_float_glue_runs_blocked(keep_first_last, transforms):
+@pytest.mark.parametrize("first_last,transforms", [("same", 1), ("float", 3)], ids=["all-quantized", "float-stem"])
+def test_resnet18_float_glue_runs_blocked(first_last, transforms):
     """In a built ResNet-18 the max pool runs on blocked tensors between kernels that write
     them, and the residual adds and ReLUs in the kernels' epilogues; the only conversion of
     the all-quantized model is the one before the classifier's pooling. With the float stem
     (AVX2: float block 8, popcount block 4), the stem's BatchNorm and ReLU run in its
     kernel, and the first residual add converts the pooled stem output to the popcount
     block (two transforms)."""
-    mod = rewritten("ternary", keep_first_last)
+    mod = rewritten("ternary", first_last)
     counted = calls(mod)
     assert counted["relax.layout_transform"] == transforms
     # the stem's BatchNorm and ReLU, and each residual add with its ReLU, run in kernel epilogues
     assert counted["relax.nn.batch_norm"] == 0 and counted["relax.nn.relu"] == 0
-    assert counted["relax.add"] == int(keep_first_last)                              # the float classifier's bias
+    assert counted["relax.add"] == int(first_last == "float")                              # the float classifier's bias
     pools = [b.value for block in mod["main"].body.blocks for b in block.bindings
              if isinstance(b.value, tvm.relax.Call) and getattr(b.value.op, "name", "") == "relax.nn.max_pool2d"]
-    assert [str(p.attrs.layout) for p in pools] == ["NCHW8c" if keep_first_last else "NCHW4c"]
+    assert [str(p.attrs.layout) for p in pools] == ["NCHW8c" if first_last == "float" else "NCHW4c"]

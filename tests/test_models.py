@@ -66,7 +66,7 @@ def test_resnet50_all_layers_quantized_equals_pytorch_exactly(width):
         torch.manual_seed(0)
         float_model = randomize_batchnorm(ResNet50(num_classes=10, width=width), generator).eval()
     x = torch.randn(1, 3, 32, 32, generator=generator)
-    model = tvm_ternary.quantize(float_model, "ternary", x, keep_first_last=False)
+    model = tvm_ternary.quantize(float_model, "ternary", x, first_last="same")
     ex = tvm_ternary.build(tvm_ternary.from_torch(model, x), "host")
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
     with torch.no_grad():

@@ -6,6 +6,8 @@ import tvm
 
 from tvm_ternary import schedules
 from tvm_ternary.operators import OperatorSpec
+from tvm_ternary.operators.compute import uniform_thresholds
+from tvm_ternary.quant.activations import UniformQuantizer
 from tvm_ternary.packing import num_words
 from tvm_ternary.schemes import make_scheme
 
@@ -113,6 +115,38 @@ def test_quantize_stage_from_compares_equals_counted_levels(scheme, params, thre
     np.testing.assert_array_equal(direct, counted)
     levels = (lo + step * (x[..., None] >= t).sum(-1)).astype(np.int32)
     np.testing.assert_array_equal(direct, run_data_stage(spec, spec.data_prim_func(), levels))  # = packing the levels
+
+
+@pytest.mark.parametrize("scheme,params,lo,hi,scale", [
+    ("int8", dict(activation_encoding="signed"), -64, 63, 0.0317),
+    ("int8", {}, 0, 127, 1.3),
+    ("fgq", dict(group_size=4, abits=8), 0, 255, 2.9e-3),
+], ids=["int8-signed", "int8-unsigned", "fgq-a8"])
+def test_uniform_quantize_stage_computes_the_counted_levels(scheme, params, lo, hi, scale):
+    """8-bit quantizers compute levels from ``x / scale`` and correct them with one compare on
+    each side: the layout must equal the one from counted levels for inputs exactly on every
+    threshold, one float32 step either side of it, and far outside the range."""
+    quantizer = UniformQuantizer(lo, hi)
+    quantizer.log_scale.data.fill_(float(np.log(scale)))
+    t = quantizer.thresholds().detach().numpy()
+    uniform = uniform_thresholds(t)
+    assert uniform is not None and uniform[0] == lo + 0.5
+    values = np.concatenate([t, np.nextafter(t, np.inf), np.nextafter(t, -np.inf), [-1e30, 1e30, 0.0, -0.0]])
+    spec = create("conv2d", scheme, (1, 3, 12, len(values) // 12 + 1), (4, 3, 3, 3), padding=1, **params)
+    x = np.resize(values.astype(np.float32), spec.data_shape)
+    computed = run_data_stage(spec, spec.quantize_data_prim_func(lo, 1, len(t), True, uniform=uniform), x, t)
+    levels = (lo + (x[..., None] >= t).sum(-1)).astype(np.int32)
+    np.testing.assert_array_equal(computed, run_data_stage(spec, spec.data_prim_func(), levels))
+
+
+def test_only_exactly_uniform_thresholds_are_computed():
+    t = ((np.arange(-64, 63, dtype=np.float32) + np.float32(0.5)) * np.float32(0.07))
+    assert uniform_thresholds(t) is not None
+    assert uniform_thresholds(t[:16]) is None                       # few: compared one by one
+    bumped = t.copy()
+    bumped[40] = np.nextafter(bumped[40], np.inf)                   # one ulp off the formula
+    assert uniform_thresholds(bumped) is None
+    assert uniform_thresholds(np.sort(np.random.default_rng(0).random(100)).astype(np.float32)) is None
 
 
 def run_data_stage(spec, func, *inputs):

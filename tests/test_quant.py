@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -229,8 +231,35 @@ def test_depthwise_convolutions_stay_float_with_one_warning():
     assert [type(m).__name__ for m in q] == ["Conv2d", "Conv2d", "ReLU", "QuantConv2d", "Conv2d", "Conv2d"]
 
 
-def test_keep_first_last_and_keep():
+def test_first_last_int8():
+    """The first and last layers get per-channel symmetric int8 weights and 7-bit activations:
+    signed where the calibration input goes negative (the image), unsigned after a ReLU."""
+    torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
-    q = quantize(small_net(), "w2a2", x, keep_first_last=False, keep=["5"])
+    q = quantize(small_net(), "ternary", x, first_last="int8")
+    layers = quantized_layers(q)
+    schemes = [json.loads(m.scheme) for m in layers]
+    assert schemes[0] == {"scheme": "int8", "activation_encoding": "signed"}
+    assert schemes[-1] == {"scheme": "int8", "activation_encoding": "unsigned"}
+    assert all(s == {"scheme": "ternary"} for s in schemes[1:-1])
+    first, last = layers[0], layers[-1]
+    assert (first.act.lo, first.act.hi, last.act.lo, last.act.hi) == (-64, 63, 0, 127)
+    for layer in (first, last):
+        assert layer.w_int.abs().max() == 127 and torch.equal(layer.w_int, layer.w_int.round())
+        levels = make_scheme("conv2d", **{k: v for k, v in json.loads(layer.scheme).items()})
+        levels.check_values("conv2d", "weight", layer.w_int.numpy())
+    with torch.no_grad():     # 7/8 bits: within 3% of the float layer (relative L2), unlike ternary
+        exact = nn.functional.conv2d(x, first.weight, first.bias, first.stride, first.padding)
+        assert torch.linalg.norm(first(x) - exact) / torch.linalg.norm(exact) < 0.03
+
+
+def test_first_last_must_be_a_known_choice():
+    with pytest.raises(ValueError, match=r"quantize: first_last must be one of \('float', 'int8', 'same'\), got 'int4'"):
+        quantize(small_net(), "ternary", torch.randn(1, 3, 6, 6), first_last="int4")
+
+
+def test_first_last_same_and_keep():
+    x = torch.randn(2, 3, 6, 6)
+    q = quantize(small_net(), "w2a2", x, first_last="same", keep=["5"])
     kinds = [type(m).__name__ for m in q]
     assert kinds[0] == "QuantConv2d" and kinds[5] == "Conv2d" and kinds[-1] == "QuantLinear"

@@ -65,7 +65,7 @@ def test_time_evaluator_on_the_board(board, rng):
 
 @pytest.mark.parametrize("scheme", ["fatnn", "w1a1", "fgq_w2a4"])
 def test_quantized_resnet18_on_the_board_equals_the_host(board, tmp_path, scheme):
-    model, x, mod, host_ex = resnet(scheme, 1, 0, False)
+    model, x, mod, host_ex = resnet(scheme, 1, 0, "same")
     path = export(tvm_ternary.build(mod, "rasp4"), str(tmp_path / "resnet18.so"), "rasp4")
     session = Remote(board.address).connect()
     session.upload(path)

@@ -39,13 +39,13 @@ def calls(mod: tvm.IRModule) -> Counter:
     return counted
 
 
-def imported(scheme: str, seed: int = 0, negative_bn: bool = False, keep_first_last: bool = True):
+def imported(scheme: str, seed: int = 0, negative_bn: bool = False, first_last: str = "float"):
     torch.manual_seed(seed)
     net = small_net()
     if negative_bn:
         net[3].weight.data[::2] *= -1
     x = torch.randn(2, 3, 6, 6)
-    model = quantize(net, scheme, x, keep_first_last=keep_first_last)
+    model = quantize(net, scheme, x, first_last=first_last)
     return model, x, from_torch(model, x)
 
 
@@ -74,12 +74,12 @@ def run(mod: tvm.IRModule, x: torch.Tensor) -> np.ndarray:
 
 
 def test_negative_channel_scales_keep_the_float_epilogue_and_stay_exact():
-    model, x, mod = imported("w2a2", negative_bn=True, keep_first_last=False)   # all integer: exact
+    model, x, mod = imported("w2a2", negative_bn=True, first_last="same")   # all integer: exact
     rewritten = rewrite_quantized(mod, TARGET)
     # data stages: the first conv's, the third conv's (not folded: some channels of the
     # second have negative scales) and the first dense's; with positive scales, two
     assert calls(rewritten)["tir:quantize"] == 3
-    assert calls(rewrite_quantized(imported("w2a2", keep_first_last=False)[2], TARGET))["tir:quantize"] == 2
+    assert calls(rewrite_quantized(imported("w2a2", first_last="same")[2], TARGET))["tir:quantize"] == 2
     with torch.no_grad():
         assert np.array_equal(run(rewritten, x), model(x).numpy())
 
@@ -211,7 +211,7 @@ def test_kernels_carry_their_multiply_accumulates():
     profile's G MAC/s); here each kernel is called once, so they add up to the model's."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
-    model = quantize(small_net(), "ternary", x, keep_first_last=False)
+    model = quantize(small_net(), "ternary", x, first_last="same")
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) or hasattr(m, "w_int")]
     expected = 0
 

@@ -53,7 +53,7 @@ from .diagnostics import SlowPathWarning
 from .frontend import QUANTIZE_ATTR
 from . import layout
 from .packing import block_channels, taps_per_word
-from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels
+from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
 from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
@@ -633,12 +633,14 @@ class _Rewriter(PyExprMutator):
         data = layer.packed_input
         if data is None:
             ascending = bool(np.all(np.diff(layer.thresholds) >= 0))
+            uniform = uniform_thresholds(layer.thresholds)
             x = layer.quantizer_input
             block = self.blocked[x][1] if x in self.blocked and layer.quantizer_var in self.blocked_quantizers else 0
             quant = self._add(lambda: spec.quantize_data_prim_func(layer.lo, layer.step, len(layer.thresholds),
-                                                                   ascending, block),
+                                                                   ascending, block, uniform),
                               name + "_quantize", spec.where + ":quantize",
-                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds), ascending, block))
+                              ("quantize", spec, layer.lo, layer.step, len(layer.thresholds), ascending, block,
+                               uniform))
             shape, dtype = spec.kernel_input_shape()
             data = self.builder_.emit(relax.call_tir(
                 quant, [self.blocked[x][0] if block else self._visit_nchw(x), relax.const(layer.thresholds)],

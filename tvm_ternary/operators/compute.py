@@ -206,12 +206,35 @@ UNROLLED_THRESHOLDS = 16
 the packing stage); more (8-bit levels) use a reduction stage."""
 
 
-def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float, dtype: str) -> te.Tensor:
+def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float, dtype: str,
+                    uniform: tuple[float, float] | None = None) -> te.Tensor:
     """Activation quantizer: ``lo + step * #{j : x >= thresholds[j]}`` elementwise, in
     ``dtype`` (stage ``levels``). Float compares and small integer sums: exact, and equal to
-    ``tvm_ternary::quantize`` in PyTorch (see :mod:`tvm_ternary.quant.activations`)."""
+    ``tvm_ternary::quantize`` in PyTorch (see :mod:`tvm_ternary.quant.activations`).
+
+    With ``uniform`` ``(first, scale)``, the thresholds are exactly ``fl((first + j) * scale)``
+    in float32 (a uniform quantizer's, see :func:`uniform_thresholds`) and the count is
+    computed, not counted: an estimate from ``x / scale``, then one compare on each side of
+    it, with thresholds recomputed by that same float32 multiply, makes it exact (the
+    estimate is off by at most one). A few vector operations per value instead of one
+    compare per threshold, for 8-bit quantizers."""
     count_thresholds = int(thresholds.shape[0])
-    if count_thresholds <= UNROLLED_THRESHOLDS:
+    if uniform is not None:
+        first, scale = uniform
+        n = count_thresholds
+
+        def threshold(j: PrimExpr) -> PrimExpr:          # thresholds[j], bit for bit
+            return (j.astype("float32") + tirx.const(first, "float32")) * tirx.const(scale, "float32")
+
+        def count(*i):
+            v = x(*i)
+            position = tirx.max(tirx.min(v * tirx.const(1.0 / scale, "float32") - tirx.const(first - 1, "float32"),
+                                         tirx.const(n, "float32")), tirx.const(0.0, "float32"))
+            guess = position.astype("int32")            # 0..n thresholds reached, estimated (truncation: floor)
+            above = tirx.all(guess < n, v >= threshold(guess))                 # reaches the next one too
+            below = tirx.all(guess > 0, v < threshold(guess - 1))              # misses the last one counted
+            return tirx.Cast(dtype, guess + above.astype("int32") - below.astype("int32"))
+    elif count_thresholds <= UNROLLED_THRESHOLDS:
         def count(*i):
             return sum((tirx.Cast(dtype, x(*i) >= thresholds[j]) for j in range(1, count_thresholds)),
                        tirx.Cast(dtype, x(*i) >= thresholds[0]))
@@ -221,6 +244,26 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
                            name="count")
     return te.compute(x.shape, lambda *i: tirx.const(lo, dtype) + tirx.const(step, dtype) * count(*i),
                       name="levels")
+
+
+def uniform_thresholds(thresholds: np.ndarray) -> tuple[float, float] | None:
+    """``(first, scale)`` with ``thresholds[j] == float32((first + j) * scale)`` exactly, where
+    ``first`` is a half-integer (a uniform quantizer's ``(level + 0.5) * scale``, as
+    :class:`~tvm_ternary.quant.activations.UniformQuantizer` computes them), when there are
+    more than :data:`UNROLLED_THRESHOLDS` of them; else None (:func:`quantize_levels` counts)."""
+    t = np.asarray(thresholds, np.float32)
+    if len(t) <= UNROLLED_THRESHOLDS or not np.all(np.isfinite(t)) or t[-1] <= t[0]:
+        return None
+    spacing = (float(t[-1]) - float(t[0])) / (len(t) - 1)
+    first = np.floor(float(t[0]) / spacing) + 0.5
+    steps = np.float32(first) + np.arange(len(t), dtype=np.float32)
+    up = down = np.float32(float(t[-1]) / float(steps[-1]))
+    for _ in range(4):                  # the estimate, and up to 3 ulps either side of it
+        for scale in (up, down):
+            if np.array_equal(steps * scale, t):
+                return float(first), float(scale)
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+    return None
 
 
 def threshold_count(encoding: Encoding) -> int:

@@ -202,14 +202,17 @@ class OperatorSpec:
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
 
     def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int,
-                                ascending: bool = False, input_block: int = 0) -> tirx.PrimFunc:
+                                ascending: bool = False, input_block: int = 0,
+                                uniform: tuple[float, float] | None = None) -> tirx.PrimFunc:
         """PrimFunc ``(x float32 [data_shape], thresholds float32 [num_thresholds]) -> kernel
         input``: the activation quantizer (:func:`.compute.quantize_levels`) fused with the
         data stage, for graphs whose activations arrive in float. When the thresholds are
         ``ascending`` and the quantizer's levels are the activation encoding's values, the
         planes come straight from the threshold compares (no level count in between: two
         compares serve both ternary planes). With ``input_block`` ``B`` (bit-packed schemes),
-        ``x`` arrives channel-blocked, ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`)."""
+        ``x`` arrives channel-blocked, ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`).
+        ``uniform`` ``(t0, spacing)``: the thresholds are evenly spaced
+        (:func:`.compute.uniform_thresholds`), so levels are computed, not counted."""
         shape = self.data_shape
         if input_block:
             n, c, *spatial = self.data_shape
@@ -223,12 +226,12 @@ class OperatorSpec:
         thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
         direct = ascending and self._levels_are_encoding_values(lo, step, num_thresholds)
         if input_block:
-            values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE)
+            values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform)
             staged = pack_blocked_data(values, self.scheme, self.padding, self.word_bits, thresholds if direct else None)
         elif direct:
             staged = self._pack(x, thresholds)
         else:
-            staged = self._data_stage(quantize_levels(x, thresholds, lo, step, DATA_DTYPE))
+            staged = self._data_stage(quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform))
         return te.create_prim_func([x, thresholds, staged]).with_attr("global_symbol", self.symbol + "_quantize")
 
     def gather_prim_func(self) -> tirx.PrimFunc:

@@ -5,10 +5,11 @@ define the integer inference semantics that the Relax rewrite reproduces exactly
 """
 
 from .activations import ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, UniformQuantizer
-from .convert import quantize
+from .convert import FIRST_LAST, quantize
 from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, quantize_levels
-from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, Unipolar, WeightQuantizer
+from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, Symmetric, Unipolar, WeightQuantizer
 
 __all__ = ["quantize", "QUANTIZE_SCHEMES", "QuantConv2d", "QuantLinear", "QuantLayer", "quantize_levels",
            "ActivationQuantizer", "UniformQuantizer", "BipolarQuantizer", "FatnnQuantizer",
-           "WeightQuantizer", "TWN", "TNT", "FatnnWeights", "Bipolar", "Unipolar", "FGQ"]
+           "WeightQuantizer", "TWN", "TNT", "FatnnWeights", "Bipolar", "Unipolar", "Symmetric", "FGQ",
+           "FIRST_LAST"]

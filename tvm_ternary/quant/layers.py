@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .activations import ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, UniformQuantizer
-from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, WeightQuantizer
+from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, Symmetric, WeightQuantizer
 
 
 @torch.library.custom_op("tvm_ternary::quantize", mutates_args=())
@@ -74,6 +74,16 @@ def presets(group_size: int = 4) -> dict[str, Preset]:
 
 QUANTIZE_SCHEMES = tuple(presets())
 """Scheme names accepted by :func:`tvm_ternary.quantize` (stable)."""
+
+
+def int8_preset(signed: bool) -> Preset:
+    """The 8-bit first/last layer (:func:`tvm_ternary.quantize` with ``first_last="int8"``):
+    per-channel symmetric int8 weights and 7-bit activations, signed (-64..63) for inputs
+    that go negative (a normalized image), else unsigned (0..127), as the ``int8`` kernel
+    scheme defines them."""
+    return Preset("int8", {"activation_encoding": "signed" if signed else "unsigned"},
+                  (lambda: UniformQuantizer(-64, 63)) if signed else (lambda: UniformQuantizer.unsigned(7)),
+                  lambda k: Symmetric(8))
 
 
 class QuantLayer(nn.Module):

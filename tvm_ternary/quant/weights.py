@@ -12,6 +12,8 @@ per output channel (axis 0). Statistics are per output channel.
 - :class:`FatnnWeights`: learned asymmetric thresholds ``w > d_pos -> 1``, ``w < -d_neg -> -1``.
 - :class:`Bipolar`: odd levels ``±1, ±3, ...`` of ``bits`` bits (1 bit: BNN's sign).
 - :class:`Unipolar`: ``0 .. 2^bits - 1`` (negative weights clip to 0).
+- :class:`Symmetric`: ``-(2^(bits-1) - 1) .. 2^(bits-1) - 1``, rounded, scale ``max|w| / top``
+  (8 bits: the int8 first and last layers, as PyTorch's per-channel symmetric int8 weights).
 - :class:`FGQ`: ternary in groups of ``group_size`` input channels at each kernel tap,
   one scale per group; deployed as ``w_int = t * m`` with small integer multipliers
   ``m`` (``0..FGQ_MULTIPLIER_MAX``) of the channel scale, so inference stays integer.
@@ -147,6 +149,20 @@ class Unipolar(WeightQuantizer):
         rows = _per_channel(w.detach())
         scale = (rows.amax(1).clamp(min=0) / self.top).clamp(min=1e-12)
         return torch.clamp(torch.round(rows / scale[:, None]), 0, self.top).reshape(w.shape), scale
+
+
+class Symmetric(WeightQuantizer):
+    """Signed levels ``-top .. top`` with ``top = 2^(bits-1) - 1``, rounded to nearest,
+    scale ``max|w| / top`` per output channel."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.top = (1 << (bits - 1)) - 1
+
+    def quantize(self, w):
+        rows = _per_channel(w.detach())
+        scale = (rows.abs().amax(1) / self.top).clamp(min=1e-12)
+        return torch.clamp(torch.round(rows / scale[:, None]), -self.top, self.top).reshape(w.shape), scale
 
 
 class FGQ(WeightQuantizer):
