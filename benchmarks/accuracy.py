@@ -2,12 +2,14 @@
 bundled digits (8x8 images, 10 classes; nothing is downloaded).
 
     python benchmarks/accuracy.py                       # every scheme, post-training and after QAT
-    python benchmarks/accuracy.py --schemes fatnn,ternary --qat-epochs 20
+    python benchmarks/accuracy.py --schemes fatnn,ternary --qat-epochs 20 --first-last float,int8
 
-For each scheme: post-training ``quantize`` of the trained float model, then
-quantization-aware fine-tuning (straight-through estimators), then the same model built
-with ``tvm_ternary.build`` and run by the Relax VM. The TVM predictions must equal PyTorch's:
-the script checks it. Not a timed benchmark; accuracy varies a little with ``--seed``.
+For each scheme and each treatment of the first and last layer (``quantize(...,
+first_last=...)``: ``float``, ``int8`` or ``same``, the scheme itself): post-training
+``quantize`` of the trained float model, then quantization-aware fine-tuning
+(straight-through estimators), then the same model built with ``tvm_ternary.build`` and
+run by the Relax VM. The TVM predictions must equal PyTorch's: the script checks it. Not
+a timed benchmark; accuracy varies a little with ``--seed``.
 """
 
 from __future__ import annotations
@@ -75,22 +77,30 @@ def main(argv=None) -> None:
     p.add_argument("--epochs", type=int, default=30, help="float training epochs")
     p.add_argument("--qat-epochs", type=int, default=15, help="quantization-aware fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--first-last", default=",".join(tvm_ternary.quant.FIRST_LAST),
+                   help="comma list of quantize(first_last=...) choices to compare")
     args = p.parse_args(argv)
+    choices = args.first_last.split(",")
+    unknown = sorted(set(choices) - set(tvm_ternary.quant.FIRST_LAST))
+    if unknown:
+        p.error(f"unknown --first-last {unknown}; expected some of {tvm_ternary.quant.FIRST_LAST}")
     torch.manual_seed(args.seed)
     xtr, ytr, xte, yte = data(args.seed)
     model = train(convnet(), xtr, ytr, args.epochs, 3e-3, "fp32")
     fp32, _ = accuracy(model, xte, yte)
     print(f"digits: {len(xtr)} train / {len(xte)} test images; convnet fp32 test accuracy {fp32:.2%}")
-    print(f"{'scheme':<10} {'post-training':>14} {'after QAT':>10} {'TVM = PyTorch':>14}")
+    print(f"{'scheme':<10} {'first/last':>10} {'post-training':>14} {'after QAT':>10} {'TVM = PyTorch':>14}")
     for scheme in args.schemes.split(","):
-        quantized = tvm_ternary.quantize(model, scheme, xtr[:256])
-        ptq, _ = accuracy(quantized, xte, yte)
-        quantized = train(quantized, xtr, ytr, args.qat_epochs, 1e-3, f"QAT {scheme}")
-        qat, predicted = accuracy(quantized, xte, yte)
-        same = np.array_equal(tvm_predictions(quantized, xte), predicted)
-        print(f"{scheme:<10} {ptq:>14.2%} {qat:>10.2%} {'yes' if same else 'NO':>14}")
-        if not same:
-            raise SystemExit(f"accuracy.py: TVM and PyTorch predictions differ for {scheme}")
+        for first_last in choices:
+            torch.manual_seed(args.seed)             # the same QAT batches for every choice
+            quantized = tvm_ternary.quantize(model, scheme, xtr[:256], first_last=first_last)
+            ptq, _ = accuracy(quantized, xte, yte)
+            quantized = train(quantized, xtr, ytr, args.qat_epochs, 1e-3, f"QAT {scheme} {first_last}")
+            qat, predicted = accuracy(quantized, xte, yte)
+            same = np.array_equal(tvm_predictions(quantized, xte), predicted)
+            print(f"{scheme:<10} {first_last:>10} {ptq:>14.2%} {qat:>10.2%} {'yes' if same else 'NO':>14}")
+            if not same:
+                raise SystemExit(f"accuracy.py: TVM and PyTorch predictions differ for {scheme}, first_last={first_last}")
 
 
 if __name__ == "__main__":

@@ -13,23 +13,16 @@ into one dot-product instruction: ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` +
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from .fgq import dot_intrinsic
 from .isa import isa_of
-from .tiling import REDUCE, TILE_SCOPE, loops_by_extent, tile_budget, tile_output
+from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, tile_budget, tile_output
 
 
-class DotKernel(ScheduleRule):
+class DotKernel(KernelRule):
     """Schedule rule for the ``dot`` + ``out`` int8 kernel (see module doc)."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
-              seed: int | None = None) -> s_tir.Schedule | None:
-        """Schedule ``func`` (None if the rule does not apply); ``seed`` seeds the sampling of
-        ``tunable`` as in :meth:`.PopcountKernel.apply`."""
-        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""

@@ -12,13 +12,12 @@ the group's ``V`` scales.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
-from .tiling import REDUCE, TILE_SCOPE, loops_by_extent, register_tile, tile_budget, tile_output
+from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, register_tile, tile_budget, tile_output
 
 ACCUMULATORS_PER_PIXEL = 2
 """Per pixel and lane vector: the float sum and the int32 group sum."""
@@ -33,14 +32,8 @@ def dot_intrinsic(target: Target, lanes: int) -> str | None:
     return None
 
 
-class FgqKernel(ScheduleRule):
+class FgqKernel(KernelRule):
     """Schedule rule for the ``group`` + ``acc`` + ``out`` FGQ kernel."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
-              seed: int | None = None) -> s_tir.Schedule | None:
-        """Schedule ``func`` (None if the rule does not apply); ``seed`` seeds the sampling of
-        ``tunable`` as in :meth:`.PopcountKernel.apply`."""
-        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""

@@ -3,8 +3,8 @@
 Runs the two outermost loops of each stage (batch x output channels, batch x planes, ...)
 in parallel; LLVM vectorizes the rest on its own. It applies only to our operators' stages
 (:data:`STAGES`), on any LLVM CPU target, and in practice schedules what the per-target
-rules (AVX2, AVX-512, NEON) leave: dense packing and FGQ's byte layout. It has no knobs, so
-``tunable`` changes nothing.
+rules (AVX2, AVX-512, NEON) leave: dense packing, and the byte layout of dense layers and of
+integer inputs (:func:`tvm_ternary.op`). It has no knobs, so ``tunable`` changes nothing.
 """
 
 from __future__ import annotations

@@ -29,14 +29,13 @@ unroll depth of the reduction are sampled, so MetaSchedule searches this same sp
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, acc_shape, batch_tile, divisors, pick_tile, register_tile,
-                     tile_budget, tile_output)
+from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, KernelRule, acc_shape, batch_tile, divisors, pick_tile,
+                     register_tile, tile_budget, tile_output)
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue, whose bit vectors and movemask chunks need
@@ -56,15 +55,8 @@ def _channel_blocks(sch: s_tir.Schedule, acc) -> int:
     return 2 if "float" in str(buffer.dtype) and int(buffer.shape[1]) % 2 == 0 else 1
 
 
-class PopcountKernel(ScheduleRule):
+class PopcountKernel(KernelRule):
     """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
-
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
-              seed: int | None = None) -> s_tir.Schedule | None:
-        """Schedule ``func`` (None if the rule does not apply). ``seed`` (1 to 2**31 - 1) seeds
-        the schedule's random state, which ``tunable`` samples the knobs from: the same seed
-        gives the same sample; None draws it from the device's random source."""
-        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""

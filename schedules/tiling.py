@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import tvm
-from tvm import s_tir
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
 
 REDUCE = 2  # IterVar type of a commutative reduction
 
@@ -18,6 +20,22 @@ stack alloca that LLVM promotes to registers."""
 
 STACK_BYTES = 1024
 """TVM's ``kMaxStackAlloca``: buffers of fewer bytes live on the stack."""
+
+
+class KernelRule(ScheduleRule):
+    """Base of the kernel rules: :meth:`schedule` works in place on a schedule (MetaSchedule's
+    form), :meth:`apply` on a PrimFunc (dlight's)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
+              seed: int | None = None) -> s_tir.Schedule | None:
+        """Schedule ``func`` (None if the rule does not apply). ``seed`` (1 to 2**31 - 1) seeds
+        the schedule's random state, which ``tunable`` samples the knobs from: the same seed
+        gives the same sample; None draws it from the device's random source."""
+        return self.schedule(s_tir.Schedule(func, seed=seed), target, tunable)
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``sch`` in place; None, untouched, if the rule does not apply."""
+        raise NotImplementedError
 
 
 def tile_budget(sch: s_tir.Schedule, block, registers: int) -> int:
