@@ -33,12 +33,14 @@ def test_value_sets_match_the_kernel_scheme(scheme):
     x = torch.randn(4, 3, 6, 6)
     q = quantize(small_net(), scheme, x)
     layers = quantized_layers(q)
-    assert len(layers) == 3                    # first conv and last linear stay float
+    assert len(layers) == 5                    # the first conv and last linear in int8 (the default)
+    assert [json.loads(layer.scheme)["scheme"] for layer in layers] == \
+        ["int8", *[presets()[scheme].kernel] * 3, "int8"]
     for layer in layers:
-        params = dict(presets()[scheme].kernel_params)
-        kernel = make_scheme("conv2d", presets()[scheme].kernel, **params)
+        params = json.loads(layer.scheme)
+        kernel = make_scheme("conv2d", params.pop("scheme"), **params)
         weights = layer.w_int.numpy()
-        if scheme.startswith("fgq"):           # t * m: ternary times a small group multiplier
+        if kernel.name == "fgq":               # t * m: ternary times a small group multiplier
             assert np.all(np.abs(weights) <= FGQ_MULTIPLIER_MAX) and np.all(weights == np.round(weights))
         else:
             kernel.check_values("conv2d", "weight", weights)
@@ -228,7 +230,7 @@ def test_depthwise_convolutions_stay_float_with_one_warning():
     with pytest.warns(UserWarning, match=r"quantize: 2 depthwise convolution\(s\) stay float .*: 1, 4$") as caught:
         q = quantize(net, "ternary", torch.randn(1, 3, 6, 6))
     assert len([w for w in caught if "depthwise" in str(w.message)]) == 1
-    assert [type(m).__name__ for m in q] == ["Conv2d", "Conv2d", "ReLU", "QuantConv2d", "Conv2d", "Conv2d"]
+    assert [type(m).__name__ for m in q] == ["QuantConv2d", "Conv2d", "ReLU", "QuantConv2d", "Conv2d", "QuantConv2d"]
 
 
 def test_first_last_int8():

@@ -45,7 +45,7 @@ FIRST_LAST = ("float", "int8", "same")
 """How :func:`quantize` treats a model's first and last Conv2d/Linear (stable spellings)."""
 
 
-def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = "float",
+def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = "int8",
              keep: Iterable[str] = (), group_size: int = 4) -> nn.Module:
     """Post-training quantization: a copy of ``model`` with its ``Conv2d``/``Linear``
     layers replaced by :class:`QuantConv2d`/:class:`QuantLinear`, in eval mode.
@@ -61,12 +61,14 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
             ``"tnt"``, ``"fgq_w2a4"``, ``"fgq_w2a8"``, ``"w1a1"``, ``"w2a2"``.
         calibration_data: a model input tensor, or an iterable of them; each quantized
             layer's activation quantizer is fit to what the float model feeds that layer.
-        first_last: the first and the last Conv2d/Linear (in execution order): ``"float"``
-            keeps them float (the default: see the README for the accuracy evidence);
-            ``"int8"`` quantizes them to per-channel symmetric 8-bit weights and 7-bit
+        first_last: the first and the last Conv2d/Linear (in execution order). ``"int8"``
+            (the default) quantizes them to per-channel symmetric 8-bit weights and 7-bit
             activations (the ``int8`` kernel scheme; signed activations where the
-            calibration input goes negative, e.g. a normalized image, else unsigned);
-            ``"same"`` quantizes them with ``scheme`` like every other layer.
+            calibration input goes negative, e.g. a normalized image, else unsigned): the
+            whole model is then integer, within a few tenths of a percent of float first
+            and last layers in accuracy and faster (the README's "First and last layers"
+            gives the evidence). ``"float"`` keeps them float; ``"same"`` quantizes them
+            with ``scheme`` like every other layer (cheapest, least accurate).
         keep: further module names to keep in float.
         group_size: FGQ group size (4 or 64).
 
