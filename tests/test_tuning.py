@@ -1,18 +1,30 @@
-"""tvm_ternary.tune: MetaSchedule over the rules' knobs, locally and over a tracker of boards."""
+"""tvm_ternary.tune and tune_model: MetaSchedule over the rules' knobs, locally and over a tracker of
+boards; build(tuned=...)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
 
 import tvm_ternary
 from tvm_ternary.emulator import Board, Tracker
+from tvm_ternary.rewrite import rewrite_quantized
 
 from .conftest import AVX2
+from .test_rewrite import calls
 
 CONV = dict(name="conv2d", scheme="ternary", data_shape=(1, 40, 9, 9), weight_shape=(16, 40, 3, 3), padding=1)
 
@@ -21,6 +33,11 @@ def records(work_dir) -> list:
     """``[trace, run_secs, target, args]`` of each record (JSON lines ``[workload, record]``)."""
     with open(work_dir / "database_tuning_record.json") as fh:
         return [json.loads(line)[1] for line in fh]
+
+
+def hand_records(work_dir) -> list:
+    """Records of the hand schedule: a trace without sampling decisions (``[insts, decisions]``)."""
+    return [r for r in records(work_dir) if not r[0][1]]
 
 
 def measured(work_dir) -> list[float]:
@@ -36,9 +53,10 @@ def check(f, rng):
 
 def test_tune_locally_resume_and_apply(tmp_path, rng):
     work_dir = tvm_ternary.tune(**CONV, target=AVX2, trials=4, work_dir=tmp_path / "t", seed=0)
-    assert len(records(work_dir)) == 4 and len(measured(work_dir)) == 4
+    assert len(records(work_dir)) == 5 and len(measured(work_dir)) == 5     # the hand schedule and 4 candidates
+    assert len(hand_records(work_dir)) == 1
     tvm_ternary.tune(**CONV, target=AVX2, trials=3, work_dir=work_dir, seed=1)        # resumes
-    assert len(records(work_dir)) == 7
+    assert len(records(work_dir)) == 8 and len(hand_records(work_dir)) == 1    # the hand schedule measured once
     f = tvm_ternary.op(**CONV, target=AVX2, tuned=work_dir)
     assert f.tuned
     check(f, rng)
@@ -68,7 +86,7 @@ def test_tune_with_foreign_handlers_on_metaschedules_logger(tmp_path):
         shape = dict(name="dense", scheme="ternary", data_shape=(1, 64), weight_shape=(8, 64))
         for i in range(2):
             tvm_ternary.tune(**shape, target=AVX2, trials=1, work_dir=tmp_path / str(i), seed=i)
-            assert len(measured(tmp_path / str(i))) == 1
+            assert len(measured(tmp_path / str(i))) == 2       # the hand schedule and one candidate
         logger.warning("after tuning")
         assert unnamed.messages[-1] == named.messages[-1] == "after tuning"
     finally:
@@ -82,7 +100,7 @@ def test_tune_over_a_tracker_of_emulated_boards(tmp_path, rng):
         remote = {"tracker": tracker.address, "key": "rasp4"}
         shape = dict(name="dense", scheme="ternary", data_shape=(2, 256), weight_shape=(32, 256))
         work_dir = tvm_ternary.tune(**shape, target="rasp4", trials=4, work_dir=tmp_path / "pi", remote=remote)
-        assert len(measured(work_dir)) == 4                                 # all ran on the boards
+        assert len(measured(work_dir)) == 5                  # the hand schedule and 4 candidates ran on the boards
         assert all(r[2]["mcpu"] == "cortex-a72" for r in records(work_dir))
         f = tvm_ternary.op(**shape, target="rasp4", tuned=work_dir, remote=remote)
         assert f.tuned
@@ -90,7 +108,7 @@ def test_tune_over_a_tracker_of_emulated_boards(tmp_path, rng):
 
 
 def test_tune_errors(tmp_path):
-    with pytest.raises(ValueError, match="trials must be >= 1"):
+    with pytest.raises(ValueError, match="tune: trials must be an int >= 1, got 0"):
         tvm_ternary.tune(**CONV, trials=0, work_dir=tmp_path)
     with pytest.raises(ValueError, match="goes through a tracker"):
         tvm_ternary.tune(**CONV, target="rasp4", trials=1, work_dir=tmp_path, remote="127.0.0.1:9090")
@@ -105,7 +123,7 @@ DENSE = dict(name="dense", scheme="ternary", data_shape=(1, 64), weight_shape=(8
 
 @pytest.fixture(scope="module")
 def dense_tuned(tmp_path_factory):
-    """A tuning directory with one record: DENSE on AVX2."""
+    """A tuning directory with two records: DENSE on AVX2, its hand schedule and one candidate."""
     return tvm_ternary.tune(**DENSE, target=AVX2, trials=1, work_dir=tmp_path_factory.mktemp("dense"), seed=0)
 
 
@@ -126,6 +144,96 @@ def test_tuning_more_into_a_directory_recompiles_its_kernels(dense_tuned, tmp_pa
     assert first.tuned and tvm_ternary.op(**DENSE, target=AVX2, tuned=work_dir).executable is first.executable
     with open(work_dir / "database_tuning_record.json", "r+") as fh:
         fh.write(fh.readlines()[-1])
-    assert len(records(work_dir)) == 2
+    assert len(records(work_dir)) == 3
     again = tvm_ternary.op(**DENSE, target=AVX2, tuned=work_dir)
     assert again.tuned and again.executable is not first.executable
+
+
+def small_model(first_last: str = "int8"):
+    """(quantized model, input): two ternary 3x3 conv layers between an int8 stem and classifier."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+                        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.ReLU(),
+                        nn.Flatten(), nn.Linear(32 * 4 * 4, 10)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    return tvm_ternary.quantize(net, "ternary", x, first_last=first_last), x
+
+
+def run_built(ex, x: torch.Tensor) -> np.ndarray:
+    return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+
+
+@pytest.fixture(scope="module")
+def model_tuned(tmp_path_factory):
+    """A small model tuned for AVX2 with 2 candidates per kernel, and its results."""
+    model, x = small_model()
+    mod = tvm_ternary.from_torch(model, x)
+    work_dir = tmp_path_factory.mktemp("model")
+    return model, x, mod, work_dir, tvm_ternary.tune_model(mod, AVX2, work_dir, trials=2, seed=0)
+
+
+def test_tune_model_tunes_every_kernel_build_compiles(model_tuned, capsys):
+    model, x, mod, work_dir, results = model_tuned
+    kernels = calls(rewrite_quantized(mod, tvm_ternary.target(AVX2)))["tir:kernel"]
+    assert len(results) == kernels == 4                   # int8 stem, two ternary convs, int8 classifier
+    assert {r.name for r in results} >= {"tvm_ternary_conv2d_int8", "tvm_ternary_dense_int8"}
+    for r in results:                                     # the hand schedule is a candidate: never slower
+        assert r.trials == 2 and r.calls == 1 and 0 < r.tuned <= r.hand
+    assert len(hand_records(work_dir)) == 4 and len(measured(work_dir)) == 4 * 3
+
+
+def test_build_with_tuning_records_uses_them_and_stays_exact(model_tuned, caplog):
+    model, x, mod, work_dir, _ = model_tuned
+    with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
+        ex = tvm_ternary.build(mod, AVX2, tuned=work_dir)
+    assert any("4 of 4 kernels use tuning records" in r.getMessage() for r in caplog.records)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_array_equal(run_built(ex, x), expected)            # integer end to end: bit-identical
+    other, _ = small_model("same")            # a ternary stem and classifier: no records, the hand schedules
+    with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
+        ex = tvm_ternary.build(tvm_ternary.from_torch(other, x), AVX2, tuned=work_dir)
+    used = int(re.search(r"build: (\d) of 4 kernels use", caplog.records[-1].getMessage()).group(1))
+    assert 0 < used < 4
+    with torch.no_grad():
+        np.testing.assert_array_equal(run_built(ex, x), other(x).numpy())
+
+
+def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_path):
+    """Kill ``tune_model`` in a subprocess once it has written records (and cut its last line in
+    half, as a kill during a write would): the directory loads, tuning resumes into it, and
+    ``build`` applies it."""
+    _, x, mod, _, _ = model_tuned
+    work_dir = tmp_path / "killed"
+    script = (f"import torch, tvm_ternary, tests.test_tuning as t\n"
+              f"model, x = t.small_model()\n"
+              f"tvm_ternary.tune_model(tvm_ternary.from_torch(model, x), {AVX2!r}, {str(work_dir)!r}, trials=50)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (work_dir / "database_tuning_record.json").exists() or len(records(work_dir)) < 6:
+            assert proc.poll() is None and time.time() < deadline, "the tuning process ended or stalled"
+            time.sleep(0.5)
+    finally:
+        proc.kill()
+        proc.wait()
+    written = len(records(work_dir))
+    with open(work_dir / "database_tuning_record.json", "a") as fh:
+        fh.write('[0, [[["GetSBlock"')                                     # a record cut in the middle
+    tvm_ternary.tune_model(mod, AVX2, work_dir, trials=1, seed=1)
+    assert len(records(work_dir)) >= written + 4                           # one more candidate per kernel
+    tvm_ternary.build(mod, AVX2, tuned=work_dir)
+
+
+def test_tune_model_errors(tmp_path):
+    model, x = small_model()
+    mod = tvm_ternary.from_torch(model, x)
+    with pytest.raises(ValueError, match="tune_model: trials must be an int >= 1, got 0"):
+        tvm_ternary.tune_model(mod, AVX2, tmp_path, trials=0)
+    linear = tvm_ternary.from_torch(nn.Linear(4, 2).eval(), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="tune_model: the module has no conv2d/dense kernels to tune"):
+        tvm_ternary.tune_model(linear, AVX2, tmp_path, trials=1)
+    with pytest.raises(ValueError, match="holds no tuning records"):
+        tvm_ternary.build(mod, AVX2, tuned=tmp_path / "empty")

@@ -24,12 +24,12 @@ from .quant import QUANTIZE_SCHEMES, quantize  # noqa: E402
 from .remote import Remote, export  # noqa: E402
 from .schemes import SCHEME_NAMES, make_scheme  # noqa: E402
 from .targets import PRESETS, resolve_target  # noqa: E402
-from .tuning import tune  # noqa: E402
+from .tuning import tune, tune_model  # noqa: E402
 
 target = resolve_target
 """``tvm_ternary.target("rasp4")``: a preset name, ``"host"``, a dict or a kind string ->
 ``tvm.target.Target`` (see :mod:`tvm_ternary.targets`)."""
 
 __all__ = ["quantize", "QUANTIZE_SCHEMES", "from_torch", "build", "export", "Remote", "op", "CompiledOperator",
-           "make_scheme", "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS", "tune",
+           "make_scheme", "SCHEME_NAMES", "reference", "resolve_target", "target", "PRESETS", "tune", "tune_model",
            "SlowPathWarning"]

@@ -3,6 +3,9 @@ executable for the standard Relax VM."""
 
 from __future__ import annotations
 
+import logging
+import os
+
 import tvm
 from tvm.relax.backend.cpu_generic import legalize_passes
 from tvm.target import Target
@@ -11,9 +14,13 @@ from .diagnostics import warn_if_generic_target
 from .rewrite import KERNEL_ATTR, rewrite_quantized
 from .schedules.float_ops import FloatCPU
 from .targets import TargetLike, resolve_target
+from .tuning import TunedScheduler
+
+_LOG = logging.getLogger(__name__)
 
 
-def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executable:
+def build(mod: tvm.IRModule, target: TargetLike = "host",
+          tuned: str | os.PathLike | None = None) -> tvm.runtime.Executable:
     """Compile ``mod`` for ``target`` with our kernels in place of its quantized layers.
 
     Runs :func:`tvm_ternary.rewrite.rewrite_quantized` (quantized conv2d/dense -> our
@@ -26,6 +33,9 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
             :func:`tvm_ternary.from_torch`.
         target: a ``tvm.target.Target``, a dict, ``"host"``, a kind string (``"llvm"``) or
             a preset name (``"x86"``/``"avx2"``, ``"avx512"``, ``"rasp4"``/``"rpi4"``, ``"rasp3"``).
+        tuned: a tuning directory of :func:`tvm_ternary.tune_model` (or :func:`tvm_ternary.tune`):
+            each kernel with a record there uses its best one, the others the hand
+            schedules; one line on the ``tvm_ternary.build`` logger says how many.
 
     Returns:
         A ``tvm.runtime.Executable``: run it with
@@ -50,7 +60,12 @@ def build(mod: tvm.IRModule, target: TargetLike = "host") -> tvm.runtime.Executa
     if target.kind.name != "llvm":
         raise ValueError(f"build: target kind {target.kind.name!r} is not supported; our kernels are CPU (llvm) code")
     warn_if_generic_target(target, "build")
-    return tvm.compile(schedule_float_ops(rewrite_quantized(mod, target), target), target=target)
+    scheduler = None if tuned is None else TunedScheduler(target, tuned)
+    rewritten = rewrite_quantized(mod, target, scheduler)
+    if scheduler is not None:
+        _LOG.info("build: %d of %d kernels use tuning records of %s, the others the hand schedules",
+                  scheduler.tuned, scheduler.kernels, tuned)
+    return tvm.compile(schedule_float_ops(rewritten, target), target=target)
 
 
 def schedule_float_ops(mod: tvm.IRModule, target: Target) -> tvm.IRModule:

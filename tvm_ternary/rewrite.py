@@ -41,10 +41,11 @@ from __future__ import annotations
 import json
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import tvm
-from tvm import relax, te
+from tvm import relax, s_tir, te
 from tvm.relax.expr_functor import PyExprMutator, mutator
 from tvm.target import Target
 
@@ -439,9 +440,11 @@ class _Rewriter(PyExprMutator):
     """Emits the planned kernels in place of the layers' bindings."""
 
     def __init__(self, mod: tvm.IRModule, target: Target, graph: _Graph, layers: dict[relax.Var, Layer],
-                 float_convs: dict[relax.Var, FloatConv]):
+                 float_convs: dict[relax.Var, FloatConv], schedule: Scheduler):
         super().__init__(mod)
         self.target = target
+        self.schedule = schedule
+        self.sources: dict[str, tuple[str, tvm.tirx.PrimFunc]] = {}   # function name -> role, unscheduled
         self.graph = graph
         self.layers = layers
         self.float_convs = float_convs
@@ -543,10 +546,12 @@ class _Rewriter(PyExprMutator):
         with its multiply-accumulates per call if it is a kernel; layers with equal ``key``
         share one function."""
         if key not in self.functions:
-            scheduled = schedules.schedule(make_func(), self.target).mod["main"]
+            func = make_func()
+            scheduled = self.schedule(func, role).mod["main"]
             attrs = {"op_pattern": 8, KERNEL_ATTR: role, **({} if macs is None else {MACS_ATTR: macs})}
             scheduled = scheduled.without_attr("global_symbol").with_attrs(attrs)
             self.functions[key] = self.builder_.add_func(scheduled, name)
+            self.sources[self.functions[key].name_hint] = (role, func)
         return self.functions[key]
 
     def _emit_float_conv(self, conv: FloatConv) -> None:
@@ -665,12 +670,26 @@ class _Rewriter(PyExprMutator):
         return out, spec.block if spec.blocked_output else 0
 
 
-def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+Scheduler = Callable[[tvm.tirx.PrimFunc, str], s_tir.Schedule]
+"""How the pass schedules a function it adds: ``(PrimFunc, role) -> schedule`` (the role is
+the :data:`KERNEL_ATTR` value). By default the target's hand-written rules."""
+
+
+def rewrite_quantized(mod: tvm.IRModule, target: Target, schedule: Scheduler | None = None) -> tvm.IRModule:
     """Replace every quantized conv2d/dense in ``mod["main"]`` with our kernels for
-    ``target`` (see the module docstring); raises ``ValueError`` for a layer claimed
-    quantized whose weights or quantizer do not fit its scheme, and warns
+    ``target`` (see the module docstring), each function scheduled by ``schedule`` (default:
+    the target's rules, :func:`tvm_ternary.schedules.schedule`); raises ``ValueError`` for
+    a layer claimed quantized whose weights or quantizer do not fit its scheme, and warns
     (:class:`~tvm_ternary.diagnostics.SlowPathWarning`) for one it must leave to Relax
     because its weights or thresholds are not constants."""
+    return rewrite_with_sources(mod, target, schedule)[0]
+
+
+def rewrite_with_sources(mod: tvm.IRModule, target: Target, schedule: Scheduler | None = None
+                         ) -> tuple[tvm.IRModule, dict[str, tuple[str, tvm.tirx.PrimFunc]]]:
+    """:func:`rewrite_quantized`, and the functions it added before scheduling, by name in
+    the result: ``{name: (role, PrimFunc)}`` (what :func:`tvm_ternary.tune_model` tunes)."""
+    schedule = schedule or (lambda func, role: schedules.schedule(func, target))
     # the importer's leftovers (max_pool2d_with_indices becomes a tuple with a dead
     # zeros_like) would hide that a value's users take the blocked layout
     mod = tvm.ir.transform.Sequential([relax.transform.CanonicalizeBindings(),
@@ -692,8 +711,8 @@ def rewrite_quantized(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
             layer.int_thresholds = fold_thresholds(layer, nxt)
     float_convs = {var: conv for var, value in graph.values.items() if var not in layers
                    and (conv := matcher.float_conv(var, value)) is not None}
-    rewriter = _Rewriter(mod, target, graph, layers, float_convs)
+    rewriter = _Rewriter(mod, target, graph, layers, float_convs, schedule)
     new_main = rewriter.visit_expr(func)
     out = rewriter.builder_.get()
     out[out.get_global_var("main")] = relax.analysis.remove_all_unused(new_main)
-    return out
+    return out, rewriter.sources

@@ -18,22 +18,29 @@ Candidates run on this host, or on boards behind a TVM RPC tracker
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
+import numpy as np
 import psutil
 import tvm
+from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
+from tqdm import tqdm
 
 from . import schedules
 from .diagnostics import warn_if_generic_target
 from .remote import CROSS_COMPILERS, Remote, RemoteLike, export
 from .targets import TargetLike, host_cannot_run, resolve_target, target_arch
+
+_LOG = logging.getLogger(__name__)
 
 BOARD_CORES = {"cortex-a72": 4, "cortex-a53": 4}
 """Cores of the boards' CPUs (MetaSchedule's targets must say how many cores run a kernel)."""
@@ -80,12 +87,69 @@ def database_state(work_dir: str | os.PathLike) -> tuple[int, int] | None:
     return stat.st_mtime_ns, stat.st_size
 
 
+WORKLOADS_FILE = "database_workload.json"
+"""The file of a tuning directory that holds the tuned functions (MetaSchedule's ``JSONDatabase``)."""
+
+
+def _open_records(work_dir: str | os.PathLike) -> ms.database.JSONDatabase:
+    if not (Path(work_dir) / RECORDS_FILE).exists():
+        raise ValueError(f"tuned: {work_dir} holds no tuning records (run tvm_ternary.tune or tune_model first)")
+    repair(work_dir)
+    return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
+
+
+def repair(work_dir: str | os.PathLike) -> int:
+    """Drop the line a killed tuning process may have left half-written at the end of each
+    database file of ``work_dir`` (records are appended one JSON line at a time), so the
+    directory loads and tuning resumes; returns how many lines were dropped (each with a
+    warning on the ``tvm_ternary.tuning`` logger)."""
+    dropped = 0
+    for name in (WORKLOADS_FILE, RECORDS_FILE):
+        path = Path(work_dir) / name
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        if not lines:
+            continue
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            path.write_text("".join(lines[:-1]))
+            dropped += 1
+            _LOG.warning("tuning: dropped a half-written last line of %s (a tuning process was killed)", path)
+    return dropped
+
+
 def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> tvm.s_tir.Schedule | None:
     """The best record of ``work_dir`` for ``kernel``, applied; None when it has none."""
-    if not (Path(work_dir) / RECORDS_FILE).exists():
-        raise ValueError(f"tuned: {work_dir} holds no tuning records (run tvm_ternary.tune first)")
-    database = ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
-    return ms.tir_integration.compile_tir(database, _workload(kernel), _tuning_target(target))
+    return ms.tir_integration.compile_tir(_open_records(work_dir), _workload(kernel), _tuning_target(target))
+
+
+class TunedScheduler:
+    """Schedules the functions :func:`tvm_ternary.build` adds (a
+    :data:`tvm_ternary.rewrite.Scheduler`): each kernel by the best record of ``work_dir``
+    where it has one, else, like every other function, by the hand-written rules;
+    :attr:`tuned` and :attr:`kernels` count the kernels."""
+
+    def __init__(self, target: Target, work_dir: str | os.PathLike):
+        self.target, self.work_dir = target, work_dir
+        self.database = _open_records(work_dir)
+        self.tuned = self.kernels = 0
+
+    def __call__(self, func: tvm.tirx.PrimFunc, role: str) -> tvm.s_tir.Schedule:
+        if is_tuned_role(role):
+            self.kernels += 1
+            sch = ms.tir_integration.compile_tir(self.database, _workload(func), _tuning_target(self.target))
+            if sch is not None:
+                self.tuned += 1
+                return sch
+        return schedules.schedule(func, self.target)
+
+
+def is_tuned_role(role: str) -> bool:
+    """Whether functions of this :data:`~tvm_ternary.rewrite.KERNEL_ATTR` role are tuned: the
+    conv2d/dense kernels, ours and the float conv kernel (what :data:`schedules.TUNABLE_RULES` cover)."""
+    return role.endswith(":kernel")
 
 
 def _tuning_target(target: Target) -> Target:
@@ -100,13 +164,41 @@ def _tuning_target(target: Target) -> Target:
 
 def export_aarch64(mod) -> str:
     """MetaSchedule builder export for aarch64 boards: link here with the cross compiler
-    (a board's runtime cannot link a ``.tar`` itself). Runs in the builder's worker."""
+    (a board's runtime cannot link a ``.tar`` itself)."""
     path = os.path.join(tempfile.mkdtemp(), "tvm_tmp_mod.so")
     return export(mod, path, {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
 
 
+MIN_REPEAT_MS = 50
+"""Each measurement repeats a candidate for at least this long: back-to-back calls keep the
+thread pool awake, as the kernels of a model find it (with a few calls, a parallel kernel's
+wake-up alone doubled the measured time of a 30 µs layer)."""
+
+
+@derived_object
+class _Builder(ms.builder.PyBuilder):
+    """Builds candidates in this process. MetaSchedule's ``LocalBuilder`` starts a new worker
+    for every batch, whose default build function imports ``tvm.s_tir.tensor_intrin`` (19 s
+    on the development machine) for a 0.04 s compile. A candidate that fails to build is
+    recorded as failed and the search goes on."""
+
+    def __init__(self, f_export: Callable[[tvm.runtime.Module], str] | None = None):
+        super().__init__()
+        self.f_export = f_export or tvm.get_global_func("s_tir.meta_schedule.builder.default_export")
+
+    def build(self, build_inputs: list[ms.builder.BuilderInput]) -> list[ms.builder.BuilderResult]:
+        results = []
+        for item in build_inputs:
+            try:
+                results.append(ms.builder.BuilderResult(self.f_export(tvm.tirx.build(item.mod, item.target)), None))
+            except Exception as err:  # noqa: BLE001 - any failure of one candidate is that candidate's result
+                results.append(ms.builder.BuilderResult(None, f"build failed: {type(err).__name__}: {err}"))
+        return results
+
+
 def _runner(target: Target, remote: RemoteLike | None, repeat: int):
-    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=0, enable_cpu_cache_flush=False)
+    evaluator = ms.runner.EvaluatorConfig(number=3, repeat=repeat, min_repeat_ms=MIN_REPEAT_MS,
+                                           enable_cpu_cache_flush=False)
     if remote is None:
         reason = host_cannot_run(target)
         if reason:
@@ -135,28 +227,184 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     for bad arguments (those of :func:`tvm_ternary.op`, ``trials < 1``).
     """
     from .api import make_spec
-    if trials < 1:
-        raise ValueError(f"tune: trials must be >= 1, got {trials}")
+    _check_trials("tune", trials)
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
-    arch = target_arch(target)
-    cross = remote is not None or host_cannot_run(target)
-    if cross and arch not in CROSS_COMPILERS:
-        raise RuntimeError(f"tune: no cross compiler for {arch} targets")
-    if remote is None:
-        warn_if_generic_target(target, f"tune {spec.where}")
-    runner = _runner(target, remote, repeat=3)
-    builder = ms.builder.LocalBuilder(max_workers=1, timeout_sec=300,
-                                      f_export=export_aarch64 if arch == "aarch64" and cross else None)
-    work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    database = ms.database.JSONDatabase(work_dir=str(work_dir))
-    space = ms.space_generator.ScheduleFn(lambda sch: schedules.schedule_in_place(sch, target, True))
-    logging.getLogger(_MS_LOGGER).setLevel(logging.WARNING)
-    with _foreign_handlers_detached():
-        ms.tune_tir(_workload(spec.kernel_prim_func()), _tuning_target(target), str(work_dir),
-                    max_trials_global=trials, num_trials_per_iter=min(trials, 16), builder=builder,
-                    runner=runner, database=database, cost_model="random", space=space,
-                    strategy="replay-func", num_tuning_cores=1, seed=seed)
-    return work_dir
+    session = _Session(f"tune {spec.where}", target, work_dir, remote)
+    session.tune({"main": spec.kernel_prim_func()}, trials, seed)
+    return session.work_dir
+
+
+def _check_trials(where: str, trials: int) -> None:
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ValueError(f"{where}: trials must be an int >= 1, got {trials!r}")
+
+
+class _Session:
+    """What every tuning task of one call shares: target, measurement, the database."""
+
+    def __init__(self, where: str, target: Target, work_dir: str | os.PathLike, remote: RemoteLike | None):
+        arch = target_arch(target)
+        cross = remote is not None or host_cannot_run(target)
+        if cross and arch not in CROSS_COMPILERS:
+            raise RuntimeError(f"tune: no cross compiler for {arch} targets")
+        if remote is None:
+            warn_if_generic_target(target, where)
+        self.target = target
+        self.runner = _runner(target, remote, repeat=3)
+        self.builder = _Builder(export_aarch64 if arch == "aarch64" and cross else None)
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        repair(self.work_dir)
+        self.database = ms.database.JSONDatabase(work_dir=str(self.work_dir))
+
+    def tune(self, kernels: dict[str, tvm.tirx.PrimFunc], trials: int, seed: int | None,
+             bar: tqdm | None = None) -> None:
+        """Each kernel's hand schedule (once per database) and ``trials`` measured candidates
+        of its rule into the database, all kernels in one MetaSchedule task scheduler (round
+        robin); ``bar`` advances by one per measured candidate. A kernel's best record is
+        therefore never slower than its hand schedule beyond the noise of one measurement."""
+        for kernel in kernels.values():
+            if self.hand_record(kernel) is None:
+                self._commit_hand(kernel)
+        mod = tvm.IRModule({name: _workload(kernel)["main"] for name, kernel in kernels.items()})
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        if bar is not None:
+            callbacks.append(_Progress(bar))
+        space = ms.space_generator.ScheduleFn(lambda sch: schedules.schedule_in_place(sch, self.target, True))
+        logging.getLogger(_MS_LOGGER).setLevel(logging.WARNING)
+        with _foreign_handlers_detached():
+            ms.tune_tir(mod, _tuning_target(self.target), str(self.work_dir),
+                        max_trials_global=trials * len(kernels), max_trials_per_task=trials,
+                        num_trials_per_iter=min(trials, 16), builder=self.builder, runner=self.runner,
+                        database=self.database, cost_model="random", space=space, strategy="replay-func",
+                        task_scheduler="round-robin", measure_callbacks=callbacks, num_tuning_cores=1, seed=seed)
+
+    def best_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
+        """The fastest record of ``kernel`` (after :meth:`tune`)."""
+        (best,) = self.database.get_top_k(self.database.commit_workload(_workload(kernel)), 1)
+        return best
+
+    def hand_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord | None:
+        """The record of ``kernel``'s hand schedule (a trace without sampling decisions), if measured."""
+        workload = _workload(kernel)
+        if not self.database.has_workload(workload):
+            return None
+        records = self.database.get_top_k(self.database.commit_workload(workload), 1 << 20)
+        return next((r for r in records if len(r.trace.decisions) == 0), None)
+
+    def _commit_hand(self, kernel: tvm.tirx.PrimFunc) -> None:
+        """Build and measure the hand schedule as MetaSchedule measures a candidate, and record it."""
+        workload = _workload(kernel)
+        sch = tvm.s_tir.Schedule(workload)
+        schedules.schedule_in_place(sch, self.target, tunable=False)
+        target = _tuning_target(self.target)
+        (built,) = self.builder.build([ms.builder.BuilderInput(sch.mod, target)])
+        if built.error_msg:
+            raise RuntimeError(f"tune: the hand schedule does not build: {built.error_msg}")
+        args = ms.arg_info.ArgInfo.from_prim_func(kernel)
+        (future,) = self.runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
+        result = future.result()
+        if result.error_msg:
+            raise RuntimeError(f"tune: the hand schedule does not run: {result.error_msg}")
+        self.database.commit_tuning_record(ms.database.TuningRecord(
+            sch.trace, self.database.commit_workload(workload), result.run_secs, target, args))
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Advances a tqdm bar by the candidates of each measured batch."""
+
+    def __init__(self, bar: tqdm):
+        super().__init__()
+        self.bar = bar
+
+    def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results) -> None:
+        self.bar.update(len(runner_results))
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """One tuned function of a model: its name in the built module, calls per inference,
+    the hand schedule's and the best record's time (seconds, as measured while tuning) and
+    the candidates measured for it in this call."""
+
+    name: str
+    calls: int
+    hand: float
+    tuned: float
+    trials: int
+
+    @property
+    def ratio(self) -> float:
+        """Hand time over tuned time: above 1, tuning found something faster."""
+        return self.hand / self.tuned
+
+
+def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | os.PathLike = "tvm_ternary_tuning",
+               *, trials: int = 32, remote: RemoteLike | None = None, seed: int | None = None) -> list[TaskResult]:
+    """Tune every kernel :func:`tvm_ternary.build` would compile for ``mod`` and ``target``:
+    each conv2d/dense kernel of ours and each float conv kernel, ``trials`` measured
+    candidates per kernel after its hand schedule, into ``work_dir`` (resumable: tuning again
+    adds records, the best of all is used). One progress bar covers the whole job; a table
+    per kernel closes it (hand ms, tuned ms, ratio, trials). Then
+    ``build(mod, target, tuned=work_dir)`` uses the records.
+
+    Args:
+        mod: the Relax module to build, e.g. from :func:`tvm_ternary.from_torch`.
+        target: as for :func:`tvm_ternary.build`.
+        work_dir: the tuning directory (created if needed).
+        trials: measured candidates per kernel (the hand schedule is measured once more,
+            the first time a directory sees a kernel).
+        remote: measure on boards behind a TVM RPC tracker, ``{"tracker": "host:port",
+            "key": k}`` (cross-compiled here), as for :func:`tune`.
+        seed: seeds the search (None: random).
+
+    Returns:
+        A :class:`TaskResult` per kernel, slowest total (hand time x calls) first.
+    """
+    from .rewrite import rewrite_with_sources
+    _check_trials("tune_model", trials)
+    target = resolve_target(target)
+    rewritten, sources = rewrite_with_sources(mod, target)
+    calls = _call_counts(rewritten)
+    tasks = [(name, func) for name, (role, func) in sources.items() if is_tuned_role(role)]
+    if not tasks:
+        raise ValueError("tune_model: the module has no conv2d/dense kernels to tune (nothing quantized, no float conv2d)")
+    session = _Session("tune_model", target, work_dir, remote)
+    with tqdm(total=len(tasks) * trials, desc=f"tune_model: {len(tasks)} kernels", unit="trial") as bar:
+        session.tune(dict(tasks), trials, seed, bar)
+    results = [TaskResult(name, calls.get(name, 0), _seconds(session.hand_record(func)),
+                          _seconds(session.best_record(func)), trials) for name, func in tasks]
+    results.sort(key=lambda r: -r.hand * r.calls)
+    _print_table(results)
+    return results
+
+
+def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How often ``main`` calls each function (by name)."""
+    counts: dict[str, int] = {}
+
+    def visit(expr):
+        if isinstance(expr, tvm.relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.call_tir":
+            name = expr.args[0].name_hint
+            counts[name] = counts.get(name, 0) + 1
+
+    tvm.relax.analysis.post_order_visit(mod["main"], visit)
+    return counts
+
+
+def _seconds(record: ms.database.TuningRecord) -> float:
+    return float(np.median([float(t) for t in record.run_secs]))
+
+
+def _print_table(results: list[TaskResult]) -> None:
+    width = max(len(r.name) for r in results)
+    lines = [f"{'kernel':<{width}} {'calls':>5} {'hand ms':>9} {'tuned ms':>9} {'ratio':>6} {'trials':>6}"]
+    lines += [f"{r.name:<{width}} {r.calls:>5} {r.hand * 1e3:>9.4f} {r.tuned * 1e3:>9.4f} {r.ratio:>6.2f} {r.trials:>6}"
+              for r in results]
+    hand, tuned = (sum(getattr(r, a) * r.calls for r in results) for a in ("hand", "tuned"))
+    lines.append(f"{'all kernels, per inference':<{width}} {'':>5} {hand * 1e3:>9.4f} {tuned * 1e3:>9.4f} "
+                 f"{hand / tuned:>6.2f}")
+    tqdm.write("\n".join(lines))
