@@ -108,8 +108,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--precisions", default="ternary",
                    help=f"comma list of tvm_ternary.quantize schemes, or 'float' ({', '.join(tvm_ternary.QUANTIZE_SCHEMES)})")
-    p.add_argument("--first-last", choices=tvm_ternary.quant.FIRST_LAST, default="float",
-                   help="the stem and classifier: float (quantize's default), int8, or the same scheme as the rest")
+    p.add_argument("--first-last", choices=tvm_ternary.quant.FIRST_LAST, default="int8",
+                   help="the stem and classifier: int8 (quantize's default), float, or the same scheme as the rest")
     p.add_argument("--model", choices=list(NETWORKS), default="resnet18", help="the network (random weights)")
     p.add_argument("--size", type=int, default=224, help="input height and width")
     p.add_argument("--threads", type=int, default=1)

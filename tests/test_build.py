@@ -70,9 +70,10 @@ def test_resnet18_int8_first_and_last_layers_equal_pytorch_exactly(scheme, batch
 
 
 @pytest.mark.parametrize("scheme", ["fatnn", "w1a1"])
-def test_resnet18_default_float_stem_and_classifier(scheme):
-    """Default quantize keeps the stem and classifier in float: those run through Relax's own
-    float kernels, whose summation order differs from PyTorch's in the last bits."""
+def test_resnet18_float_stem_and_classifier(scheme):
+    """``first_last="float"`` keeps the stem and classifier in float: those run through our
+    float conv kernel and Relax's float operators, whose summation order differs from
+    PyTorch's in the last bits."""
     model, x, _, ex = resnet(scheme, 2, 2, "float")
     np.testing.assert_allclose(run(ex, x), expected(model, x), rtol=1e-4, atol=1e-4 * np.abs(expected(model, x)).max())
 

@@ -147,6 +147,10 @@ def test_only_exactly_uniform_thresholds_are_computed():
     bumped[40] = np.nextafter(bumped[40], np.inf)                   # one ulp off the formula
     assert uniform_thresholds(bumped) is None
     assert uniform_thresholds(np.sort(np.random.default_rng(0).random(100)).astype(np.float32)) is None
+    tiny = (np.arange(127, dtype=np.float32) + np.float32(0.5)) * np.float32(1e-39)
+    assert uniform_thresholds(tiny) is None                         # 1 / scale overflows float32
+    far = (np.arange(2 ** 22, 2 ** 22 + 17, dtype=np.float32) + np.float32(0.5)) * np.float32(2.3e-10)
+    assert uniform_thresholds(far) is None                          # no one-step margin that far out
 
 
 def run_data_stage(spec, func, *inputs):

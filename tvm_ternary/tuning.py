@@ -94,30 +94,38 @@ WORKLOADS_FILE = "database_workload.json"
 def _open_records(work_dir: str | os.PathLike) -> ms.database.JSONDatabase:
     if not (Path(work_dir) / RECORDS_FILE).exists():
         raise ValueError(f"tuned: {work_dir} holds no tuning records (run tvm_ternary.tune or tune_model first)")
-    repair(work_dir)
+    if _half_written(work_dir):
+        raise ValueError(f"tuned: a database file of {work_dir} ends in a half-written line (a tuning process was "
+                         f"killed, or is still writing); the next tune or tune_model into it repairs it")
     return ms.database.JSONDatabase(work_dir=str(work_dir), allow_missing=False)
+
+
+def _half_written(work_dir: str | os.PathLike) -> list[Path]:
+    """The database files of ``work_dir`` whose last line is not a whole JSON record."""
+    broken = []
+    for name in (WORKLOADS_FILE, RECORDS_FILE):
+        path = Path(work_dir) / name
+        lines = path.read_text().splitlines() if path.exists() else []
+        try:
+            if lines:
+                json.loads(lines[-1])
+        except json.JSONDecodeError:
+            broken.append(path)
+    return broken
 
 
 def repair(work_dir: str | os.PathLike) -> int:
     """Drop the line a killed tuning process may have left half-written at the end of each
     database file of ``work_dir`` (records are appended one JSON line at a time), so the
     directory loads and tuning resumes; returns how many lines were dropped (each with a
-    warning on the ``tvm_ternary.tuning`` logger)."""
-    dropped = 0
-    for name in (WORKLOADS_FILE, RECORDS_FILE):
-        path = Path(work_dir) / name
-        if not path.exists():
-            continue
+    warning on the ``tvm_ternary.tuning`` logger). Tuning calls it before it writes; reading
+    a directory (``tuned=``) never rewrites it."""
+    broken = _half_written(work_dir)
+    for path in broken:
         lines = path.read_text().splitlines(keepends=True)
-        if not lines:
-            continue
-        try:
-            json.loads(lines[-1])
-        except json.JSONDecodeError:
-            path.write_text("".join(lines[:-1]))
-            dropped += 1
-            _LOG.warning("tuning: dropped a half-written last line of %s (a tuning process was killed)", path)
-    return dropped
+        path.write_text("".join(lines[:-1]))
+        _LOG.warning("tuning: dropped a half-written last line of %s (a tuning process was killed)", path)
+    return len(broken)
 
 
 def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> tvm.s_tir.Schedule | None:

@@ -217,7 +217,8 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
     computed, not counted: an estimate from ``x / scale``, then one compare on each side of
     it, with thresholds recomputed by that same float32 multiply, makes it exact (the
     estimate is off by at most one). A few vector operations per value instead of one
-    compare per threshold, for 8-bit quantizers."""
+    compare per threshold, for 8-bit quantizers. NaN inputs have no defined level (this path
+    gives the top one, as PyTorch's ``bucketize`` does; counting gives the bottom one)."""
     count_thresholds = int(thresholds.shape[0])
     if uniform is not None:
         first, scale = uniform
@@ -258,9 +259,13 @@ def uniform_thresholds(thresholds: np.ndarray) -> tuple[float, float] | None:
     first = np.floor(float(t[0]) / spacing) + 0.5
     steps = np.float32(first) + np.arange(len(t), dtype=np.float32)
     up = down = np.float32(float(t[-1]) / float(steps[-1]))
+    if abs(first) + len(t) >= 2 ** 22:  # levels that far out: float32 estimates lose their one-step margin
+        return None
     for _ in range(4):                  # the estimate, and up to 3 ulps either side of it
         for scale in (up, down):
-            if np.array_equal(steps * scale, t):
+            with np.errstate(over="ignore", divide="ignore"):
+                inverse = np.float32(1) / scale
+            if np.array_equal(steps * scale, t) and np.isfinite(inverse) and scale > 0:
                 return float(first), float(scale)
         up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
     return None

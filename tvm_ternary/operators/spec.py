@@ -211,7 +211,7 @@ class OperatorSpec:
         planes come straight from the threshold compares (no level count in between: two
         compares serve both ternary planes). With ``input_block`` ``B`` (bit-packed schemes),
         ``x`` arrives channel-blocked, ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`).
-        ``uniform`` ``(t0, spacing)``: the thresholds are evenly spaced
+        ``uniform`` ``(first, scale)``: the thresholds are exactly ``float32((first + j) * scale)``
         (:func:`.compute.uniform_thresholds`), so levels are computed, not counted."""
         shape = self.data_shape
         if input_block:
