@@ -55,6 +55,7 @@ def test_tune_locally_resume_and_apply(tmp_path, rng):
     work_dir = tvm_ternary.tune(**CONV, target=AVX2, trials=4, work_dir=tmp_path / "t", seed=0)
     assert len(records(work_dir)) == 5 and len(measured(work_dir)) == 5     # the hand schedule and 4 candidates
     assert len(hand_records(work_dir)) == 1
+    assert json.loads((work_dir / "tuning.json").read_text())["emulated"] is False
     tvm_ternary.tune(**CONV, target=AVX2, trials=3, work_dir=work_dir, seed=1)        # resumes
     assert len(records(work_dir)) == 8 and len(hand_records(work_dir)) == 1    # the hand schedule measured once
     f = tvm_ternary.op(**CONV, target=AVX2, tuned=work_dir)
@@ -102,6 +103,9 @@ def test_tune_over_a_tracker_of_emulated_boards(tmp_path, rng):
         work_dir = tvm_ternary.tune(**shape, target="rasp4", trials=4, work_dir=tmp_path / "pi", remote=remote)
         assert len(measured(work_dir)) == 5                  # the hand schedule and 4 candidates ran on the boards
         assert all(r[2]["mcpu"] == "cortex-a72" for r in records(work_dir))
+        assert json.loads((work_dir / "tuning.json").read_text())["emulated"] is True      # says so
+        with pytest.raises(ValueError, match="do not mix them with real measurements"):
+            tvm_ternary.tune(**shape, target=AVX2, trials=1, work_dir=work_dir)
         f = tvm_ternary.op(**shape, target="rasp4", tuned=work_dir, remote=remote)
         assert f.tuned
         check(f, rng)

@@ -54,6 +54,11 @@ def export(lib, path: str, target: TargetLike) -> str:
     return path
 
 
+EMULATED_BOARD_FUNC = "tvm_ternary.emulated_board"
+"""A global function only emulated boards register (the emulator's board server, which
+cannot import this package, spells it out too): timings there are not a board's."""
+
+
 @dataclass(frozen=True)
 class Remote:
     """Where to run: a board's ``host:port``, or a tracker's ``host:port`` plus ``key``.
@@ -125,6 +130,16 @@ class Remote:
         if err is not None:
             raise RuntimeError(f"remote: cannot reach {self}: {last_line(err)}")
         return session
+
+    def is_emulated(self) -> bool:
+        """Whether the board this remote reaches (one the tracker assigns) is an emulated one
+        (:mod:`tvm_ternary.emulator`, which registers :data:`EMULATED_BOARD_FUNC`)."""
+        session = self.connect()                  # unreachable: RuntimeError, as for any use
+        try:
+            session.get_function(EMULATED_BOARD_FUNC)
+        except (AttributeError, tvm.error.TVMError):   # not registered there: a real board
+            return False
+        return True
 
     def _request(self, host: str, port: int) -> rpc.client.RPCSession:
         """A session on the board the tracker assigns (it holds the request while none is

@@ -114,6 +114,29 @@ def _half_written(work_dir: str | os.PathLike) -> list[Path]:
     return broken
 
 
+DESCRIPTION_FILE = "tuning.json"
+"""What a tuning directory's records were measured on: ``{"target": ..., "measured_on":
+"this host" | "<remote>", "emulated": bool}``. Records from emulated boards say so here:
+their timings are not a board's and must not be shipped as its records."""
+
+
+def _describe(work_dir: Path, target: Target, remote: RemoteLike | None) -> None:
+    """Write (or check) ``work_dir``'s :data:`DESCRIPTION_FILE`; refuse to mix emulated and
+    real measurements in one directory."""
+    emulated = remote is not None and Remote.parse(remote).is_emulated()
+    description = {"target": str(target), "measured_on": "this host" if remote is None else str(Remote.parse(remote)),
+                   "emulated": emulated}
+    path = work_dir / DESCRIPTION_FILE
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before.get("emulated") != emulated:
+            raise ValueError(f"tune: {work_dir} holds records measured on {'an emulated' if before.get('emulated') else 'a real'}"
+                             f" board or host; do not mix them with {'emulated' if emulated else 'real'} measurements "
+                             f"(use another work_dir)")
+        return
+    path.write_text(json.dumps(description, indent=1) + "\n")
+
+
 def repair(work_dir: str | os.PathLike) -> int:
     """Drop the line a killed tuning process may have left half-written at the end of each
     database file of ``work_dir`` (records are appended one JSON line at a time), so the
@@ -264,6 +287,7 @@ class _Session:
         self.builder = _Builder(export_aarch64 if arch == "aarch64" and cross else None)
         self.work_dir = Path(work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        _describe(self.work_dir, target, remote)
         repair(self.work_dir)
         self.database = ms.database.JSONDatabase(work_dir=str(self.work_dir))
 
