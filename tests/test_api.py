@@ -185,7 +185,8 @@ def test_small_channel_conv2d_packs_whole_patches_exactly(scheme, params, data_s
 
 
 @pytest.mark.parametrize("target", TARGETS)
-@pytest.mark.parametrize("scheme,params", [SCHEMES[1], SCHEMES[2], SCHEMES[8]], ids=["fatnn", "w1a1bb", "fgq-g4a4"])
+@pytest.mark.parametrize("scheme,params", [SCHEMES[1], SCHEMES[2], SCHEMES[8], ("int8", {})],
+                         ids=["fatnn", "w1a1bb", "fgq-g4a4", "int8-unsigned"])
 @pytest.mark.parametrize("data_shape,weight_shape,stride,padding,dilation", [
     ((1, 40, 11, 13), (5, 40, 3, 3), 1, 2, 2),           # dilation 2, "same" padding
     ((2, 3, 12, 9), (4, 3, 3, 3), 2, 3, (3, 2)),         # patch layout, stride 2, per-axis dilation
