@@ -111,6 +111,20 @@ def test_tune_over_a_tracker_of_emulated_boards(tmp_path, rng):
         check(f, rng)
 
 
+def test_guided_search_measures_what_the_cost_model_ranks_best(tmp_path, rng):
+    """``search="guided"``: the XGBoost model ranks pools of draws after a random warm-up;
+    records go into the same database, the hand schedule among them, and apply as usual."""
+    work_dir = tvm_ternary.tune(**CONV, target=AVX2, trials=12, work_dir=tmp_path / "g", seed=0, search="guided")
+    assert len(hand_records(work_dir)) == 1 and 2 <= len(measured(work_dir)) <= 13
+    traces = [json.dumps(r[0][1]) for r in records(work_dir)]
+    assert len(set(traces)) == len(traces)                  # never the same candidate twice
+    f = tvm_ternary.op(**CONV, target=AVX2, tuned=work_dir)
+    assert f.tuned
+    check(f, rng)
+    with pytest.raises(ValueError, match=r"tune: search must be one of \('random', 'guided'\), got 'xgb'"):
+        tvm_ternary.tune(**CONV, target=AVX2, trials=1, work_dir=work_dir, search="xgb")
+
+
 def test_tune_errors(tmp_path):
     with pytest.raises(ValueError, match="tune: trials must be an int >= 1, got 0"):
         tvm_ternary.tune(**CONV, trials=0, work_dir=tmp_path)

@@ -2,12 +2,14 @@
 
 The search space is the schedule rule of the kernel with ``tunable=True`` (pixel tile,
 parallel fuse, unroll depth, ...: :func:`tvm_ternary.schedules.schedule_in_place`). The
-strategy is MetaSchedule's ``replay-func``: each candidate is a fresh run of the rule with
-new samples, all measured. (Evolutionary search with the XGBoost model mutates recorded
-traces instead, and the rules take Python decisions on sampled values, which a mutated
-trace cannot replay; the spaces are small enough to sample.) Records go to a JSON
-database in ``work_dir``; tuning again with the same directory adds to it, and the best
-record over all runs is the one used.
+hand schedule is measured first, as a record. Then ``search="random"`` uses MetaSchedule's
+``replay-func`` (each candidate a fresh run of the rule with new samples, all measured),
+and ``search="guided"`` our :class:`_GuidedSearch`, which measures the draws MetaSchedule's
+XGBoost cost model ranks best. (MetaSchedule's evolutionary search mutates recorded traces
+instead, and the rules take Python decisions on sampled values, which a mutated trace
+cannot replay.) Records go to a JSON database in ``work_dir``; tuning again with the same
+directory adds to it, and the best record over all runs is the one used. :func:`tune_model`
+tunes every kernel of a model; ``build(..., tuned=work_dir)`` applies the records.
 Candidates run on this host, or on boards behind a TVM RPC tracker
 (``remote={"tracker": "host:port", "key": "rasp4"}``; cross-compiled here).
 
@@ -30,6 +32,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import psutil
 import tvm
+import tvm_ffi
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
@@ -249,9 +252,12 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
          stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0, target: TargetLike = "host",
          epilogue: str = "int32", next_padding: int | Sequence[int] | None = None, *, trials: int = 64,
          work_dir: str | os.PathLike = "tvm_ternary_tuning", remote: RemoteLike | None = None,
-         seed: int | None = None, dilation: int | Sequence[int] = 1, **scheme_params) -> Path:
+         seed: int | None = None, dilation: int | Sequence[int] = 1, search: str = "random",
+         **scheme_params) -> Path:
     """Tune the kernel of ``tvm_ternary.op(name, scheme, ...)`` for ``target`` with
     MetaSchedule; ``trials`` more measured candidates go into ``work_dir`` (resumable).
+    ``search`` (:data:`SEARCHES`): ``"random"`` measures every draw of the rule, ``"guided"``
+    measures the draws the XGBoost cost model ranks best.
 
     Returns ``work_dir``; pass it as ``op(..., tuned=work_dir)``. Raises ``RuntimeError``
     when the target cannot be measured (a board target without a tracker), ``ValueError``
@@ -263,7 +269,7 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
     session = _Session(f"tune {spec.where}", target, work_dir, remote)
-    session.tune({"main": spec.kernel_prim_func()}, trials, seed)
+    session.tune({"main": spec.kernel_prim_func()}, trials, seed, search=search)
     return session.work_dir
 
 
@@ -292,11 +298,14 @@ class _Session:
         self.database = ms.database.JSONDatabase(work_dir=str(self.work_dir))
 
     def tune(self, kernels: dict[str, tvm.tirx.PrimFunc], trials: int, seed: int | None,
-             bar: tqdm | None = None) -> None:
+             bar: tqdm | None = None, search: str = "random") -> None:
         """Each kernel's hand schedule (once per database) and ``trials`` measured candidates
         of its rule into the database, all kernels in one MetaSchedule task scheduler (round
         robin); ``bar`` advances by one per measured candidate. A kernel's best record is
-        therefore never slower than its hand schedule beyond the noise of one measurement."""
+        therefore never slower than its hand schedule beyond the noise of one measurement.
+        ``search`` is one of :data:`SEARCHES`."""
+        if search not in SEARCHES:
+            raise ValueError(f"tune: search must be one of {SEARCHES}, got {search!r}")
         for kernel in kernels.values():
             if self.hand_record(kernel) is None:
                 self._commit_hand(kernel)
@@ -310,7 +319,10 @@ class _Session:
             ms.tune_tir(mod, _tuning_target(self.target), str(self.work_dir),
                         max_trials_global=trials * len(kernels), max_trials_per_task=trials,
                         num_trials_per_iter=min(trials, 16), builder=self.builder, runner=self.runner,
-                        database=self.database, cost_model="random", space=space, strategy="replay-func",
+                        database=self.database, space=space,
+                        cost_model="random" if search == "random" else ms.cost_model.XGBModel(
+                            num_warmup_samples=WARMUP, verbose_eval=0, num_tuning_cores=1),
+                        strategy="replay-func" if search == "random" else _GuidedSearch(self.target),
                         task_scheduler="round-robin", measure_callbacks=callbacks, num_tuning_cores=1, seed=seed)
 
     def best_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
@@ -344,6 +356,79 @@ class _Session:
             sch.trace, self.database.commit_workload(workload), result.run_secs, target, args))
 
 
+SEARCHES = ("random", "guided")
+"""How candidates are chosen: ``random`` measures every draw of the rule (MetaSchedule's
+``replay-func``); ``guided`` draws :data:`POOL` times more than it measures and measures
+those MetaSchedule's XGBoost cost model ranks best (:class:`_GuidedSearch`)."""
+
+POOL = 8
+"""Candidates the guided search draws per candidate it measures."""
+
+EXPLORE = 0.25
+"""Share of each guided batch drawn at random from the rest of the pool (the model only
+knows what it has seen measured)."""
+
+WARMUP = 8
+"""Measured candidates before the guided search trusts the model (its first batches are random)."""
+
+
+@derived_object
+class _GuidedSearch(ms.search_strategy.PySearchStrategy):
+    """A search strategy over our rules: per batch, :data:`POOL` x batch fresh draws of the
+    rule (deduplicated, never one measured before), ranked by the cost model; the best
+    ``1 - EXPLORE`` of the batch and a random rest are measured. The task scheduler's
+    measure callbacks update the model after each batch."""
+
+    def __init__(self, target: Target):
+        super().__init__()
+        self.target = target
+
+    def _initialize_with_tune_context(self, context) -> None:
+        self.context = context
+        self.rng = np.random.default_rng(int(context.rand_state) & 0x7FFFFFFF)
+
+    def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
+        self.max_trials, self.batch = int(max_trials), int(num_trials_per_iter)
+        self.cost_model, self.measured, self.seen = cost_model, 0, set()
+        self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.context.mod["main"])
+
+    def post_tuning(self) -> None:
+        pass
+
+    def generate_measure_candidates(self):
+        count = min(self.batch, self.max_trials - self.measured)
+        if count <= 0:
+            return None
+        pool = []
+        for _ in range(POOL * count):
+            sch = tvm.s_tir.Schedule(self.context.mod, seed=int(self.rng.integers(1, 2**31 - 1)))
+            try:
+                schedules.schedule_in_place(sch, self.target, True)
+                if not all(p.apply(sch) for p in self.context.space_generator.postprocs):
+                    continue
+            except (tvm.error.TVMError, RuntimeError, ValueError):
+                continue
+            key = tvm_ffi.structural_hash(sch.mod)
+            if key not in self.seen:
+                self.seen.add(key)
+                pool.append(ms.search_strategy.MeasureCandidate(sch, self.args_info))
+        if not pool:
+            return None
+        if self.measured >= WARMUP and self.cost_model is not None:
+            order = list(np.argsort(-np.asarray(self.cost_model.predict(self.context, pool))))
+        else:
+            order = list(self.rng.permutation(len(pool)))
+        best = max(1, round(count * (1 - EXPLORE)))
+        chosen = order[:best] + list(self.rng.permutation(order[best:]))[: count - best]
+        return [pool[i] for i in chosen]
+
+    def notify_runner_results(self, measure_candidates, results) -> None:
+        self.measured += len(results)
+
+    def clone(self):
+        return _GuidedSearch(self.target)
+
+
 @derived_object
 class _Progress(ms.measure_callback.PyMeasureCallback):
     """Advances a tqdm bar by the candidates of each measured batch."""
@@ -375,7 +460,8 @@ class TaskResult:
 
 
 def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | os.PathLike = "tvm_ternary_tuning",
-               *, trials: int = 32, remote: RemoteLike | None = None, seed: int | None = None) -> list[TaskResult]:
+               *, trials: int = 32, remote: RemoteLike | None = None, seed: int | None = None,
+               search: str = "random") -> list[TaskResult]:
     """Tune every kernel :func:`tvm_ternary.build` would compile for ``mod`` and ``target``:
     each conv2d/dense kernel of ours and each float conv kernel, ``trials`` measured
     candidates per kernel after its hand schedule, into ``work_dir`` (resumable: tuning again
@@ -392,6 +478,7 @@ def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | o
         remote: measure on boards behind a TVM RPC tracker, ``{"tracker": "host:port",
             "key": k}`` (cross-compiled here), as for :func:`tune`.
         seed: seeds the search (None: random).
+        search: ``"random"`` or ``"guided"`` (:data:`SEARCHES`, as for :func:`tune`).
 
     Returns:
         A :class:`TaskResult` per kernel, slowest total (hand time x calls) first.
@@ -406,7 +493,7 @@ def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | o
         raise ValueError("tune_model: the module has no conv2d/dense kernels to tune (nothing quantized, no float conv2d)")
     session = _Session("tune_model", target, work_dir, remote)
     with tqdm(total=len(tasks) * trials, desc=f"tune_model: {len(tasks)} kernels", unit="trial") as bar:
-        session.tune(dict(tasks), trials, seed, bar)
+        session.tune(dict(tasks), trials, seed, bar, search)
     results = [TaskResult(name, calls.get(name, 0), _seconds(session.hand_record(func)),
                           _seconds(session.best_record(func)), trials) for name, func in tasks]
     results.sort(key=lambda r: -r.hand * r.calls)
