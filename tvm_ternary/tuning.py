@@ -156,7 +156,13 @@ def repair(work_dir: str | os.PathLike) -> int:
 
 def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> tvm.s_tir.Schedule | None:
     """The best record of ``work_dir`` for ``kernel``, applied; None when it has none."""
-    return ms.tir_integration.compile_tir(_open_records(work_dir), _workload(kernel), _tuning_target(target))
+    return _best_schedule(_open_records(work_dir), kernel, target)
+
+
+def _best_schedule(database: ms.database.Database, kernel: tvm.tirx.PrimFunc,
+                   target: Target) -> tvm.s_tir.Schedule | None:
+    """``kernel`` scheduled by its best record in ``database``; None when it has none."""
+    return ms.tir_integration.compile_tir(database, _workload(kernel), _tuning_target(target))
 
 
 class TunedScheduler:
@@ -173,7 +179,7 @@ class TunedScheduler:
     def __call__(self, func: tvm.tirx.PrimFunc, role: str) -> tvm.s_tir.Schedule:
         if is_tuned_role(role):
             self.kernels += 1
-            sch = ms.tir_integration.compile_tir(self.database, _workload(func), _tuning_target(self.target))
+            sch = _best_schedule(self.database, func, self.target)
             if sch is not None:
                 self.tuned += 1
                 return sch
@@ -265,6 +271,7 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     """
     from .api import make_spec
     _check_trials("tune", trials)
+    _check_search("tune", search)
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
@@ -276,6 +283,11 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
 def _check_trials(where: str, trials: int) -> None:
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ValueError(f"{where}: trials must be an int >= 1, got {trials!r}")
+
+
+def _check_search(where: str, search: str) -> None:
+    if search not in SEARCHES:
+        raise ValueError(f"{where}: search must be one of {SEARCHES}, got {search!r}")
 
 
 class _Session:
@@ -304,8 +316,6 @@ class _Session:
         robin); ``bar`` advances by one per measured candidate. A kernel's best record is
         therefore never slower than its hand schedule beyond the noise of one measurement.
         ``search`` is one of :data:`SEARCHES`."""
-        if search not in SEARCHES:
-            raise ValueError(f"tune: search must be one of {SEARCHES}, got {search!r}")
         for kernel in kernels.values():
             if self.hand_record(kernel) is None:
                 self._commit_hand(kernel)
@@ -485,6 +495,7 @@ def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | o
     """
     from .rewrite import rewrite_with_sources
     _check_trials("tune_model", trials)
+    _check_search("tune_model", search)
     target = resolve_target(target)
     rewritten, sources = rewrite_with_sources(mod, target)
     calls = _call_counts(rewritten)
