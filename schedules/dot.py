@@ -18,7 +18,8 @@ from tvm.target import Target
 
 from .fgq import dot_intrinsic
 from .isa import isa_of
-from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, tile_budget, tile_output
+from .tiling import (KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, sample_order, sample_unroll, tile_budget,
+                     tile_output)
 
 
 class DotKernel(KernelRule):
@@ -42,6 +43,8 @@ class DotKernel(KernelRule):
         loops = loops_by_extent(sch, dot, [*tile, ("lane", lanes), *((f"r{i}", e) for i, e in enumerate(taps)),
                                            ("quad", quads), ("byte", 4)])
         reduce = [loops[name] for name in (*(f"r{i}" for i in range(len(taps))), "quad") if name in loops]
+        if tunable:
+            reduce = sample_order(sch, reduce)
         inner = [loops[name] for name, _ in tile if name in loops]
         intrinsic = dot_intrinsic(target, lanes)
         # the intrinsic takes a pixel's (lane, byte) loops; plain vector code runs the bytes one
@@ -53,8 +56,7 @@ class DotKernel(KernelRule):
         for loop in inner:
             sch.unroll(loop)
         if reduce and tunable:
-            step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
-            sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+            sample_unroll(sch, parallel)
         if not intrinsic:
             sch.unroll(loops["byte"])
             sch.vectorize(loops["lane"])

@@ -51,7 +51,8 @@ class FgqKernel(KernelRule):
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         blocked = len(sch.get_loops(out)) == 5          # a channel-blocked output: vector epilogue
         tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_PIXEL, budget, tunable)
-        reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable)
+        reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable,
+                               permute=False)      # the group stage goes in the innermost reduction
         if reduce:                        # inside the innermost reduction (over groups)
             at = reduce[-1]
         else:                             # 1x1 kernel, one group: at the tile's loop

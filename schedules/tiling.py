@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import tvm
@@ -90,14 +91,18 @@ def acc_shape(sch, acc):
     return spatial[-2], spatial[-1], [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
 
 
-def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable):
+def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable, permute=True):
     """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
-    accumulators in registers; parallelizes ``parallel``. Returns the reduction loops."""
+    accumulators in registers; parallelizes ``parallel``. ``tunable`` samples the unroll
+    depth and, with ``permute``, the order of the reduction loops. Returns the reduction
+    loops, outermost first."""
     named = [*tile_names, ("group", groups), ("lane", lanes),
              *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
     loops = loops_by_extent(sch, acc, named)
     tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
     reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
+    if reduce and tunable and permute:
+        reduce = sample_order(sch, reduce)
     if reduce:
         sch.reorder(*reduce, *tile)
     sch.set_scope(acc, 0, TILE_SCOPE)
@@ -108,9 +113,41 @@ def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel,
         if name in loops:
             sch.unroll(loops[name])
     if reduce and tunable:
-        step = sch.sample_categorical([0, 16, 64], [0.34, 0.33, 0.33])
-        sch.annotate(parallel, "pragma_auto_unroll_max_step", step)
+        sample_unroll(sch, parallel)
     return reduce
+
+
+UNROLL_STEPS = [0, 16, 64, 256]
+"""The search's choices of LLVM unrolling (``pragma_auto_unroll_max_step``) over a tile's reduction."""
+
+CHANNEL_BLOCKS = (1, 2, 4)
+"""The search's choices of output-channel blocks per conv tile (those that divide the
+channel blocks and leave a pixel's accumulators in the register budget)."""
+
+
+def sample_unroll(sch, loop) -> None:
+    """Annotate ``loop`` with a sampled unroll depth (:data:`UNROLL_STEPS`) for LLVM."""
+    step = sch.sample_categorical(UNROLL_STEPS, [1 / len(UNROLL_STEPS)] * len(UNROLL_STEPS))
+    sch.annotate(loop, "pragma_auto_unroll_max_step", step)
+
+
+def sample_order(sch, loops: list) -> list:
+    """``loops`` in a sampled order (one of their permutations, the given one included)."""
+    if len(loops) < 2:
+        return loops
+    orders = list(itertools.permutations(range(len(loops))))
+    pick = int(sch.get(sch.sample_categorical(list(range(len(orders))), [1 / len(orders)] * len(orders))))
+    return [loops[i] for i in orders[pick]]
+
+
+def sample_channel_blocks(sch, ko, per_pixel: int, budget: int, default: int) -> int:
+    """A sampled count of output-channel blocks per conv tile among :data:`CHANNEL_BLOCKS`
+    and ``default`` (the hand schedule's, so it stays in the space)."""
+    blocks = int(sch.get(ko).extent)
+    choices = sorted({c for c in CHANNEL_BLOCKS if blocks % c == 0 and c * per_pixel <= budget} | {default})
+    if len(choices) == 1:
+        return default
+    return int(sch.get(sch.sample_categorical(choices, [1 / len(choices)] * len(choices))))
 
 
 def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1, reduction="acc"):
@@ -118,8 +155,10 @@ def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_block
     channels and a pixel run of its rows, so that ``blocks x tile x per_pixel`` accumulators
     fit the register budget, and compute the ``reduction`` block there. Returns the tile's
     names and the fused parallel loop."""
-    groups = per_pixel * channel_blocks
     oh, ow = spatial
+    if tunable:
+        channel_blocks = sample_channel_blocks(sch, ko, per_pixel, budget, channel_blocks)
+    groups = per_pixel * channel_blocks
     width = int(sch.get(ow).extent)
     if tunable:
         factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))

@@ -236,7 +236,8 @@ def test_fgq_uses_byte_dot_product_instructions(group_size):
 @pytest.mark.parametrize("op,scheme,epilogue,params", [
     ("conv2d", "ternary", "int32", {}), ("conv2d", "bitserial", "requantize", dict(abits=2, wbits=2)),
     ("dense", "fatnn", "requantize", {}), ("conv2d", "fgq", "int32", dict(group_size=4, abits=4)),
-], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq"])
+    ("conv2d", "int8", "int32", {}),
+], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq", "int8"])
 def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     """Every point of the search space computes the same thing: compile a few random samples."""
     shapes = ((2, 40, 7, 14), (24, 40, 3, 3)) if op == "conv2d" else ((4, 100), (64, 100))
@@ -249,8 +250,8 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     args = f.prepare(x, w, scales, thresholds)
     expected = f.reference(x, w, scales, thresholds)
     target = tvm.target.Target(AVX2)
-    rule = schedules.rules_for(target)[0 if scheme != "fgq" else 1]
-    for seed in [sample_seed(rng) for _ in range(3)]:
+    rule = schedules.rules_for(target)[{"fgq": 1, "int8": 2}.get(scheme, 0)]
+    for seed in [sample_seed(rng) for _ in range(5)]:
         sch = rule.apply(s.kernel_prim_func(), target, True, seed=seed)
         assert any(inst.kind.name.startswith("Sample") for inst in sch.trace.insts)
         kernel = tvm.compile(sch.mod, target=target)
