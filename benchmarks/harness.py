@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +124,17 @@ def weight_copies(bytes_per_copy: int, cold: bool) -> int:
     if not cold:
         return 1
     return max(2, math.ceil(2 * last_level_cache_bytes() / max(bytes_per_copy, 1)))
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the platform's processor string."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def usable_cpus() -> int:

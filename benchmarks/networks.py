@@ -13,7 +13,9 @@
   (``impl`` ``hand``, the default of ``quantize``), kept in float (``first_last="float"``,
   ``hand-float-first-last``) and quantized by the scheme like every other layer
   (``first_last="same"``, ``hand-all-quantized``). ``w2a2`` (unsigned weights) is a layer kernel only: a model's
-  W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights).
+  W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights). With tuning records
+  (``speedup.py --schedules hand,tuned``), the default model is built once more with them
+  (``tuned``).
 
 Every contender is timed by :mod:`harness` (a Python loop around the model call).
 """
@@ -133,16 +135,18 @@ def check_logits(got: np.ndarray, expected: np.ndarray, impl: str, tolerance: fl
 
 
 def _tvm_runner(mod: tvm.IRModule, target, data: torch.Tensor, expected: np.ndarray, precision: str, impl: str,
-                tolerance: float = FLOAT_STEM_TOLERANCE) -> Runner:
-    main = relax.VirtualMachine(tvm_ternary.build(mod, target), tvm.cpu())["main"]
+                tolerance: float = FLOAT_STEM_TOLERANCE, tuned: str | None = None) -> Runner:
+    main = relax.VirtualMachine(tvm_ternary.build(mod, target, tuned=tuned), tvm.cpu())["main"]
     x = tvm.runtime.tensor(data.numpy())
     check_logits(main(x).numpy(), expected, f"{precision} {impl}", tolerance)
     return runner(impl, lambda: [lambda: main(x)])
 
 
-def network_runner(precision: str, fgq_group: int, target,
-                   name: str = "resnet18") -> Runner | tuple[Runner, ...]:
-    """A checked, timed runner of network ``name`` (:data:`NETWORKS`) at ``precision``."""
+def network_runner(precision: str, fgq_group: int, target, name: str = "resnet18",
+                   tuned: str | None = None) -> Runner | tuple[Runner, ...]:
+    """A checked, timed runner of network ``name`` (:data:`NETWORKS`) at ``precision``; with
+    ``tuned`` (a tuning directory or ``"shipped"``), one runner of our default model built
+    with those records (``impl`` ``tuned``) instead of the hand-scheduled variants."""
     model, x = loaded(name)
     with torch.no_grad():
         reference = model(x).numpy()
@@ -168,13 +172,15 @@ def network_runner(precision: str, fgq_group: int, target,
         raise ValueError(f"networks.py: no model of precision {precision!r}: it is a layer kernel only "
                          f"(a model's W2A2 is w2a2_bw)")
     runners = []
-    for first_last, impl, tolerance in (("int8", "hand", ALL_QUANTIZED_TOLERANCE),
-                                        ("float", "hand-float-first-last", FLOAT_STEM_TOLERANCE),
-                                        ("same", "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)):
+    variants = ((("int8", "tuned", ALL_QUANTIZED_TOLERANCE),) if tuned else
+                (("int8", "hand", ALL_QUANTIZED_TOLERANCE),
+                 ("float", "hand-float-first-last", FLOAT_STEM_TOLERANCE),
+                 ("same", "hand-all-quantized", ALL_QUANTIZED_TOLERANCE)))
+    for first_last, impl, tolerance in variants:
         quantized = tvm_ternary.quantize(model, QUANTIZE_SCHEME.get(precision, precision), x,
                                          first_last=first_last, group_size=fgq_group)
         with torch.no_grad():
             expected = quantized(x).numpy()
         runners.append(_tvm_runner(tvm_ternary.from_torch(quantized, x), target, x, expected, precision,
-                                   impl, tolerance))
+                                   impl, tolerance, tuned))
     return tuple(runners)

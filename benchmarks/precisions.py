@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import tvm
 from harness import Runner, board_runner, runner, with_copies
+from tqdm import tqdm
 from tvm import relax
 
 import tvm_ternary
@@ -177,8 +178,9 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     packed planes; FGQ has no packed next layer and writes float32), the same kernel with
     the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``).
     With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
-    with ``tuned`` (a :func:`tvm_ternary.tune` directory) kernels with a record use it
-    (``impl`` ``tuned`` / ``tuned-int32``)."""
+    with ``tuned`` (a :func:`tvm_ternary.tune` directory, or ``"shipped"``) the kernels use
+    their records (``impl`` ``tuned`` / ``tuned-int32``; a kernel without one gives no row)
+    and the packing is not timed again."""
     scheme, params = OURS[precision]
     if scheme == "fgq":
         params = dict(params, group_size=fgq_group)
@@ -200,10 +202,14 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
             else:
                 np.testing.assert_array_equal(got, expected)
-            impl = ("tuned" if f.tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
+            if tuned and not f.tuned:
+                tqdm.write(f"note: no {layer.name} {epilogue} row for {precision} tuned: no record for its kernel")
+                continue
+            impl = ("tuned" if tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
             runners.append(operator_runner(impl, f, args, layer.cold))
-        values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
-        runners.append(operator_runner("pack", f, [values, args[0]], stage="data"))
+        if not tuned:
+            values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
+            runners.append(operator_runner("pack", f, [values, args[0]], stage="data"))
         return tuple(runners)
 
     return make

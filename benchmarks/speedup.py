@@ -4,6 +4,7 @@
     python benchmarks/speedup.py --scope layers --threads 1 \\
         --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
     python benchmarks/speedup.py --scope model --models resnet18,resnet50   # ResNet-50 too (longer run)
+    python benchmarks/speedup.py --scope model --schedules hand,tuned       # hand against the shipped records
 
 Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096
 (weights hot: they stay in cache between calls) and 4096->4096 cold (each call streams its
@@ -14,7 +15,9 @@ against its reference once, then timed by one harness for every contender
 (benchmarks/harness.py: a Python loop around one call, median of --repeat batches, threads
 pinned by nobody). fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8)
 measured in the same process. Timings on a shared machine are noisy; compare ratios from
-one run.
+one run. ``--schedules hand,tuned`` times our kernels and models with the hand schedules
+and with tuning records (``--tuned``: a tuning directory, by default the records that
+ship for the target's ISA) side by side, ``impl`` ``hand`` or ``tuned`` in the CSV.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import csv
 import importlib.util
 import json
+import logging
 import os
 import platform
 import sys
@@ -46,6 +50,7 @@ import tvm_ternary  # noqa: E402
 
 from tvm_ternary.schedules import isa_of  # noqa: E402
 from tvm_ternary.targets import describe, host_cannot_run, resolve_target  # noqa: E402
+from tvm_ternary.tuning import RECORDS_FILE, SHIPPED, records_dir  # noqa: E402
 
 LAYERS = [
     Layer("conv3x3_64x56x56", "conv2d", (1, 64, 56, 56), (64, 64, 3, 3), 1, 1),
@@ -62,21 +67,12 @@ TORCH_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRU
                              "ATEN_CPU_CAPABILITY": "avx2"}}
 """``--torch-isa``: PyTorch's own switches (oneDNN fp32, fbgemm int8, ATen) that stand in for a
 host without AVX-512; they are read when torch loads, so the script re-executes itself with them."""
+SCHEDULES = ("hand", "tuned")
+"""``--schedules``: our kernels with the hand-written schedules, or with tuning records (``--tuned``)."""
 MAIN_IMPLS = ("torch", "torch-fx", "relax-default", "build", "hand", "tuned")
 """Implementations that stand for a precision in speedup columns and summaries."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
            "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated", "timing"]
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -101,7 +97,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--emulated", action="store_true",
                    help="the --rpc board is emulated (python -m tvm_ternary.emulator serve): its timings are not "
                         "Pi timings; recorded in the emulated column")
-    p.add_argument("--tuned", default=None, help="a tvm_ternary.tune directory: kernels with a record use it")
+    p.add_argument("--schedules", default=None,
+                   help=f"comma list from {list(SCHEDULES)}: time our kernels and models with the hand schedules, "
+                        f"with the tuning records of --tuned, or both side by side (impl hand / tuned; default: hand, "
+                        f"or tuned when --tuned is given)")
+    p.add_argument("--tuned", default=None,
+                   help="the records for --schedules tuned: a tvm_ternary.tune / tune_model directory, or 'shipped' "
+                        "(the default: the records that ship for the target's ISA, tuned for ResNet-18)")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
     p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
     p.add_argument("--csv", default="speedup.csv", help="CSV output path")
@@ -137,8 +139,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.rpc and set(args.precisions) & set(BASELINES):
         p.error(f"--rpc times our kernels on the board; {sorted(set(args.precisions) & set(BASELINES))} run "
                 f"only on this host, so leave them out")
-    if args.tuned and not (Path(args.tuned) / "database_tuning_record.json").exists():
-        p.error(f"--tuned {args.tuned}: no tuning records there (run tvm_ternary.tune first)")
+    args.schedules = list(dict.fromkeys((args.schedules or ("tuned" if args.tuned else "hand")).split(",")))
+    unknown = sorted(set(args.schedules) - set(SCHEDULES))
+    if unknown:
+        p.error(f"unknown --schedules {unknown}; choose from {list(SCHEDULES)}")
+    if args.tuned and "tuned" not in args.schedules:
+        p.error(f"--tuned {args.tuned}: its records are timed with --schedules tuned (or hand,tuned)")
+    args.tuned = (args.tuned or SHIPPED) if "tuned" in args.schedules else None
+    if args.tuned and args.tuned != SHIPPED and not (Path(args.tuned) / RECORDS_FILE).exists():
+        p.error(f"--tuned {args.tuned}: no tuning records there (run tvm_ternary.tune or tune_model first)")
     if args.emulated and not args.rpc:
         p.error("--emulated describes an --rpc board")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
@@ -198,25 +207,30 @@ def measure(args) -> list[dict]:
     reason = host_cannot_run(target)
     if reason and remote is None:
         raise SystemExit(f"speedup.py: cannot time target {describe(target)} here: {reason} (use --rpc with a board)")
-    device = cpu_model() + ("" if args.torch_isa == "native" else f" (PyTorch limited to {args.torch_isa})")
+    device = harness.cpu_model() + ("" if args.torch_isa == "native" else f" (PyTorch limited to {args.torch_isa})")
     if remote is not None:
         device = f"{'emulated ' if args.emulated else ''}{remote}"
     print_header(args, target, device)
     if args.emulated:
         print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
     rng = np.random.default_rng(0)
-    factories = {name: BASELINES.get(name) or ours(name, args.fgq_group, remote, args.tuned)
-                 for name in args.precisions}
+    if args.tuned:
+        print(f"tuned: records of {records_dir(args.tuned, target)}")
+    tuned = [args.tuned if s == "tuned" else None for s in args.schedules]
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
-        for name, factory in factories.items():
-            if layer.op != "model":
-                runners[layer.name, name] = factory(layer, target, rng)
-                continue
-            if name in LAYER_ONLY:
+        for name in args.precisions:
+            if name in BASELINES:
+                runners[layer.name, name] = (BASELINES[name](layer, target, rng) if layer.op != "model" else
+                                             network_runner(name, args.fgq_group, target, layer.network))
+            elif layer.op != "model":
+                runners[layer.name, name] = sum((as_tuple(ours(name, args.fgq_group, remote, t)(layer, target, rng))
+                                                 for t in tuned), ())
+            elif name in LAYER_ONLY:
                 tqdm.write(f"note: no {layer.name} row for {name}: a layer kernel only (unsigned weights)")
-                continue
-            runners[layer.name, name] = network_runner(name, args.fgq_group, target, layer.network)
+            else:
+                runners[layer.name, name] = sum((as_tuple(network_runner(name, args.fgq_group, target, layer.network,
+                                                                         t)) for t in tuned), ())
     rows = []
     jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions
             if (layer.name, name) in runners]
@@ -225,7 +239,7 @@ def measure(args) -> list[dict]:
         if remote is None:
             harness.set_threads(threads)
         made = runners[layer.name, name]
-        for runner in made if isinstance(made, tuple) else (made,):
+        for runner in as_tuple(made):
             median_ms = runner.time(args.repeat)
             model = layer.network if layer.op == "model" else "resnet18"     # layer rows: as before
             rows.append(dict(target=describe(target), device=device, threads=threads, model=model,
@@ -241,13 +255,25 @@ def measure(args) -> list[dict]:
     return rows
 
 
+def schedule_of(row: dict) -> str:
+    """``tuned`` for a row timed with tuning records, else ``hand`` (baselines too)."""
+    return "tuned" if row["impl"].startswith("tuned") else "hand"
+
+
+def as_tuple(made) -> tuple:
+    """A factory's runner or runners as a tuple."""
+    return made if isinstance(made, tuple) else (made,)
+
+
 def add_speedups(rows: list[dict]) -> None:
     """Fill speedup columns: baseline time / this time, for rows measured at the same threads."""
-    main = {(r["threads"], r["layer"], r["precision"]): r["median_ms"] for r in rows if r["impl"] in MAIN_IMPLS}
+    main = {(r["threads"], r["layer"], r["precision"], schedule_of(r)): r["median_ms"]
+            for r in rows if r["impl"] in MAIN_IMPLS}
     for r in rows:
         for column, base in (("speedup_vs_fp32", "torch_fp32"), ("speedup_vs_int8", "torch_int8"),
-                             ("speedup_vs_w2a2", "w2a2")):
-            t = main.get((r["threads"], r["layer"], base))
+                             ("speedup_vs_w2a2", "w2a2")):       # w2a2: with the same schedules as the row
+            key = (r["threads"], r["layer"], base)
+            t = main.get((*key, schedule_of(r))) or main.get((*key, "hand"))
             r[column] = t / r["median_ms"] if t and r["impl"] != "pack" else ""
 
 
@@ -264,10 +290,11 @@ def print_table(rows: list[dict]) -> None:
         for column in ("speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2"):
             summary = []
             for precision in OURS:
-                values = [r[column] for r in rows if r["threads"] == threads and r["precision"] == precision
-                          and r["layer"] in convs and r["impl"] in MAIN_IMPLS and r[column] != ""]
-                if len(values) == len(convs):
-                    summary.append(f"{precision} {np.exp(np.mean(np.log(values))):.2f}")
+                for impl in SCHEDULES:
+                    values = [r[column] for r in rows if r["threads"] == threads and r["precision"] == precision
+                              and r["layer"] in convs and r["impl"] == impl and r[column] != ""]
+                    if len(values) == len(convs):
+                        summary.append(f"{precision} {impl} {np.exp(np.mean(np.log(values))):.2f}")
             if summary:
                 print(f"geomean {column} over the 3x3 convs, {threads} thread(s): " + ", ".join(summary))
 
@@ -301,6 +328,11 @@ def write_csv(rows: list[dict], path: str) -> None:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def bar_label(row: dict) -> str:
+    """A plot bar's label: the precision, and ``tuned`` for rows timed with tuning records."""
+    return row["precision"] + (" tuned" if schedule_of(row) == "tuned" else "")
+
+
 def plot(rows: list[dict], path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -310,11 +342,11 @@ def plot(rows: list[dict], path: str) -> None:
     for ax, t in zip(axes[0], threads):
         main = [r for r in rows if r["threads"] == t and r["impl"] in MAIN_IMPLS and r["speedup_vs_fp32"] != ""]
         layers = list(dict.fromkeys(r["layer"] for r in main))
-        precisions = list(dict.fromkeys(r["precision"] for r in main))
-        width = 0.8 / max(len(precisions), 1)
-        for i, p in enumerate(precisions):
-            values = {r["layer"]: r["speedup_vs_fp32"] for r in main if r["precision"] == p}
-            ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, 0) for layer in layers], width, label=p)
+        bars = list(dict.fromkeys(bar_label(r) for r in main))
+        width = 0.8 / max(len(bars), 1)
+        for i, label in enumerate(bars):
+            values = {r["layer"]: r["speedup_vs_fp32"] for r in main if bar_label(r) == label}
+            ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, 0) for layer in layers], width, label=label)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")                         # 0.01x (untuned TVM fp32) to ~200x
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers, rotation=30, ha="right", fontsize=8)
@@ -328,6 +360,8 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("tvm_ternary.build").setLevel(logging.INFO)   # how many kernels use tuning records
     limit_torch_isa(args.torch_isa, sys.argv[1:] if argv is None else list(argv))
     if "torch_fp32" not in args.precisions:
         print("note: torch_fp32 not measured, so speedup_vs_fp32 stays empty")

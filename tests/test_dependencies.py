@@ -12,7 +12,9 @@ import importlib
 import importlib.metadata as metadata
 import pkgutil
 import re
+import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,16 @@ def test_module_imports_only_declared_dependencies(name):
                   if not {d.lower().replace("_", "-") for d in providers.get(top, [])} & required}
     assert not undeclared, f"{name} imports {undeclared} (module: distributions), not core dependencies " \
                            f"of tvm-ternary ({sorted(required)}) in pyproject.toml"
+
+
+def test_the_wheel_ships_the_tuning_records(tmp_path):
+    """``build(..., tuned="shipped")`` reads records from the installed package: a wheel (not
+    only this editable checkout) must hold them."""
+    root = Path(__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("tvm_ternary-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for isa in ("avx2", "avx512"):
+        for name in ("database_workload.json", "database_tuning_record.json", "tuning.json"):
+            assert f"tvm_ternary/schedules/records/{isa}/{name}" in names

@@ -20,10 +20,11 @@ from torch import nn
 from tvm import relax
 
 import tvm_ternary
+from tvm_ternary import tuning
 from tvm_ternary.emulator import Board, Tracker
 from tvm_ternary.rewrite import rewrite_quantized
 
-from .conftest import AVX2
+from .conftest import AVX2, AVX512, RASP4
 from .test_rewrite import calls
 
 CONV = dict(name="conv2d", scheme="ternary", data_shape=(1, 40, 9, 9), weight_shape=(16, 40, 3, 3), padding=1)
@@ -216,6 +217,55 @@ def test_build_with_tuning_records_uses_them_and_stays_exact(model_tuned, caplog
     assert 0 < used < 4
     with torch.no_grad():
         np.testing.assert_array_equal(run_built(ex, x), other(x).numpy())
+
+
+def test_ship_records_keeps_the_best_record_of_each_kernel(model_tuned, tmp_path, caplog):
+    model, x, mod, work_dir, results = model_tuned
+    dest = tmp_path / "shipped"
+    assert tuning.ship_records(work_dir, dest, "a test CPU") == 4
+    shipped = records(dest)
+    assert len(shipped) == 4 and len(records(work_dir)) == 12
+    assert sorted(float(np.median(r[1])) for r in shipped) == pytest.approx(sorted(r.tuned for r in results))
+    assert json.loads((dest / "tuning.json").read_text()) == {"target": str(tvm_ternary.target(AVX2)),
+                                                               "measured_on": "a test CPU", "emulated": False}
+    with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
+        ex = tvm_ternary.build(mod, AVX2, tuned=dest)
+    assert "4 of 4 kernels use tuning records" in caplog.records[-1].getMessage()
+    with torch.no_grad():
+        np.testing.assert_array_equal(run_built(ex, x), model(x).numpy())
+    assert tuning.ship_records(work_dir, dest, "again") == 4 and len(records(dest)) == 4     # replaces, not adds
+    emulated = tmp_path / "emulated"
+    shutil.copytree(work_dir, emulated)
+    (emulated / "tuning.json").write_text(json.dumps({"target": "x", "measured_on": "b", "emulated": True}))
+    with pytest.raises(ValueError, match="was measured on emulated boards; only records measured on real hardware"):
+        tuning.ship_records(emulated, tmp_path / "no", "a test CPU")
+    (emulated / "tuning.json").unlink()
+    with pytest.raises(ValueError, match="has no tuning.json saying what measured its records"):
+        tuning.ship_records(emulated, tmp_path / "no", "a test CPU")
+
+
+def test_shipped_records_are_there_for_each_x86_isa_and_not_for_the_pi():
+    for target, isa in ((AVX2, "avx2"), (AVX512, "avx512")):
+        path = tuning.records_dir("shipped", tvm_ternary.target(target))
+        assert path == tuning.SHIPPED_RECORDS / isa and (path / "database_tuning_record.json").exists()
+        assert json.loads((path / "tuning.json").read_text())["emulated"] is False
+    assert tuning.records_dir("my_dir", tvm_ternary.target(AVX2)) == Path("my_dir")
+    with pytest.raises(ValueError, match=r"tuned='shipped': no records ship for neon targets .* they ship for "
+                                         r"\['avx2', 'avx512'\]"):
+        tvm_ternary.build(tvm_ternary.from_torch(nn.Linear(4, 2).eval(), torch.randn(1, 4)), RASP4, tuned="shipped")
+
+
+@pytest.mark.parametrize("scheme,target", [("ternary", AVX2), ("w1a1", AVX512)])
+def test_shipped_records_cover_every_kernel_of_resnet18(scheme, target):
+    """``build(..., tuned="shipped")`` finds a record for every kernel of ResNet-18 at 224x224
+    with the default quantize (checked on the rewrite, before compiling)."""
+    from tvm_ternary.models import ResNet18
+    net = ResNet18(1000).eval()
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    mod = tvm_ternary.from_torch(tvm_ternary.quantize(net, scheme, x), x)
+    scheduler = tuning.TunedScheduler(tvm_ternary.target(target), "shipped")
+    rewrite_quantized(mod, tvm_ternary.target(target), scheduler)
+    assert scheduler.kernels >= 12 and scheduler.tuned == scheduler.kernels
 
 
 def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_path):

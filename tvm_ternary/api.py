@@ -78,7 +78,8 @@ class CompiledOperator:
                  tuned: str | os.PathLike | None = None):
         self.spec = spec
         self.target = target
-        self.executable, self.tuned = _compile(spec, target_key(target), None if tuned is None else str(tuned))
+        tuned = None if tuned is None else str(tuning.records_dir(tuned, target))
+        self.executable, self.tuned = _compile(spec, target_key(target), tuned)
         self.remote = None if remote is None else RemoteModule(self.executable, target, remote, spec.symbol)
         self._functions: tuple[tvm.runtime.Module | None, dict[str, object]] = (None, {})
 
@@ -228,10 +229,11 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             int32 result never reaches memory.
         remote: run on a board over TVM RPC: ``"host:port"`` (e.g. an emulated board,
             ``python -m tvm_ternary.emulator serve``) or ``{"tracker": "host:port", "key": k}``.
-        tuned: a tuning directory of :func:`tvm_ternary.tune`: the kernel uses its best
-            record for this operator and target (where it has none, the hand schedule, and
-            a warning on the ``tvm_ternary.api`` logger; ``.tuned`` says which). Tuning more
-            into the directory makes the next call compile again.
+        tuned: a tuning directory of :func:`tvm_ternary.tune`, or ``"shipped"`` (the records
+            that ship for the target's ISA class): the kernel uses its best record for this
+            operator and target (where it has none, the hand schedule, and a warning on the
+            ``tvm_ternary.api`` logger; ``.tuned`` says which). Tuning more into the
+            directory makes the next call compile again.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8);
             int8 ``activation_encoding`` ("unsigned": 0..127, or "signed": -64..63).

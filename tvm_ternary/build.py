@@ -33,9 +33,15 @@ def build(mod: tvm.IRModule, target: TargetLike = "host",
             :func:`tvm_ternary.from_torch`.
         target: a ``tvm.target.Target``, a dict, ``"host"``, a kind string (``"llvm"``) or
             a preset name (``"x86"``/``"avx2"``, ``"avx512"``, ``"rasp4"``/``"rpi4"``, ``"rasp3"``).
-        tuned: a tuning directory of :func:`tvm_ternary.tune_model` (or :func:`tvm_ternary.tune`):
-            each kernel with a record there uses its best one, the others the hand
-            schedules; one line on the ``tvm_ternary.build`` logger says how many.
+        tuned: a tuning directory of :func:`tvm_ternary.tune_model` (or :func:`tvm_ternary.tune`),
+            or ``"shipped"``: the records that ship in ``tvm_ternary/schedules/records/<isa>``
+            for the target's ISA class (``avx512``: AVX-512 VPOPCNTDQ, ``avx2``), tuned for
+            ResNet-18 at 224x224 with the default :func:`tvm_ternary.quantize` (ternary,
+            fatnn, w2a2_bw, w1a1; other models use the records of the kernels they share).
+            Each kernel with a record uses its best one, the others the hand schedules;
+            one line on the ``tvm_ternary.build`` logger says how many. Default None: the
+            hand schedules (records measured on another CPU of the same ISA class need not
+            be faster on yours).
 
     Returns:
         A ``tvm.runtime.Executable``: run it with
@@ -63,8 +69,8 @@ def build(mod: tvm.IRModule, target: TargetLike = "host",
     scheduler = None if tuned is None else TunedScheduler(target, tuned)
     rewritten = rewrite_quantized(mod, target, scheduler)
     if scheduler is not None:
-        _LOG.info("build: %d of %d kernels use tuning records of %s, the others the hand schedules",
-                  scheduler.tuned, scheduler.kernels, tuned)
+        _LOG.info("build: %d of %d kernels use tuning records of %s (any other: its hand schedule)",
+                  scheduler.tuned, scheduler.kernels, scheduler.work_dir)
     return tvm.compile(schedule_float_ops(rewritten, target), target=target)
 
 
