@@ -215,7 +215,10 @@ def measure(args) -> list[dict]:
         print("note: emulated board: results are exact, timings are NOT Raspberry Pi timings")
     rng = np.random.default_rng(0)
     if args.tuned:
-        print(f"tuned: records of {records_dir(args.tuned, target)}")
+        try:
+            print(f"tuned: records of {records_dir(args.tuned, target)}")
+        except ValueError as err:
+            raise SystemExit(f"speedup.py: --schedules tuned: {err}") from None
     tuned = [args.tuned if s == "tuned" else None for s in args.schedules]
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
@@ -271,9 +274,9 @@ def add_speedups(rows: list[dict]) -> None:
             for r in rows if r["impl"] in MAIN_IMPLS}
     for r in rows:
         for column, base in (("speedup_vs_fp32", "torch_fp32"), ("speedup_vs_int8", "torch_int8"),
-                             ("speedup_vs_w2a2", "w2a2")):       # w2a2: with the same schedules as the row
-            key = (r["threads"], r["layer"], base)
-            t = main.get((*key, schedule_of(r))) or main.get((*key, "hand"))
+                             ("speedup_vs_w2a2", "w2a2")):
+            schedule = schedule_of(r) if base == "w2a2" else "hand"      # ours: against the same schedules
+            t = main.get((r["threads"], r["layer"], base, schedule))
             r[column] = t / r["median_ms"] if t and r["impl"] != "pack" else ""
 
 

@@ -11,9 +11,10 @@ and tuned into one tuning directory per target (``--work-dir``, default
 ``tuning/<isa>``; resumable: a second run adds trials). Every kernel's hand schedule is
 measured first, so a tuned kernel is never slower than hand beyond the noise of one
 measurement. Prints ``tune_model``'s table per precision (calls per inference, hand and
-tuned ms, ratio), a summary of per-inference kernel time hand against tuned, and with
+tuned ms, ratio; also written to ``--csv``), a summary of per-inference kernel time hand
+against tuned, and with
 ``--ship`` writes the best record of every kernel to
-``tvm_ternary/schedules/records/<isa>/`` (the source tree: commit it). Kernel times are
+``schedules/records/<isa>/`` in the source tree (commit it). Kernel times are
 MetaSchedule's measurements while tuning; ``benchmarks/speedup.py --schedules hand,tuned``
 times the built models end to end.
 """
@@ -21,6 +22,7 @@ times the built models end to end.
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
 from pathlib import Path
 
@@ -42,18 +44,23 @@ PRECISIONS = ("ternary", "fatnn", "w2a2_bw", "w1a1")
 SHIPPED_ISAS = ("avx512", "avx2")
 """ISA classes whose records ship (the ones a development machine can measure)."""
 
+RECORDS_SOURCE = Path(__file__).resolve().parent.parent / "schedules" / "records"
+"""Where ``--ship`` writes: the records in the source tree (installed as
+``tvm_ternary/schedules/records``)."""
+
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--target", default="avx512", help="'host', a preset ('avx512', 'avx2') or a target string")
     p.add_argument("--model", default="resnet18", choices=list(NETWORKS))
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
-    p.add_argument("--trials", type=int, default=16, help="measured candidates per kernel (after its hand schedule)")
+    p.add_argument("--trials", type=int, default=32, help="measured candidates per kernel (after its hand schedule)")
     p.add_argument("--search", default="guided", choices=tuning.SEARCHES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=None, help="tuning directory (default: tuning/<isa>)")
+    p.add_argument("--csv", default="tune_models.csv", help="per-kernel results (precision, kernel, calls, ms)")
     p.add_argument("--ship", action="store_true",
-                   help="write the best records to tvm_ternary/schedules/records/<isa> (resnet18 only)")
+                   help="write the best records to schedules/records/<isa> of this source tree (resnet18, every precision)")
     args = p.parse_args(argv)
     precisions = args.precisions.split(",")
     unknown = sorted(set(precisions) - set(PRECISIONS))
@@ -64,13 +71,14 @@ def main(argv=None) -> None:
     reason = host_cannot_run(target)
     if reason:
         p.error(f"cannot measure {describe(target)} here: {reason}")
-    if args.ship and (args.model != "resnet18" or isa not in SHIPPED_ISAS):
-        p.error(f"--ship: records ship for resnet18 on {SHIPPED_ISAS} targets (got {args.model} on {isa})")
+    if args.ship and (args.model != "resnet18" or isa not in SHIPPED_ISAS or set(precisions) != set(PRECISIONS)):
+        p.error(f"--ship: the shipped records are those of resnet18 at every precision of {PRECISIONS} on "
+                f"{SHIPPED_ISAS} targets (got {args.model}, {precisions}, {isa})")
     work_dir = Path(args.work_dir or f"tuning/{isa}")
     device = harness.cpu_model()
     print(f"device: {device}; target: {describe(target)} ({isa}); {args.model}; {args.trials} trials per kernel, "
           f"{args.search} search; tuning directory: {work_dir}")
-    totals = {}
+    totals, rows = {}, []
     model, x = loaded(args.model)
     for precision in precisions:
         quantized = tvm_ternary.quantize(model, QUANTIZE_SCHEME.get(precision, precision), x)
@@ -79,11 +87,18 @@ def main(argv=None) -> None:
         results = tvm_ternary.tune_model(mod, target, work_dir, trials=args.trials, seed=args.seed,
                                          search=args.search)
         totals[precision] = [sum(getattr(r, a) * r.calls for r in results) for a in ("hand", "tuned")]
+        rows += [dict(isa=isa, precision=precision, kernel=r.name, calls=r.calls, hand_ms=f"{r.hand * 1e3:.6g}",
+                      tuned_ms=f"{r.tuned * 1e3:.6g}", ratio=f"{r.ratio:.4g}", trials=r.trials) for r in results]
     print(f"\nall kernels per inference (MetaSchedule's measurements while tuning, {device}):")
     for precision, (hand, tuned) in totals.items():
         print(f"  {precision:<8} hand {hand * 1e3:8.3f} ms  tuned {tuned * 1e3:8.3f} ms  ratio {hand / tuned:5.2f}")
+    with open(args.csv, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.csv}")
     if args.ship:
-        dest = tuning.SHIPPED_RECORDS / isa
+        dest = RECORDS_SOURCE / isa
         count = tuning.ship_records(work_dir, dest, device)
         print(f"shipped the best records of {count} kernels to {dest}")
 

@@ -5,11 +5,13 @@
 
 For each task (a kernel as ``tvm_ternary.tune`` tunes it), each seed and each search
 (``random``: MetaSchedule's replay-func; ``guided``: the XGBoost-ranked draws of
-``tvm_ternary.tuning``), tunes ``--trials`` candidates into a fresh directory and reads the
+``tvm_ternary.tuning``; ``distinct``: guided's random draws without the model, which
+separates what the model adds from what never measuring a schedule twice adds), tunes ``--trials`` candidates into a fresh directory and reads the
 measured run times in the order they were measured (the hand schedule, measured first in
 both, is left out of the curves). Prints, per task and search, the best time found after
 8, 16, 32, ... trials (mean over seeds, relative to random's best after all trials) and
-the trials each search needed to come within 3% of that, and writes the curves (CSV, PNG).
+the trials each search needed to come within 3% of that (and of the same seed's random
+best), and writes the curves (CSV, PNG).
 Times are MetaSchedule's measurements (median of 3 runs of at least 50 ms each), 1 thread
 per candidate's parallel loops as the target has them; the machine is shared, so compare
 searches within one run only.
@@ -83,19 +85,28 @@ def main(argv=None) -> None:
             curves[name, search, seed] = curve(Path(work_dir))
     rows, marks = [], [m for m in (8, 16, 32, 64, 128) if m <= args.trials]
     print(f"best time after N trials, mean over {args.seeds} seeds, relative to random search's best after "
-          f"{args.trials} (1.00 = that best); trials to come within {WITHIN:.0%} of it")
-    print(f"{'task':<28} {'search':<7} " + " ".join(f"{m:>6}" for m in marks) + "  trials to 3%")
+          f"{args.trials} (mean over seeds; 1.00 = that best); trials to come within {WITHIN:.0%} of it, and of "
+          f"the same seed's random best ('-': never)")
+    print(f"{'task':<28} {'search':<8} " + " ".join(f"{m:>6}" for m in marks) + "  trials to 3%    same seed")
+    needed: dict[tuple[str, str], list[int]] = {}
     for name in names:
         reference = np.mean([curves[name, "random", s][-1] for s in range(1, args.seeds + 1)])
         for search in SEARCHES:
             series = [curves[name, search, s] for s in range(1, args.seeds + 1)]
             at = [np.mean([c[min(m, len(c)) - 1] for c in series]) / reference for m in marks]
             reached = [trials_to_reach(c, reference) for c in series]
+            own = [trials_to_reach(c, curves[name, "random", s][-1]) for s, c in zip(range(1, args.seeds + 1), series)]
+            for kind, values in (("mean", reached), ("seed", own)):
+                needed.setdefault((search, kind), []).extend(args.trials + 1 if r is None else r for r in values)
             shown = ", ".join("-" if r is None else str(r) for r in reached)
-            print(f"{name:<28} {search:<7} " + " ".join(f"{a:>6.3f}" for a in at) + f"  {shown}")
+            shown_own = ", ".join("-" if r is None else str(r) for r in own)
+            print(f"{name:<28} {search:<8} " + " ".join(f"{a:>6.3f}" for a in at) + f"  {shown:<15} {shown_own}")
             for seed, c in zip(range(1, args.seeds + 1), series):
                 rows += [dict(task=name, search=search, seed=seed, trial=i + 1, best_ms=b * 1e3)
                          for i, b in enumerate(c)]
+    print(f"mean trials to come within {WITHIN:.0%} over tasks and seeds ('never' counted as {args.trials + 1}): "
+          + "; ".join(f"{search} {np.mean(needed[search, 'mean']):.1f} (same-seed reference "
+                      f"{np.mean(needed[search, 'seed']):.1f})" for search in SEARCHES))
     with open(args.csv, "w", newline="") as fh:
         writer = csv.DictWriter(fh, ["task", "search", "seed", "trial", "best_ms"])
         writer.writeheader()

@@ -23,9 +23,10 @@ handled one after another (conv2d; dense keeps the whole word's accumulators): t
 turned into ``V`` bits by the movemask intrinsic (``chunk``) and or-ed into the word,
 which is stored once; ``repad`` writes the border afterwards.
 
-With ``tunable`` the tile size, the output-channel blocks per tile (conv2d), the number of
-loops fused into the parallel loop, the order of the reduction loops and their unroll
-depth are sampled, so MetaSchedule searches this same space around the hand schedule.
+With ``tunable`` the tile size, the output-channel blocks per tile (conv2d with an int32,
+float or residual epilogue), the number of loops fused into the parallel loop, the order
+of the reduction loops (integer accumulators) and their unroll depth are sampled, so
+MetaSchedule searches this same space around the hand schedule.
 """
 
 from __future__ import annotations

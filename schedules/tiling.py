@@ -94,15 +94,15 @@ def acc_shape(sch, acc):
 def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable, permute=True):
     """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
     accumulators in registers; parallelizes ``parallel``. ``tunable`` samples the unroll
-    depth and, with ``permute``, the order of the reduction loops. Returns the reduction
-    loops, outermost first."""
+    depth and, with ``permute`` and integer accumulators (whose sums do not depend on the
+    order), the order of the reduction loops. Returns the reduction loops, outermost first."""
     named = [*tile_names, ("group", groups), ("lane", lanes),
              *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
     loops = loops_by_extent(sch, acc, named)
     tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
     reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
-    if reduce and tunable and permute:
-        reduce = sample_order(sch, reduce)
+    if reduce and tunable and permute and "int" in str(sch.get(acc).writes[0].source.dtype):
+        reduce = sample_order(sch, reduce)           # integer sums only: float sums depend on the order
     if reduce:
         sch.reorder(*reduce, *tile)
     sch.set_scope(acc, 0, TILE_SCOPE)

@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata as metadata
 import pkgutil
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -70,8 +71,11 @@ def test_the_wheel_ships_the_tuning_records(tmp_path):
     """``build(..., tuned="shipped")`` reads records from the installed package: a wheel (not
     only this editable checkout) must hold them."""
     root = Path(__file__).resolve().parent.parent
+    source = tmp_path / "source"               # a clean copy: a checkout's build/ may hold them from before
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__",
+                                                                ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(tmp_path), str(root)], check=True, cwd=tmp_path)
+                    "--wheel-dir", str(tmp_path), str(source)], check=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("tvm_ternary-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for isa in ("avx2", "avx512"):

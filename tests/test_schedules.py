@@ -264,6 +264,29 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
             np.testing.assert_array_equal(args[-1].numpy(), expected, err_msg=message)
 
 
+def test_tuned_float_conv_kernels_sum_in_the_hand_order(rng):
+    """Samples of the float conv kernel (tuning) keep the hand schedule's summation order, so a
+    tuned float model computes bit for bit what the hand-scheduled one does."""
+    from tvm_ternary.rewrite import rewrite_with_sources
+    target = tvm.target.Target(AVX2)
+    x = torch.randn(1, 20, 9, 11)
+    _, sources = rewrite_with_sources(tvm_ternary.from_torch(torch.nn.Conv2d(20, 32, 3, padding=1).eval(), x), target)
+    (func,) = [f for role, f in sources.values() if role.endswith(":kernel")]
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    args = [tvm.runtime.tensor(rng.standard_normal([int(d) for d in info.shape]).astype(str(info.dtype)))
+            for info in ArgInfo.from_prim_func(func)]
+
+    def output(sch):
+        tvm.compile(sch.mod, target=target)["main"](*args)
+        return args[-1].numpy().copy()
+
+    hand = output(schedules.schedule(func, target))
+    samples = [schedules.PopcountKernel().apply(func, target, True, seed=sample_seed(rng)) for _ in range(4)]
+    assert any(inst.kind.name == "SampleCategorical" for inst in samples[0].trace.insts)
+    for sch in samples:
+        np.testing.assert_array_equal(output(sch), hand)
+
+
 def test_float_pooling_reads_a_padded_tile_and_equals_pytorch():
     """FloatCPU computes a pooling's padding per vector run (no bounds check per tap in the
     reduction) and keeps PyTorch's result exactly, on an odd shape with stride 2."""

@@ -122,7 +122,7 @@ def test_guided_search_measures_what_the_cost_model_ranks_best(tmp_path, rng):
     f = tvm_ternary.op(**CONV, target=AVX2, tuned=work_dir)
     assert f.tuned
     check(f, rng)
-    with pytest.raises(ValueError, match=r"tune: search must be one of \('random', 'guided'\), got 'xgb'"):
+    with pytest.raises(ValueError, match=r"tune: search must be one of \('random', 'guided', 'distinct'\), got 'xgb'"):
         tvm_ternary.tune(**CONV, target=AVX2, trials=1, work_dir=work_dir, search="xgb")
 
 
@@ -234,6 +234,7 @@ def test_ship_records_keeps_the_best_record_of_each_kernel(model_tuned, tmp_path
     with torch.no_grad():
         np.testing.assert_array_equal(run_built(ex, x), model(x).numpy())
     assert tuning.ship_records(work_dir, dest, "again") == 4 and len(records(dest)) == 4     # replaces, not adds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]
     emulated = tmp_path / "emulated"
     shutil.copytree(work_dir, emulated)
     (emulated / "tuning.json").write_text(json.dumps({"target": "x", "measured_on": "b", "emulated": True}))
@@ -255,7 +256,8 @@ def test_shipped_records_are_there_for_each_x86_isa_and_not_for_the_pi():
         tvm_ternary.build(tvm_ternary.from_torch(nn.Linear(4, 2).eval(), torch.randn(1, 4)), RASP4, tuned="shipped")
 
 
-@pytest.mark.parametrize("scheme,target", [("ternary", AVX2), ("w1a1", AVX512)])
+@pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("scheme", ["ternary", "fatnn", "w2a2", "w1a1"])
 def test_shipped_records_cover_every_kernel_of_resnet18(scheme, target):
     """``build(..., tuned="shipped")`` finds a record for every kernel of ResNet-18 at 224x224
     with the default quantize (checked on the rewrite, before compiling)."""
@@ -265,7 +267,7 @@ def test_shipped_records_cover_every_kernel_of_resnet18(scheme, target):
     mod = tvm_ternary.from_torch(tvm_ternary.quantize(net, scheme, x), x)
     scheduler = tuning.TunedScheduler(tvm_ternary.target(target), "shipped")
     rewrite_quantized(mod, tvm_ternary.target(target), scheduler)
-    assert scheduler.kernels >= 12 and scheduler.tuned == scheduler.kernels
+    assert scheduler.kernels == 19 and scheduler.tuned == scheduler.kernels
 
 
 def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_path):
@@ -296,6 +298,30 @@ def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_pa
     tvm_ternary.tune_model(mod, AVX2, work_dir, trials=1, seed=1)
     assert len(records(work_dir)) >= written + 4                           # one more candidate per kernel
     tvm_ternary.build(mod, AVX2, tuned=work_dir)
+
+
+def test_tune_model_over_a_tracker_of_emulated_boards(tmp_path):
+    """``tune_model`` measures a model's kernels on the boards behind a tracker (cross-compiled
+    here); the directory says it is emulated, and the model built with its records runs on a
+    board and equals PyTorch."""
+    model, x = small_model()
+    mod = tvm_ternary.from_torch(model, x)
+    with Tracker() as tracker, Board(tracker=tracker.address, key="rasp4"), \
+            Board(tracker=tracker.address, key="rasp4"):
+        remote = {"tracker": tracker.address, "key": "rasp4"}
+        results = tvm_ternary.tune_model(mod, "rasp4", tmp_path / "pi", trials=1, remote=remote, seed=0)
+        assert len(results) == 4 and len(measured(tmp_path / "pi")) == 8       # hand + 1 candidate per kernel
+        assert all(r[2]["mcpu"] == "cortex-a72" for r in records(tmp_path / "pi"))
+        assert json.loads((tmp_path / "pi" / "tuning.json").read_text())["emulated"] is True
+        path = tvm_ternary.export(tvm_ternary.build(mod, "rasp4", tuned=tmp_path / "pi"), str(tmp_path / "m.so"),
+                                  "rasp4")
+        session = tvm_ternary.Remote.parse(remote).connect()
+        session.upload(path)
+        dev = session.cpu(0)
+        out = relax.VirtualMachine(session.load_module("m.so"), dev)["main"](tvm.runtime.tensor(x.numpy(), dev))
+        out = out.numpy()                                     # while the board still runs
+    with torch.no_grad():
+        np.testing.assert_array_equal(out, model(x).numpy())
 
 
 def test_tune_model_errors(tmp_path):
