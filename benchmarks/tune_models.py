@@ -86,7 +86,7 @@ def main(argv=None) -> None:
         print(f"\n{args.model} {precision}:")
         results = tvm_ternary.tune_model(mod, target, work_dir, trials=args.trials, seed=args.seed,
                                          search=args.search)
-        totals[precision] = [sum(getattr(r, a) * r.calls for r in results) for a in ("hand", "tuned")]
+        totals[precision] = tuning.per_inference(results)
         rows += [dict(isa=isa, precision=precision, kernel=r.name, calls=r.calls, hand_ms=f"{r.hand * 1e3:.6g}",
                       tuned_ms=f"{r.tuned * 1e3:.6g}", ratio=f"{r.ratio:.4g}", trials=r.trials) for r in results]
     print(f"\nall kernels per inference (MetaSchedule's measurements while tuning, {device}):")

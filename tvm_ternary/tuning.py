@@ -6,7 +6,8 @@ output-channel blocks per tile, parallel fuse, order of the reduction loops, unr
 record. Then ``search="guided"`` (the default) uses our :class:`_GuidedSearch`, which
 measures the draws MetaSchedule's XGBoost cost model ranks best, and ``search="random"``
 MetaSchedule's ``replay-func`` (each candidate a fresh run of the rule with new samples,
-all measured); ``benchmarks/tuning.py`` compares the two. (MetaSchedule's evolutionary
+all measured); ``search="distinct"`` draws at random but never measures a schedule twice;
+``benchmarks/tuning.py`` compares the three. (MetaSchedule's evolutionary
 search mutates recorded traces instead, and the rules take Python decisions on sampled
 values, which a mutated trace cannot replay.) Records go to a JSON database in
 ``work_dir``; tuning again with the same directory adds to it, and the best record over
@@ -602,12 +603,17 @@ def _seconds(record: ms.database.TuningRecord) -> float:
     return float(np.median([float(t) for t in record.run_secs]))
 
 
+def per_inference(results: Sequence[TaskResult]) -> tuple[float, float]:
+    """Seconds per inference of all ``results``' kernels (time x calls): hand, tuned."""
+    return (sum(r.hand * r.calls for r in results), sum(r.tuned * r.calls for r in results))
+
+
 def _print_table(results: list[TaskResult]) -> None:
     width = max(len(r.name) for r in results)
     lines = [f"{'kernel':<{width}} {'calls':>5} {'hand ms':>9} {'tuned ms':>9} {'ratio':>6} {'trials':>6}"]
     lines += [f"{r.name:<{width}} {r.calls:>5} {r.hand * 1e3:>9.4f} {r.tuned * 1e3:>9.4f} {r.ratio:>6.2f} {r.trials:>6}"
               for r in results]
-    hand, tuned = (sum(getattr(r, a) * r.calls for r in results) for a in ("hand", "tuned"))
+    hand, tuned = per_inference(results)
     lines.append(f"{'all kernels, per inference':<{width}} {'':>5} {hand * 1e3:>9.4f} {tuned * 1e3:>9.4f} "
                  f"{hand / tuned:>6.2f}")
     tqdm.write("\n".join(lines))
