@@ -18,6 +18,7 @@ from tvm.target import Target
 from .data import ActivationPack
 from .dot import DotKernel
 from .fgq import FgqKernel
+from .float_ops import FloatCPU
 from .generic import GenericCPU
 from .isa import Isa, isa_of, kernel_isa
 from .popcount import PopcountKernel
@@ -44,21 +45,35 @@ def word_bits(target: Target, weight_shape: Sequence[int] = ()) -> int:
     return kernel_isa(target, weight_shape).word_bits
 
 
-TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel)
-"""Rules whose knobs MetaSchedule searches (the kernels); data stages keep their fixed schedule."""
+FLOAT_OP = "float op"
+"""The role (a :data:`tvm_ternary.rewrite.Scheduler`'s second argument) of the float
+operators a model keeps after the rewrite (pooling, means, residual adds, float layers
+Relax lowers): :class:`FloatCPU` schedules them."""
+
+TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel, ActivationPack)
+"""Rules of our functions whose knobs MetaSchedule searches: the kernels and the data
+stages (quantize-and-pack, patch gathers); :class:`FloatCPU`'s too, for the float operators.
+:class:`GenericCPU` has none."""
 
 
 def schedule_in_place(sch: s_tir.Schedule, target: Target, tunable: bool = True) -> None:
-    """Apply the first kernel rule that fits to ``sch`` in place: the search space of
-    :func:`tvm_ternary.tune` (``tunable=True`` samples the rule's knobs)."""
+    """Apply the rule :func:`schedule` picks for the function of ``sch`` (or, for a float
+    operator, :class:`FloatCPU`) in place: the search space of :func:`tvm_ternary.tune`
+    and :func:`tvm_ternary.tune_model` (``tunable=True`` samples the rule's knobs). Raises
+    ``ValueError`` for a stage of ours that only :class:`GenericCPU` schedules (it has no knobs)."""
     for rule in TUNABLE_RULES:
         if rule().schedule(sch, target, tunable) is not None:
             return
-    raise ValueError("schedules: no tunable rule applies (tuning covers the popcount, FGQ and int8 kernels)")
+    if GenericCPU.accepts(sch):
+        raise ValueError("schedules: no tunable rule applies (the generic rule's stages have no knobs)")
+    FloatCPU().schedule(sch, target, tunable)
 
 
-def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_tir.Schedule:
-    """Schedule one operator PrimFunc with the first rule for ``target`` that applies."""
+def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False, role: str = "") -> s_tir.Schedule:
+    """Schedule one PrimFunc: a float operator (``role`` :data:`FLOAT_OP`) with
+    :class:`FloatCPU`, any other with the first rule for ``target`` that applies."""
+    if role == FLOAT_OP:
+        return FloatCPU().apply(func, target, tunable)
     for rule in rules_for(target):
         sch = rule.apply(func, target, tunable)
         if sch is not None:
@@ -67,4 +82,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False) -> s_ti
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["ActivationPack", "DotKernel", "FgqKernel", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]
+__all__ = ["FLOAT_OP", "ActivationPack", "DotKernel", "FgqKernel", "FloatCPU", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]

@@ -13,70 +13,93 @@ channels last.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
 from .generic import inline_quantizer
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import TILE_SCOPE
+from .tiling import TILE_SCOPE, KernelRule, sample_choice, sample_unroll
 
 MAX_VECTOR_ROW = 64
 """Rows up to this many values are vectorized whole (LLVM splits them into registers)."""
 
 
-class ActivationPack(ScheduleRule):
+class ActivationPack(KernelRule):
     """Schedule rule for the ``pack`` stage of conv2d (rank 2) and the patch gather that
     may follow it or stand alone, and for conv2d's quantize + byte layout; dense packing is
-    left to the generic rule (a single row of at most a few thousand values)."""
+    left to the generic rule (a single row of at most a few thousand values).
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
-              seed: int | None = None) -> s_tir.Schedule | None:
-        """Schedule ``func`` (None if the rule does not apply); ``tunable`` samples the
-        vector row length from the schedule's random state, seeded by ``seed`` (1 to
-        2**31 - 1; None: the device's random source)."""
-        sch = s_tir.Schedule(func, seed=seed)
-        blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    ``tunable`` samples the vector length along rows (:func:`sample_vector`) and LLVM's
+    unroll depth over a row's loops (:func:`~.tiling.sample_unroll`)."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        """Schedule ``sch`` in place; None, untouched, if the rule does not apply."""
+        blocks = _blocks(sch)
         if set(blocks) == {"levels", "layout"} and len(sch.get_loops(blocks["layout"])) == 4:
-            return _byte_rows(sch, blocks, isa_of(target).int32_lanes)
-        inline_quantizer(sch)
-        blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        if set(blocks) == {"bits", "chunk", "pack"}:     # from a channel-blocked input
-            return _pack_blocked(sch, blocks)
-        if set(blocks) == {"patches"}:       # the gather alone (its input packed by a previous kernel)
-            _gather_rows(sch, blocks["patches"])
-            return sch
-        if set(blocks) - {"patches"} != {"pack"}:
+            return _byte_rows(sch, blocks, isa_of(target).int32_lanes, tunable)
+        names = set(blocks) - {"levels"}            # the quantizer's stage is inlined below
+        if names not in ({"bits", "chunk", "pack"}, {"patches"}, {"pack"}, {"pack", "patches"}):
             return None
+        if "pack" in names and len(sch.get_loops(blocks["pack"])) not in (6, 7):
+            return None
+        inline_quantizer(sch)
+        blocks = _blocks(sch)
+        if names == {"bits", "chunk", "pack"}:     # from a channel-blocked input
+            return _pack_blocked(sch, blocks, tunable)
+        if names == {"patches"}:       # the gather alone (its input packed by a previous kernel)
+            _gather_rows(sch, blocks["patches"], tunable)
+            return sch
         pack = blocks["pack"]
         loops = sch.get_loops(pack)
         if len(loops) == 7:                  # stored by column phase (a strided patch gather reads it)
             n, plane, h, phase, w, word, bit = loops
             sch.reorder(n, h, word, bit, plane, phase, w)
             sch.unroll(phase)
-        elif len(loops) == 6:                # n, plane, h, w, word, bit
+        else:                                # n, plane, h, w, word, bit
             n, plane, h, w, word, bit = loops
             sch.reorder(n, h, word, bit, plane, w)
-        else:
-            return None
-        width = int(sch.get(w).extent)
-        sch.parallel(sch.fuse(n, h))
+        row = sch.fuse(n, h)
+        sch.parallel(row)
         local = sch.cache_write(pack, 0, TILE_SCOPE)
         sch.reverse_compute_at(local, word)
         sch.unroll(plane)
-        if width <= MAX_VECTOR_ROW:
-            sch.vectorize(w)
-        else:
-            factor = sch.get(sch.sample_categorical([8, 16, 32], [0.34, 0.33, 0.33])) if tunable else 16
-            sch.vectorize(sch.split(w, [None, int(factor)])[1])
+        _vectorize_row(sch, w, tunable)
         sch.decompose_reduction(pack, bit)
+        if tunable:
+            sample_unroll(sch, row)
         if "patches" in blocks:
-            _gather_rows(sch, blocks["patches"])
+            _gather_rows(sch, blocks["patches"], tunable)
         return sch
 
 
-def _byte_rows(sch: s_tir.Schedule, blocks: dict, lanes: int) -> s_tir.Schedule:
+def _blocks(sch: s_tir.Schedule) -> dict:
+    return {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
+
+
+ROW_VECTORS = (8, 16, 32)
+"""The search's vector lengths along a row longer than one of them (besides the whole
+row when it has at most :data:`MAX_VECTOR_ROW` values)."""
+
+
+def sample_vector(sch: s_tir.Schedule, width: int, default: int) -> int:
+    """A sampled vector length for a row of ``width`` values: the whole row (if at most
+    :data:`MAX_VECTOR_ROW`), one of :data:`ROW_VECTORS` below it, or ``default``."""
+    whole = [width] if width <= MAX_VECTOR_ROW else []
+    return sample_choice(sch, [v for v in ROW_VECTORS if v < width] + whole, default)
+
+
+def _vectorize_row(sch: s_tir.Schedule, loop, tunable: bool, default: int = 16) -> None:
+    """Vectorize the row loop ``loop``: whole if it has at most :data:`MAX_VECTOR_ROW`
+    values, else in runs of ``default``; ``tunable`` samples the length instead."""
+    width = int(sch.get(loop).extent)
+    length = width if width <= MAX_VECTOR_ROW else default
+    if tunable:
+        length = sample_vector(sch, width, length)
+    sch.vectorize(loop if length >= width else sch.split(loop, [None, length])[1])
+
+
+def _byte_rows(sch: s_tir.Schedule, blocks: dict, lanes: int, tunable: bool) -> s_tir.Schedule:
     """A byte scheme's quantize + layout (``levels``, ``layout`` ``[N, H', W', C']``), parallel
     over padded rows: each row's levels for every channel first, vectorized along the input
     row (contiguous loads, the quantizer's arithmetic on whole vectors), then the row's
@@ -86,19 +109,26 @@ def _byte_rows(sch: s_tir.Schedule, blocks: dict, lanes: int) -> s_tir.Schedule:
     row = sch.fuse(n, h)
     sch.parallel(row)
     sch.compute_at(levels, row)
-    sch.vectorize(sch.split(sch.get_loops(levels)[-1], [None, lanes])[1])
+    vector = lanes
+    if tunable:
+        vector = sample_choice(sch, [v for v in (lanes // 2, 2 * lanes, 4 * lanes) if v >= 4], lanes)
+        sample_unroll(sch, row)
+    sch.vectorize(sch.split(sch.get_loops(levels)[-1], [None, vector])[1])
     sch.unroll(channel)
     return sch
 
 
-def _pack_blocked(sch: s_tir.Schedule, blocks: dict) -> s_tir.Schedule:
+def _pack_blocked(sch: s_tir.Schedule, blocks: dict, tunable: bool) -> s_tir.Schedule:
     """Packing a channel-blocked input (``bits``, ``chunk``, ``pack``): parallel over rows;
     per pixel and word, each vector of ``B`` channels is loaded once, compared for every
     plane and turned into ``B`` bits by the movemask intrinsic; the word is stored once."""
     pack, chunk, bits = blocks["pack"], blocks["chunk"], blocks["bits"]
     n, plane, h, w, word, part = sch.get_loops(pack)
     sch.reorder(n, h, w, word, part, plane)
-    sch.parallel(sch.fuse(n, h))
+    row = sch.fuse(n, h)
+    sch.parallel(row)
+    if tunable:
+        sample_unroll(sch, row)
     sch.compute_at(chunk, part)
     *_, chunk_plane, chunk_lane = sch.get_loops(chunk)
     sch.compute_at(bits, chunk_plane)
@@ -117,7 +147,7 @@ def _pack_blocked(sch: s_tir.Schedule, blocks: dict) -> s_tir.Schedule:
     return sch
 
 
-def _gather_rows(sch: s_tir.Schedule, patches) -> None:
+def _gather_rows(sch: s_tir.Schedule, patches, tunable: bool) -> None:
     """The patch gather (``[N, P, OH, OW, Rw]``): parallel over output rows; per word and
     plane, the taps' shifted words or-ed into a row of a local copy of the output row,
     vectorized along it; the row is stored once, contiguously (storing each word's row
@@ -131,6 +161,5 @@ def _gather_rows(sch: s_tir.Schedule, patches) -> None:
     sch.reverse_compute_at(local, row)
     for loop in (word, plane, slot):     # constant tap offsets: no index division at run time
         sch.unroll(loop)
-    width = int(sch.get(ow).extent)
-    sch.vectorize(ow if width <= MAX_VECTOR_ROW else sch.split(ow, [None, 16])[1])
+    _vectorize_row(sch, ow, tunable)
     sch.decompose_reduction(patches, slot)

@@ -13,14 +13,16 @@ the unscheduled function.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight import ScheduleRule
+from tvm import s_tir
 from tvm.target import Target
 
-from .tiling import REDUCE, TILE_SCOPE, divisors
+from .tiling import REDUCE, TILE_SCOPE, KernelRule, divisors, sample_choice, sample_unroll
 
 VECTOR_RUN = 16
-"""Longest run of the innermost spatial loop computed as one vector."""
+"""Longest run of the innermost spatial loop computed as one vector (the hand schedule)."""
+
+MAX_TUNED_RUN = 64
+"""Longest run the search tries."""
 
 
 def _reduces(sch: s_tir.Schedule, block) -> bool:
@@ -54,12 +56,15 @@ def _inline_stages(sch: s_tir.Schedule) -> None:
                 break
 
 
-class FloatCPU(ScheduleRule):
-    """Parallel outer loops, vectorized inner runs, reductions outside the runs."""
+class FloatCPU(KernelRule):
+    """Parallel outer loops, vectorized inner runs, reductions outside the runs.
 
-    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule:
-        """Always a schedule: blocks it cannot handle keep their loops."""
-        sch = s_tir.Schedule(func)
+    ``tunable`` samples each block's run length (divisors of the innermost spatial extent
+    up to :data:`MAX_TUNED_RUN`, the hand value included) and LLVM's unroll depth over the
+    parallel loop's body."""
+
+    def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule:
+        """Schedule ``sch`` in place; always a schedule: blocks it cannot handle keep their loops."""
         _inline_stages(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             if _feeds_reduction(sch, block):
@@ -74,6 +79,8 @@ class FloatCPU(ScheduleRule):
                 continue
             inner_extent = int(sch.get(spatial[-1]).extent)
             run = max(d for d in divisors(inner_extent) if d <= VECTOR_RUN)
+            if tunable:
+                run = sample_choice(sch, [d for d in divisors(inner_extent) if 1 < d <= MAX_TUNED_RUN], run)
             outer, inner = sch.split(spatial[-1], [None, run])
             sch.reorder(*spatial[:-1], outer, *reduce, inner)
             if reduce:
@@ -85,7 +92,10 @@ class FloatCPU(ScheduleRule):
                     sch.vectorize(sch.get_loops(producer)[-1])
             elif run > 1:
                 sch.vectorize(inner)
-            sch.parallel(sch.fuse(*spatial[:-1], outer) if spatial[:-1] else outer)
+            parallel = sch.fuse(*spatial[:-1], outer) if spatial[:-1] else outer
+            sch.parallel(parallel)
             if reduce:
                 sch.decompose_reduction(block, reduce[0])
+            if tunable:
+                sample_unroll(sch, parallel)
         return sch

@@ -28,12 +28,18 @@ def inline_quantizer(sch: s_tir.Schedule) -> None:
 class GenericCPU(ScheduleRule):
     """Parallel outer loops; applies to any PrimFunc made of the :data:`STAGES`."""
 
+    @staticmethod
+    def accepts(sch: s_tir.Schedule) -> bool:
+        """Whether the function of ``sch`` is made of :data:`STAGES` (and a quantizer's ``levels``)."""
+        names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))} - {"levels"}
+        return bool(names) and names <= set(STAGES)
+
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
+        if not self.accepts(sch):
+            return None
         inline_quantizer(sch)
         blocks = {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
-        if not blocks or any(name not in STAGES for name in blocks):
-            return None
         for block in blocks.values():
             loops = sch.get_loops(block)
             sch.parallel(sch.fuse(*loops[:2]) if len(loops) > 1 else loops[0])

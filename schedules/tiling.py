@@ -140,14 +140,20 @@ def sample_order(sch, loops: list) -> list:
     return [loops[i] for i in orders[pick]]
 
 
-def sample_channel_blocks(sch, ko, per_pixel: int, budget: int, default: int) -> int:
-    """A sampled count of output-channel blocks per conv tile among :data:`CHANNEL_BLOCKS`
-    and ``default`` (the hand schedule's, so it stays in the space)."""
-    blocks = int(sch.get(ko).extent)
-    choices = sorted({c for c in CHANNEL_BLOCKS if blocks % c == 0 and c * per_pixel <= budget} | {default})
+def sample_choice(sch, choices, default: int) -> int:
+    """One of ``choices`` and ``default`` (the hand schedule's value, so it stays in the
+    space), sampled uniformly; ``default`` without a sample when it is the only one."""
+    choices = sorted(set(choices) | {default})
     if len(choices) == 1:
         return default
     return int(sch.get(sch.sample_categorical(choices, [1 / len(choices)] * len(choices))))
+
+
+def sample_channel_blocks(sch, ko, per_pixel: int, budget: int, default: int) -> int:
+    """A sampled count of output-channel blocks per conv tile among :data:`CHANNEL_BLOCKS`
+    and ``default``."""
+    blocks = int(sch.get(ko).extent)
+    return sample_choice(sch, [c for c in CHANNEL_BLOCKS if blocks % c == 0 and c * per_pixel <= budget], default)
 
 
 def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1, reduction="acc"):

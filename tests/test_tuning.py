@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from torch import nn
 from tvm import relax
 
 import tvm_ternary
-from tvm_ternary import tuning
+from tvm_ternary import schedules, tuning
 from tvm_ternary.emulator import Board, Tracker
+from tvm_ternary.build import float_ops, lower_float_ops
 from tvm_ternary.rewrite import rewrite_quantized
 
 from .conftest import AVX2, AVX512, RASP4
@@ -135,6 +137,13 @@ def test_tune_errors(tmp_path):
         tvm_ternary.tune(**CONV, target="rasp4", trials=1, work_dir=tmp_path)
     with pytest.raises(ValueError, match="holds no tuning records"):
         tvm_ternary.op(**CONV, target=AVX2, tuned=tmp_path / "empty")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "tuning.json").write_text(json.dumps({"target": "llvm -mcpu=haswell", "measured_on": "this host",
+                                                   "emulated": False}))
+    with pytest.raises(ValueError, match="tune: .*other holds records for the target 'llvm -mcpu=haswell', not "
+                                         "'.*': a build for one would use the other's records"):
+        tvm_ternary.tune(**CONV, target="host", trials=1, work_dir=other)
 
 
 DENSE = dict(name="dense", scheme="ternary", data_shape=(1, 64), weight_shape=(8, 64))
@@ -183,6 +192,63 @@ def run_built(ex, x: torch.Tensor) -> np.ndarray:
     return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
 
 
+def data_stage_models() -> list:
+    """(quantized model, input) pairs whose data stages and float operators take each branch
+    of their rules. The first: a 3-channel stride-2 first layer (pack by column phase + patch
+    gather), a max pool, an 8-channel layer on rows of 77 values (more than one vector), a
+    16-channel layer fed by the previous kernel (the gather alone), a mean. The second: an
+    int8 stem (quantize to bytes) writing 64 channel-blocked channels that a ternary layer
+    packs (pack from a blocked input)."""
+    torch.manual_seed(0)
+    first = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, 1),
+                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    second = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 1, 1),
+                           nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(64, 10)).eval()
+    x, y = torch.randn(2, 3, 7, 150), torch.randn(1, 3, 5, 40)
+    return [(tvm_ternary.quantize(first, "ternary", x, first_last="same"), x),
+            (tvm_ternary.quantize(second, "ternary", y), y)]
+
+
+def test_sampled_schedules_of_data_stages_and_float_operators_equal_the_hand_ones(rng):
+    """Every point of the search spaces of the quantize-and-pack stages, patch gathers and
+    float operators computes what the hand schedule computes, bit for bit, on random inputs."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+    target = tvm_ternary.target(AVX2)
+    stages = []
+    for model, x in data_stage_models():
+        tasks, _ = tuning.model_tasks(tvm_ternary.from_torch(model, x), target)
+        for name, func in tasks.items():
+            if name.startswith("tvm_ternary") and "_quantize" not in name and "_gather" not in name:
+                continue                                   # a kernel: test_schedules samples those
+            workload = tuning._workload(func)
+            sch = tvm.s_tir.Schedule(workload)
+            blocks = tuple(sorted(sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))))
+            stages.append((name, blocks, len(sch.get_loops(sch.get_sblock("pack"))) if "pack" in blocks else 0))
+            args = []
+            for info in ArgInfo.from_prim_func(func):
+                shape, dtype = [int(d) for d in info.shape], str(info.dtype)
+                values = rng.standard_normal(shape) * 3 if "float" in dtype else rng.integers(-3, 4, shape)
+                args.append(tvm.runtime.tensor(values.astype(dtype)))
+
+            def output(tunable: bool, seed: int | None = None) -> np.ndarray:
+                workload = tuning._workload(func)
+                sch = tvm.s_tir.Schedule(workload, seed=seed)
+                schedules.schedule_in_place(sch, target, tunable)
+                args[-1].copyfrom(np.zeros(args[-1].shape, args[-1].dtype))
+                tvm.compile(sch.mod, target=target)["main"](*args)
+                return args[-1].numpy().copy()
+
+            hand = output(False)
+            for seed in (1, 2, 3, 4):
+                np.testing.assert_array_equal(output(True, seed), hand, err_msg=f"{name}, seed {seed}")
+    assert {(blocks, loops) for _, blocks, loops in stages} >= {
+        (("layout", "levels"), 0), (("bits", "chunk", "pack"), 6), (("patches",), 0),
+        (("pack", "patches"), 7), (("pack", "patches"), 6)}, stages
+    assert {name for name, _, _ in stages} >= {"max_pool2d", "mean", "reshape"}
+
+
 @pytest.fixture(scope="module")
 def model_tuned(tmp_path_factory):
     """A small model tuned for AVX2 with 2 candidates per kernel, and its results."""
@@ -192,29 +258,54 @@ def model_tuned(tmp_path_factory):
     return model, x, mod, work_dir, tvm_ternary.tune_model(mod, AVX2, work_dir, trials=2, seed=0)
 
 
-def test_tune_model_tunes_every_kernel_build_compiles(model_tuned, capsys):
+def test_tune_model_tunes_every_function_build_compiles_with_knobs(model_tuned, capsys):
+    """The kernels, the conv2d quantize-and-pack stages and the float operator Relax lowers
+    are tasks; the dense layer's packing (the generic rule's, no knobs) is not."""
     model, x, mod, work_dir, results = model_tuned
     kernels = calls(rewrite_quantized(mod, tvm_ternary.target(AVX2)))["tir:kernel"]
-    assert len(results) == kernels == 4                   # int8 stem, two ternary convs, int8 classifier
-    assert {r.name for r in results} >= {"tvm_ternary_conv2d_int8", "tvm_ternary_dense_int8"}
+    assert kernels == 4                                   # int8 stem, two ternary convs, int8 classifier
+    assert sorted(r.name for r in results) == sorted([
+        "tvm_ternary_conv2d_int8", "tvm_ternary_conv2d_ternary", "tvm_ternary_conv2d_ternary1",
+        "tvm_ternary_dense_int8", "tvm_ternary_conv2d_int8_quantize", "tvm_ternary_conv2d_ternary_quantize",
+        "reshape"])
     for r in results:                                     # the hand schedule is a candidate: never slower
         assert r.trials == 2 and r.calls == 1 and 0 < r.tuned <= r.hand
-    assert len(hand_records(work_dir)) == 4 and len(measured(work_dir)) == 4 * 3
+    assert len(hand_records(work_dir)) == 7 and len(measured(work_dir)) == 7 * 3
+
+
+def test_model_tasks_hand_schedules_are_builds(model_tuned):
+    """Each task's hand record is the schedule ``build`` gives the function without records:
+    the search space of a task is its build-time rule's."""
+    _, _, mod, _, _ = model_tuned
+    target = tvm_ternary.target(AVX2)
+    tasks, _ = tuning.model_tasks(mod, target)
+    built = {}
+    rewrite_quantized(mod, target, lambda func, role: built.setdefault(
+        tvm_ffi.structural_hash(func), schedules.schedule(func, target, role=role)))
+    lowered = lower_float_ops(rewrite_quantized(mod, target), target)
+    for func in float_ops(lowered).values():
+        built[tvm_ffi.structural_hash(func)] = schedules.schedule(func, target, role=schedules.FLOAT_OP)
+    for name, func in tasks.items():
+        workload = tuning._workload(func)
+        sch = tvm.s_tir.Schedule(workload)
+        schedules.schedule_in_place(sch, target, tunable=False)
+        tvm.ir.assert_structural_equal(sch.mod["main"].without_attr("global_symbol"),
+                                       built[tvm_ffi.structural_hash(func)].mod["main"].without_attr("global_symbol"))
 
 
 def test_build_with_tuning_records_uses_them_and_stays_exact(model_tuned, caplog):
     model, x, mod, work_dir, _ = model_tuned
     with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
         ex = tvm_ternary.build(mod, AVX2, tuned=work_dir)
-    assert any("4 of 4 kernels use tuning records" in r.getMessage() for r in caplog.records)
+    assert any("7 of 9 functions use tuning records" in r.getMessage() for r in caplog.records)
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_array_equal(run_built(ex, x), expected)            # integer end to end: bit-identical
     other, _ = small_model("same")            # a ternary stem and classifier: no records, the hand schedules
     with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
         ex = tvm_ternary.build(tvm_ternary.from_torch(other, x), AVX2, tuned=work_dir)
-    used = int(re.search(r"build: (\d) of 4 kernels use", caplog.records[-1].getMessage()).group(1))
-    assert 0 < used < 4
+    used = int(re.search(r"build: (\d) of 9 functions use", caplog.records[-1].getMessage()).group(1))
+    assert 0 < used < 7
     with torch.no_grad():
         np.testing.assert_array_equal(run_built(ex, x), other(x).numpy())
 
@@ -222,18 +313,18 @@ def test_build_with_tuning_records_uses_them_and_stays_exact(model_tuned, caplog
 def test_ship_records_keeps_the_best_record_of_each_kernel(model_tuned, tmp_path, caplog):
     model, x, mod, work_dir, results = model_tuned
     dest = tmp_path / "shipped"
-    assert tuning.ship_records(work_dir, dest, "a test CPU") == 4
+    assert tuning.ship_records(work_dir, dest, "a test CPU") == 7
     shipped = records(dest)
-    assert len(shipped) == 4 and len(records(work_dir)) == 12
-    assert sorted(float(np.median(r[1])) for r in shipped) == pytest.approx(sorted(r.tuned for r in results))
+    assert len(shipped) == 7 and len(records(work_dir)) == 21
+    assert sorted(float(np.mean(r[1])) for r in shipped) == pytest.approx(sorted(r.tuned for r in results))
     assert json.loads((dest / "tuning.json").read_text()) == {"target": str(tvm_ternary.target(AVX2)),
                                                                "measured_on": "a test CPU", "emulated": False}
     with caplog.at_level(logging.INFO, logger="tvm_ternary.build"):
         ex = tvm_ternary.build(mod, AVX2, tuned=dest)
-    assert "4 of 4 kernels use tuning records" in caplog.records[-1].getMessage()
+    assert "7 of 9 functions use tuning records" in caplog.records[-1].getMessage()
     with torch.no_grad():
         np.testing.assert_array_equal(run_built(ex, x), model(x).numpy())
-    assert tuning.ship_records(work_dir, dest, "again") == 4 and len(records(dest)) == 4     # replaces, not adds
+    assert tuning.ship_records(work_dir, dest, "again") == 7 and len(records(dest)) == 7     # replaces, not adds
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shipped"]
     emulated = tmp_path / "emulated"
     shutil.copytree(work_dir, emulated)
@@ -258,16 +349,28 @@ def test_shipped_records_are_there_for_each_x86_isa_and_not_for_the_pi():
 
 @pytest.mark.parametrize("target", [AVX2, AVX512], ids=["avx2", "avx512"])
 @pytest.mark.parametrize("scheme", ["ternary", "fatnn", "w2a2", "w1a1"])
-def test_shipped_records_cover_every_kernel_of_resnet18(scheme, target):
-    """``build(..., tuned="shipped")`` finds a record for every kernel of ResNet-18 at 224x224
-    with the default quantize (checked on the rewrite, before compiling)."""
+def test_shipped_records_cover_every_task_of_resnet18(scheme, target):
+    """``build(..., tuned="shipped")`` finds a record for every function of ResNet-18 at
+    224x224 with the default quantize whose schedule has knobs: 19 kernels, and 12 quantize
+    stages and float operators on AVX-512, 15 on AVX2 (its channel blocks are narrower, so
+    more layout changes; checked on the functions, before compiling). All but the int8
+    stem's quantize stage, which holds the calibration scale of the model it was tuned for
+    (the benchmarks' ResNet-18, not this one)."""
     from tvm_ternary.models import ResNet18
     net = ResNet18(1000).eval()
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     mod = tvm_ternary.from_torch(tvm_ternary.quantize(net, scheme, x), x)
-    scheduler = tuning.TunedScheduler(tvm_ternary.target(target), "shipped")
-    rewrite_quantized(mod, tvm_ternary.target(target), scheduler)
-    assert scheduler.kernels == 19 and scheduler.tuned == scheduler.kernels
+    target = tvm_ternary.target(target)
+    tasks, _ = tuning.model_tasks(mod, target)
+    scheduler = tuning.TunedScheduler(target, "shipped")
+    missing = []
+    for name, func in tasks.items():
+        tuned = scheduler.tuned
+        scheduler(func, schedules.FLOAT_OP if not name.startswith("tvm_ternary") else "")
+        if scheduler.tuned == tuned:
+            missing.append(name)
+    assert len(tasks) == {"avx512": 31, "avx2": 34}[schedules.isa_of(target).name]
+    assert missing == ["tvm_ternary_conv2d_int8_quantize"]     # its code holds this model's calibration scale
 
 
 def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_path):
@@ -296,7 +399,7 @@ def test_a_killed_tuning_run_leaves_a_directory_that_resumes(model_tuned, tmp_pa
     with pytest.raises(ValueError, match="ends in a half-written line"):   # reading does not rewrite it
         tvm_ternary.build(mod, AVX2, tuned=work_dir)
     tvm_ternary.tune_model(mod, AVX2, work_dir, trials=1, seed=1)
-    assert len(records(work_dir)) >= written + 4                           # one more candidate per kernel
+    assert len(records(work_dir)) >= written + 7                           # one more candidate per function
     tvm_ternary.build(mod, AVX2, tuned=work_dir)
 
 
@@ -310,7 +413,7 @@ def test_tune_model_over_a_tracker_of_emulated_boards(tmp_path):
             Board(tracker=tracker.address, key="rasp4"):
         remote = {"tracker": tracker.address, "key": "rasp4"}
         results = tvm_ternary.tune_model(mod, "rasp4", tmp_path / "pi", trials=1, remote=remote, seed=0)
-        assert len(results) == 4 and len(measured(tmp_path / "pi")) == 8       # hand + 1 candidate per kernel
+        assert len(results) == 7 and len(measured(tmp_path / "pi")) == 14      # hand + 1 candidate per function
         assert all(r[2]["mcpu"] == "cortex-a72" for r in records(tmp_path / "pi"))
         assert json.loads((tmp_path / "pi" / "tuning.json").read_text())["emulated"] is True
         path = tvm_ternary.export(tvm_ternary.build(mod, "rasp4", tuned=tmp_path / "pi"), str(tmp_path / "m.so"),
@@ -324,13 +427,45 @@ def test_tune_model_over_a_tracker_of_emulated_boards(tmp_path):
         np.testing.assert_array_equal(out, model(x).numpy())
 
 
+def test_tune_model_tunes_only_the_functions_asked_for(tmp_path):
+    model, x = small_model()
+    results = tvm_ternary.tune_model(tvm_ternary.from_torch(model, x), AVX2, tmp_path, trials=1, seed=0,
+                                     functions=["quantize", "reshape"])
+    assert sorted(r.name for r in results) == ["reshape", "tvm_ternary_conv2d_int8_quantize",
+                                               "tvm_ternary_conv2d_ternary_quantize"]
+    assert len(hand_records(tmp_path)) == 3 and len(measured(tmp_path)) == 6
+
+
+def test_a_resumed_search_measures_only_schedules_the_directory_lacks(tmp_path):
+    """Guided tuning into a directory skips the schedules it holds (the hand one included):
+    over three calls no schedule is measured twice, and the last call stops when the space
+    (8 schedules) runs out."""
+    model, x = small_model()
+    mod = tvm_ternary.from_torch(model, x)
+    runs = [tvm_ternary.tune_model(mod, AVX2, tmp_path, trials=trials, seed=seed, functions=["ternary_quantize"])
+            for seed, trials in ((0, 3), (1, 3), (2, 20))]
+    assert [r.trials for (r,) in runs][:2] == [3, 3] and runs[2][0].trials < 8
+    database = tvm.s_tir.meta_schedule.database.JSONDatabase(work_dir=str(tmp_path))
+    keys = []
+    for record in database.get_all_tuning_records():
+        sch = tvm.s_tir.Schedule(record.workload.mod)
+        record.trace.apply_to_schedule(sch, remove_postproc=True)
+        keys.append(tvm_ffi.structural_hash(sch.mod))
+    assert len(keys) == len(set(keys)) == 1 + 3 + 3 + runs[2][0].trials
+
+
 def test_tune_model_errors(tmp_path):
     model, x = small_model()
     mod = tvm_ternary.from_torch(model, x)
     with pytest.raises(ValueError, match="tune_model: trials must be an int >= 1, got 0"):
         tvm_ternary.tune_model(mod, AVX2, tmp_path, trials=0)
-    linear = tvm_ternary.from_torch(nn.Linear(4, 2).eval(), torch.randn(1, 4))
-    with pytest.raises(ValueError, match="tune_model: the module has no conv2d/dense kernels to tune"):
-        tvm_ternary.tune_model(linear, AVX2, tmp_path, trials=1)
+    with pytest.raises(ValueError, match=r"tune_model: no function's name contains any of \['nothing'\]; the "
+                                         r"functions with knobs are \['reshape', 'tvm_ternary_conv2d_int8'"):
+        tvm_ternary.tune_model(mod, AVX2, tmp_path, trials=1, functions=["nothing"])
+    with pytest.raises(TypeError, match="tune_model: functions must be a list of strings, not a string"):
+        tvm_ternary.tune_model(mod, AVX2, tmp_path, trials=1, functions="quantize")
+    identity = tvm_ternary.from_torch(nn.Identity().eval(), torch.randn(1, 4))
+    with pytest.raises(ValueError, match="tune_model: the module has no function whose schedule has knobs"):
+        tvm_ternary.tune_model(identity, AVX2, tmp_path, trials=1)
     with pytest.raises(ValueError, match="holds no tuning records"):
         tvm_ternary.build(mod, AVX2, tuned=tmp_path / "empty")

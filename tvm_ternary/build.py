@@ -11,8 +11,8 @@ from tvm.relax.backend.cpu_generic import legalize_passes
 from tvm.target import Target
 
 from .diagnostics import warn_if_generic_target
-from .rewrite import KERNEL_ATTR, rewrite_quantized
-from .schedules.float_ops import FloatCPU
+from . import schedules
+from .rewrite import KERNEL_ATTR, Scheduler, rewrite_quantized
 from .targets import TargetLike, resolve_target
 from .tuning import TunedScheduler
 
@@ -37,8 +37,9 @@ def build(mod: tvm.IRModule, target: TargetLike = "host",
             or ``"shipped"``: the records that ship in ``tvm_ternary/schedules/records/<isa>``
             for the target's ISA class (``avx512``: AVX-512 VPOPCNTDQ, ``avx2``), tuned for
             ResNet-18 at 224x224 with the default :func:`tvm_ternary.quantize` (ternary,
-            fatnn, w2a2_bw, w1a1; other models use the records of the kernels they share).
-            Each kernel with a record uses its best one, the others the hand schedules;
+            fatnn, w2a2_bw, w1a1; other models use the records of the functions they share).
+            Each function with a record (kernel, quantize stage, patch gather, float
+            operator) uses its best one, the others their hand schedules;
             one line on the ``tvm_ternary.build`` logger says how many. Default None: the
             hand schedules (records measured on another CPU of the same ISA class need not
             be faster on yours).
@@ -67,22 +68,35 @@ def build(mod: tvm.IRModule, target: TargetLike = "host",
         raise ValueError(f"build: target kind {target.kind.name!r} is not supported; our kernels are CPU (llvm) code")
     warn_if_generic_target(target, "build")
     scheduler = None if tuned is None else TunedScheduler(target, tuned)
-    rewritten = rewrite_quantized(mod, target, scheduler)
+    lowered = schedule_float_ops(rewrite_quantized(mod, target, scheduler), target, scheduler)
     if scheduler is not None:
-        _LOG.info("build: %d of %d kernels use tuning records of %s (any other: its hand schedule)",
-                  scheduler.tuned, scheduler.kernels, scheduler.work_dir)
-    return tvm.compile(schedule_float_ops(rewritten, target), target=target)
+        _LOG.info("build: %d of %d functions use tuning records of %s (the others: their hand schedules)",
+                  scheduler.tuned, scheduler.functions, scheduler.work_dir)
+    return tvm.compile(lowered, target=target)
 
 
-def schedule_float_ops(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
-    """Lower what the rewrite left to Relax (TVM's CPU legalization and fusion) and give
-    those functions :class:`tvm_ternary.schedules.float_ops.FloatCPU` schedules: TVM's
-    default CPU pipeline would run them serial and scalar. Our kernels keep theirs; every
-    function is then opaque, so the pipeline in ``tvm.compile`` fuses nothing further."""
+def lower_float_ops(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """Lower what the rewrite left to Relax (TVM's CPU legalization and fusion) into
+    PrimFuncs, unscheduled; :func:`float_ops` lists them."""
     with target:
-        mod = tvm.transform.Sequential(legalize_passes(target))(mod)
-    for gv, func in mod.functions_items():
-        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs is not None and KERNEL_ATTR in func.attrs):
-            continue
-        mod[gv] = FloatCPU().apply(func, target, False).mod["main"].with_attr("op_pattern", 8)
+        return tvm.transform.Sequential(legalize_passes(target))(mod)
+
+
+def float_ops(mod: tvm.IRModule) -> dict[tvm.ir.GlobalVar, tvm.tirx.PrimFunc]:
+    """The PrimFuncs of ``mod`` that are not ours (no :data:`~tvm_ternary.rewrite.KERNEL_ATTR`)."""
+    return {gv: func for gv, func in mod.functions_items()
+            if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs is not None and KERNEL_ATTR in func.attrs)}
+
+
+def schedule_float_ops(mod: tvm.IRModule, target: Target, schedule: Scheduler | None = None) -> tvm.IRModule:
+    """Lower what the rewrite left to Relax (:func:`lower_float_ops`) and schedule those
+    functions with ``schedule`` (role :data:`~tvm_ternary.schedules.FLOAT_OP`; default:
+    :class:`tvm_ternary.schedules.FloatCPU`): TVM's default CPU pipeline would run them
+    serial and scalar. Our kernels keep theirs; every function is then opaque, so the
+    pipeline in ``tvm.compile`` fuses nothing further."""
+    mod = lower_float_ops(mod, target)
+    schedule = schedule or (lambda func, role: schedules.schedule(func, target, role=role))
+    for gv, func in float_ops(mod).items():
+        scheduled = schedule(func, schedules.FLOAT_OP).mod["main"].without_attr("global_symbol")
+        mod[gv] = scheduled.with_attrs({**({} if func.attrs is None else dict(func.attrs)), "op_pattern": 8})
     return mod

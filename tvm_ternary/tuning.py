@@ -1,8 +1,10 @@
-"""Autotuning of the kernels with MetaSchedule, over the hand-written rules' own knobs.
+"""Autotuning with MetaSchedule, over the hand-written rules' own knobs.
 
-The search space is the schedule rule of the kernel with ``tunable=True`` (pixel tile,
-output-channel blocks per tile, parallel fuse, order of the reduction loops, unroll depth:
-:func:`tvm_ternary.schedules.schedule_in_place`). The hand schedule is measured first, as a
+The search space of a function is its schedule rule with ``tunable=True``
+(:func:`tvm_ternary.schedules.schedule_in_place`): for a kernel the pixel tile,
+output-channel blocks per tile, parallel fuse, order of the reduction loops and unroll
+depth; for a quantize-and-pack stage or patch gather the vector length along rows and the
+unroll depth; for a float operator the vector run and the unroll depth. The hand schedule is measured first, as a
 record. Then ``search="guided"`` (the default) uses our :class:`_GuidedSearch`, which
 measures the draws MetaSchedule's XGBoost cost model ranks best, and ``search="random"``
 MetaSchedule's ``replay-func`` (each candidate a fresh run of the rule with new samples,
@@ -11,7 +13,7 @@ all measured); ``search="distinct"`` draws at random but never measures a schedu
 search mutates recorded traces instead, and the rules take Python decisions on sampled
 values, which a mutated trace cannot replay.) Records go to a JSON database in
 ``work_dir``; tuning again with the same directory adds to it, and the best record over
-all runs is the one used. :func:`tune_model` tunes every kernel of a model;
+all runs is the one used. :func:`tune_model` tunes every function of a model that has knobs;
 ``build(..., tuned=work_dir)`` applies the records, ``tuned="shipped"`` those that ship
 for the target's ISA class (:func:`ship_records`). Candidates run on this host, or on
 boards behind a TVM RPC tracker (``remote={"tracker": "host:port", "key": "rasp4"}``;
@@ -141,6 +143,10 @@ def _describe(work_dir: Path, target: Target, remote: RemoteLike | None) -> None
             raise ValueError(f"tune: {work_dir} holds records measured on {'an emulated' if before.get('emulated') else 'a real'}"
                              f" board or host; do not mix them with {'emulated' if emulated else 'real'} measurements "
                              f"(use another work_dir)")
+        if before.get("target") != description["target"]:
+            raise ValueError(f"tune: {work_dir} holds records for the target {before.get('target')!r}, not "
+                             f"{description['target']!r}: a build for one would use the other's records "
+                             f"(use another work_dir)")
         return
     path.write_text(json.dumps(description, indent=1) + "\n")
 
@@ -166,7 +172,7 @@ ship with the package for the target's ISA class (:data:`SHIPPED_RECORDS`)."""
 SHIPPED_RECORDS = Path(schedules.__file__).parent / "records"
 """The shipped tuning directories, one per ISA class (``records/avx512``, ``records/avx2``,
 named as :func:`tvm_ternary.schedules.isa_of` names them), each holding the best record of
-every kernel of the models they were tuned for (:func:`ship_records`)."""
+every function of the models they were tuned for (:func:`ship_records`)."""
 
 
 def records_dir(tuned: str | os.PathLike, target: Target) -> Path:
@@ -184,10 +190,10 @@ def records_dir(tuned: str | os.PathLike, target: Target) -> Path:
 
 
 def ship_records(work_dir: str | os.PathLike, dest: str | os.PathLike, device: str) -> int:
-    """Write the best record of each kernel of ``work_dir`` into the tuning directory ``dest``
-    (replacing it whole, once the new one is complete), with a :data:`DESCRIPTION_FILE`
-    naming ``device``, the CPU that measured them. Only each kernel's best record ships;
-    returns the number of kernels.
+    """Write the best record of each function of ``work_dir`` into the tuning directory
+    ``dest`` (replacing it whole, once the new one is complete), with a :data:`DESCRIPTION_FILE`
+    naming ``device``, the CPU that measured them. Only each function's best record ships;
+    returns the number of functions.
     Records measured on emulated boards are refused (``ValueError``): their timings are not
     a board's."""
     source = Path(work_dir)
@@ -207,7 +213,7 @@ def ship_records(work_dir: str | os.PathLike, dest: str | os.PathLike, device: s
     for workload in workloads.values():
         best = database.get_top_k(workload, 1)
         if not best:
-            raise ValueError(f"ship_records: a kernel of {source} has no record that built and ran")
+            raise ValueError(f"ship_records: a function of {source} has no record that built and ran")
         shipped.commit_tuning_record(ms.database.TuningRecord(
             best[0].trace, shipped.commit_workload(workload.mod), best[0].run_secs, best[0].target,
             best[0].args_info))
@@ -229,30 +235,23 @@ def _best_schedule(database: ms.database.Database, kernel: tvm.tirx.PrimFunc,
 
 
 class TunedScheduler:
-    """Schedules the functions :func:`tvm_ternary.build` adds (a
-    :data:`tvm_ternary.rewrite.Scheduler`): each kernel by the best record of ``work_dir``
-    (or of the shipped records, :data:`SHIPPED`) where it has one, else, like every other
-    function, by the hand-written rules; :attr:`tuned` and :attr:`kernels` count the kernels."""
+    """Schedules the functions :func:`tvm_ternary.build` compiles (a
+    :data:`tvm_ternary.rewrite.Scheduler`): each by the best record of ``work_dir`` (or of
+    the shipped records, :data:`SHIPPED`) where it has one, else by its hand-written rule;
+    :attr:`tuned` and :attr:`functions` count them."""
 
     def __init__(self, target: Target, work_dir: str | os.PathLike):
         self.target, self.work_dir = target, records_dir(work_dir, target)
         self.database = _open_records(self.work_dir)
-        self.tuned = self.kernels = 0
+        self.tuned = self.functions = 0
 
     def __call__(self, func: tvm.tirx.PrimFunc, role: str) -> tvm.s_tir.Schedule:
-        if is_tuned_role(role):
-            self.kernels += 1
-            sch = _best_schedule(self.database, func, self.target)
-            if sch is not None:
-                self.tuned += 1
-                return sch
-        return schedules.schedule(func, self.target)
-
-
-def is_tuned_role(role: str) -> bool:
-    """Whether functions of this :data:`~tvm_ternary.rewrite.KERNEL_ATTR` role are tuned: the
-    conv2d/dense kernels, ours and the float conv kernel (what :data:`schedules.TUNABLE_RULES` cover)."""
-    return role.endswith(":kernel")
+        self.functions += 1
+        sch = _best_schedule(self.database, func, self.target)
+        if sch is not None:
+            self.tuned += 1
+            return sch
+        return schedules.schedule(func, self.target, role=role)
 
 
 def _tuning_target(target: Target) -> Target:
@@ -374,15 +373,17 @@ class _Session:
         self.database = ms.database.JSONDatabase(work_dir=str(self.work_dir))
 
     def tune(self, kernels: dict[str, tvm.tirx.PrimFunc], trials: int, seed: int | None,
-             bar: tqdm | None = None, search: str = "guided") -> None:
-        """Each kernel's hand schedule (once per database) and ``trials`` measured candidates
-        of its rule into the database, all kernels in one MetaSchedule task scheduler (round
-        robin); ``bar`` advances by one per measured candidate. A kernel's best record is
+             bar: tqdm | None = None, search: str = "guided") -> dict[str, int]:
+        """Each function's hand schedule (once per database) and ``trials`` measured candidates
+        of its rule into the database, all functions in one MetaSchedule task scheduler (round
+        robin); ``bar`` advances by one per measured candidate. A function's best record is
         therefore never slower than its hand schedule beyond the noise of one measurement.
-        ``search`` is one of :data:`SEARCHES`."""
+        ``search`` is one of :data:`SEARCHES`. Returns the candidates measured per function
+        (at most ``trials``: fewer when a guided or distinct search runs out of new ones)."""
         for kernel in kernels.values():
             if self.hand_record(kernel) is None:
                 self._commit_hand(kernel)
+        before = self._records_per_workload()
         mod = tvm.IRModule({name: _workload(kernel)["main"] for name, kernel in kernels.items()})
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
         if bar is not None:
@@ -399,6 +400,16 @@ class _Session:
                         strategy="replay-func" if search == "random" else _GuidedSearch(self.target,
                                                                                         search == "guided"),
                         task_scheduler="round-robin", measure_callbacks=callbacks, num_tuning_cores=1, seed=seed)
+        after = self._records_per_workload()
+        return {name: after.get(_key(kernel), 0) - before.get(_key(kernel), 0) for name, kernel in kernels.items()}
+
+    def _records_per_workload(self) -> dict[int, int]:
+        """Records per function (by :func:`_key`) in the database."""
+        counts: dict[int, int] = {}
+        for record in self.database.get_all_tuning_records():
+            key = tvm_ffi.structural_hash(record.workload.mod)
+            counts[key] = counts.get(key, 0) + 1
+        return counts
 
     def best_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
         """The fastest record of ``kernel`` (after :meth:`tune`)."""
@@ -470,8 +481,23 @@ class _GuidedSearch(ms.search_strategy.PySearchStrategy):
 
     def pre_tuning(self, max_trials, num_trials_per_iter, design_spaces, database=None, cost_model=None) -> None:
         self.max_trials, self.batch = int(max_trials), int(num_trials_per_iter)
-        self.cost_model, self.measured, self.measured_keys = cost_model, 0, set()
+        self.cost_model, self.measured = cost_model, 0
+        self.measured_keys = self._recorded(database)
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.context.mod["main"])
+
+    def _recorded(self, database) -> set[int]:
+        """Keys (structural hashes) of the schedules ``database`` holds for this task, the
+        hand schedule's included: a resumed search does not measure them again."""
+        mod = self.context.mod
+        if database is None or not database.has_workload(mod):
+            return set()
+        keys = set()
+        for record in database.get_top_k(database.commit_workload(mod), 1 << 20):
+            sch = tvm.s_tir.Schedule(mod)
+            record.trace.apply_to_schedule(sch, remove_postproc=True)
+            if all(p.apply(sch) for p in self.context.space_generator.postprocs):
+                keys.add(tvm_ffi.structural_hash(sch.mod))
+        return keys
 
     def post_tuning(self) -> None:
         pass
@@ -484,6 +510,8 @@ class _GuidedSearch(ms.search_strategy.PySearchStrategy):
             return None
         pool, keys = [], []
         for _ in range(POOL * count):
+            if not self.rank and len(pool) == count:
+                break                                 # distinct: no ranking, so no larger pool
             sch = tvm.s_tir.Schedule(self.context.mod, seed=int(self.rng.integers(1, 2**31 - 1)))
             try:
                 schedules.schedule_in_place(sch, self.target, True)
@@ -528,8 +556,8 @@ class _Progress(ms.measure_callback.PyMeasureCallback):
 @dataclass(frozen=True)
 class TaskResult:
     """One tuned function of a model: its name in the built module, calls per inference,
-    the hand schedule's and the best record's time (seconds, as measured while tuning) and
-    the candidates measured for it in this call."""
+    the hand schedule's and the best record's time (seconds, the mean of the repeats
+    measured while tuning) and the candidates measured for it in this call."""
 
     name: str
     calls: int
@@ -545,45 +573,88 @@ class TaskResult:
 
 def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | os.PathLike = "tvm_ternary_tuning",
                *, trials: int = 32, remote: RemoteLike | None = None, seed: int | None = None,
-               search: str = "guided") -> list[TaskResult]:
-    """Tune every kernel :func:`tvm_ternary.build` would compile for ``mod`` and ``target``:
-    each conv2d/dense kernel of ours and each float conv kernel, ``trials`` measured
-    candidates per kernel after its hand schedule, into ``work_dir`` (resumable: tuning again
+               search: str = "guided", functions: Sequence[str] | None = None) -> list[TaskResult]:
+    """Tune every function :func:`tvm_ternary.build` would compile for ``mod`` and ``target``
+    whose schedule has knobs (:func:`model_tasks`): the conv2d/dense kernels (ours and the
+    float conv kernel), the quantize-and-pack stages and patch gathers, and the float
+    operators Relax lowers (pooling, means, adds). Each gets its hand schedule measured and
+    up to ``trials`` candidates (fewer when its space has fewer distinct schedules, with
+    the ``guided`` and ``distinct`` searches) into ``work_dir`` (resumable: tuning again
     adds records, the best of all is used). One progress bar covers the whole job; a table
-    per kernel closes it (hand ms, tuned ms, ratio, trials). Then
+    per function closes it (hand ms, tuned ms, ratio, trials). Then
     ``build(mod, target, tuned=work_dir)`` uses the records.
 
     Args:
         mod: the Relax module to build, e.g. from :func:`tvm_ternary.from_torch`.
         target: as for :func:`tvm_ternary.build`.
         work_dir: the tuning directory (created if needed).
-        trials: measured candidates per kernel (the hand schedule is measured once more,
-            the first time a directory sees a kernel).
+        trials: measured candidates per function at most (the hand schedule is measured
+            once more, the first time a directory sees a function).
         remote: measure on boards behind a TVM RPC tracker, ``{"tracker": "host:port",
             "key": k}`` (cross-compiled here), as for :func:`tune`.
         seed: seeds the search (None: random).
         search: ``"guided"``, ``"random"`` or ``"distinct"`` (:data:`SEARCHES`, as for :func:`tune`).
+        functions: tune only the functions whose names contain one of these strings
+            (e.g. ``["quantize", "max_pool2d"]``; the names are those of the closing table).
+            Default None: all.
 
     Returns:
-        A :class:`TaskResult` per kernel, slowest total (hand time x calls) first.
+        A :class:`TaskResult` per function, slowest total (hand time x calls) first.
     """
-    from .rewrite import rewrite_with_sources
     _check_trials("tune_model", trials)
     _check_search("tune_model", search)
     target = resolve_target(target)
-    rewritten, sources = rewrite_with_sources(mod, target)
-    calls = _call_counts(rewritten)
-    tasks = [(name, func) for name, (role, func) in sources.items() if is_tuned_role(role)]
+    tasks, calls = model_tasks(mod, target)
     if not tasks:
-        raise ValueError("tune_model: the module has no conv2d/dense kernels to tune (nothing quantized, no float conv2d)")
+        raise ValueError("tune_model: the module has no function whose schedule has knobs")
+    if functions is not None:
+        if isinstance(functions, str):
+            raise TypeError("tune_model: functions must be a list of strings, not a string")
+        chosen = {name: func for name, func in tasks.items() if any(part in name for part in functions)}
+        if not chosen:
+            raise ValueError(f"tune_model: no function's name contains any of {list(functions)}; "
+                             f"the functions with knobs are {sorted(tasks)}")
+        tasks = chosen
     session = _Session("tune_model", target, work_dir, remote)
-    with tqdm(total=len(tasks) * trials, desc=f"tune_model: {len(tasks)} kernels", unit="trial") as bar:
-        session.tune(dict(tasks), trials, seed, bar, search)
+    with tqdm(total=len(tasks) * trials, desc=f"tune_model: {len(tasks)} functions", unit="trial") as bar:
+        measured = session.tune(tasks, trials, seed, bar, search)
+        bar.total = bar.n            # small spaces run out of distinct candidates before ``trials``
+        bar.refresh()
     results = [TaskResult(name, calls.get(name, 0), _seconds(session.hand_record(func)),
-                          _seconds(session.best_record(func)), trials) for name, func in tasks]
+                          _seconds(session.best_record(func)), measured[name]) for name, func in tasks.items()]
     results.sort(key=lambda r: -r.hand * r.calls)
     _print_table(results)
     return results
+
+
+def model_tasks(mod: tvm.IRModule, target: Target) -> tuple[dict[str, tvm.tirx.PrimFunc], dict[str, int]]:
+    """The functions :func:`tvm_ternary.build` compiles for ``mod`` and ``target`` whose
+    schedules have knobs, unscheduled, by their names in the built module; and how often
+    an inference calls each function. Not tasks: the stages only
+    :class:`~tvm_ternary.schedules.GenericCPU` schedules (dense packing, pads), which have
+    no knobs."""
+    from .build import float_ops, lower_float_ops
+    from .rewrite import rewrite_with_sources
+    rewritten, sources = rewrite_with_sources(mod, target)
+    lowered = lower_float_ops(rewritten, target)
+    functions = {name: func for name, (_, func) in sources.items()}
+    functions.update((gv.name_hint, func) for gv, func in float_ops(lowered).items())
+    return {name: func for name, func in functions.items() if _has_knobs(func, target)}, _call_counts(lowered)
+
+
+def _has_knobs(func: tvm.tirx.PrimFunc, target: Target) -> bool:
+    """Whether the search space of ``func`` samples anything."""
+    workload = _workload(func)
+    sch = tvm.s_tir.Schedule(workload)
+    try:
+        schedules.schedule_in_place(sch, target, True)
+    except ValueError:
+        return False
+    return len(sch.trace.decisions) > 0
+
+
+def _key(func: tvm.tirx.PrimFunc) -> int:
+    return tvm_ffi.structural_hash(_workload(func))
 
 
 def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
@@ -600,20 +671,22 @@ def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
 
 
 def _seconds(record: ms.database.TuningRecord) -> float:
-    return float(np.median([float(t) for t in record.run_secs]))
+    """The record's mean run time: what MetaSchedule ranks records by (so the best record
+    is never reported slower than the hand one)."""
+    return float(np.mean([float(t) for t in record.run_secs]))
 
 
 def per_inference(results: Sequence[TaskResult]) -> tuple[float, float]:
-    """Seconds per inference of all ``results``' kernels (time x calls): hand, tuned."""
+    """Seconds per inference of all ``results``' functions (time x calls): hand, tuned."""
     return (sum(r.hand * r.calls for r in results), sum(r.tuned * r.calls for r in results))
 
 
 def _print_table(results: list[TaskResult]) -> None:
     width = max(len(r.name) for r in results)
-    lines = [f"{'kernel':<{width}} {'calls':>5} {'hand ms':>9} {'tuned ms':>9} {'ratio':>6} {'trials':>6}"]
+    lines = [f"{'function':<{width}} {'calls':>5} {'hand ms':>9} {'tuned ms':>9} {'ratio':>6} {'trials':>6}"]
     lines += [f"{r.name:<{width}} {r.calls:>5} {r.hand * 1e3:>9.4f} {r.tuned * 1e3:>9.4f} {r.ratio:>6.2f} {r.trials:>6}"
               for r in results]
     hand, tuned = per_inference(results)
-    lines.append(f"{'all kernels, per inference':<{width}} {'':>5} {hand * 1e3:>9.4f} {tuned * 1e3:>9.4f} "
+    lines.append(f"{'all functions, per inference':<{width}} {'':>5} {hand * 1e3:>9.4f} {tuned * 1e3:>9.4f} "
                  f"{hand / tuned:>6.2f}")
     tqdm.write("\n".join(lines))
