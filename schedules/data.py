@@ -30,8 +30,10 @@ class ActivationPack(KernelRule):
     may follow it or stand alone, and for conv2d's quantize + byte layout; dense packing is
     left to the generic rule (a single row of at most a few thousand values).
 
-    ``tunable`` samples the vector length along rows (:func:`sample_vector`) and LLVM's
-    unroll depth over a row's loops (:func:`~.tiling.sample_unroll`)."""
+    ``tunable`` samples, where the stage has them: the vector length along rows
+    (:func:`sample_vector`; packing and patch gathers), the vector width of the byte
+    quantize stage, and LLVM's unroll depth over a row's loops
+    (:func:`~.tiling.sample_unroll`; every stage but the stand-alone gather)."""
 
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place; None, untouched, if the rule does not apply."""

@@ -24,8 +24,9 @@ STACK_BYTES = 1024
 
 
 class KernelRule(ScheduleRule):
-    """Base of the kernel rules: :meth:`schedule` works in place on a schedule (MetaSchedule's
-    form), :meth:`apply` on a PrimFunc (dlight's)."""
+    """Base of the rules that tuning searches (the kernel rules, ``ActivationPack``,
+    ``FloatCPU``): :meth:`schedule` works in place on a schedule (MetaSchedule's form),
+    :meth:`apply` on a PrimFunc (dlight's)."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool, *,
               seed: int | None = None) -> s_tir.Schedule | None:
@@ -140,7 +141,7 @@ def sample_order(sch, loops: list) -> list:
     return [loops[i] for i in orders[pick]]
 
 
-def sample_choice(sch, choices, default: int) -> int:
+def sample_choice(sch: s_tir.Schedule, choices: Sequence[int], default: int) -> int:
     """One of ``choices`` and ``default`` (the hand schedule's value, so it stays in the
     space), sampled uniformly; ``default`` without a sample when it is the only one."""
     choices = sorted(set(choices) | {default})

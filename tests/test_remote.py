@@ -109,3 +109,18 @@ def test_a_tracker_without_a_free_board_is_reported_as_such():
                                                r"'rasp4' was free within 2 s \(the tracker holds a request until "
                                                r"one is: none is registered under this key"):
             remote.connect()
+
+
+def test_a_board_that_is_not_the_emulator_is_not_emulated():
+    """A plain TVM RPC server (this host, as a real board would be) has no
+    ``tvm_ternary.emulated_board`` function: ``is_emulated`` says False instead of failing."""
+    with Tracker() as tracker:
+        host, port = tracker.address.split(":")
+        free = free_port()
+        server = tvm.rpc.Server(host="127.0.0.1", port=free, port_end=free + 1, tracker_addr=(host, int(port)),
+                                key="plain", silent=True)
+        try:
+            remote = Remote.parse({"tracker": tracker.address, "key": "plain", "request_timeout": 30})
+            assert remote.is_emulated() is False
+        finally:
+            server.terminate()

@@ -3,8 +3,9 @@
 The search space of a function is its schedule rule with ``tunable=True``
 (:func:`tvm_ternary.schedules.schedule_in_place`): for a kernel the pixel tile,
 output-channel blocks per tile, parallel fuse, order of the reduction loops and unroll
-depth; for a quantize-and-pack stage or patch gather the vector length along rows and the
-unroll depth; for a float operator the vector run and the unroll depth. The hand schedule is measured first, as a
+depth; for a quantize-and-pack stage or patch gather the vector length along rows and/or
+the unroll depth (:class:`~tvm_ternary.schedules.ActivationPack`); for a float operator
+the vector run and the unroll depth. The hand schedule is measured first, as a
 record. Then ``search="guided"`` (the default) uses our :class:`_GuidedSearch`, which
 measures the draws MetaSchedule's XGBoost cost model ranks best, and ``search="random"``
 MetaSchedule's ``replay-func`` (each candidate a fresh run of the rule with new samples,
@@ -228,30 +229,36 @@ def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> 
     return _best_schedule(_open_records(work_dir), kernel, target)
 
 
-def _best_schedule(database: ms.database.Database, kernel: tvm.tirx.PrimFunc,
+def _best_schedule(database: ms.database.Database, func: tvm.tirx.PrimFunc,
                    target: Target) -> tvm.s_tir.Schedule | None:
-    """``kernel`` scheduled by its best record in ``database``; None when it has none."""
-    return ms.tir_integration.compile_tir(database, _workload(kernel), _tuning_target(target))
+    """``func`` scheduled by its best record in ``database``; None when it has none."""
+    return ms.tir_integration.compile_tir(database, _workload(func), _tuning_target(target))
 
 
 class TunedScheduler:
     """Schedules the functions :func:`tvm_ternary.build` compiles (a
     :data:`tvm_ternary.rewrite.Scheduler`): each by the best record of ``work_dir`` (or of
-    the shipped records, :data:`SHIPPED`) where it has one, else by its hand-written rule;
-    :attr:`tuned` and :attr:`functions` count them."""
+    the shipped records, :data:`SHIPPED`) where it has one, else by its hand-written rule.
+    :attr:`functions` counts the distinct functions it scheduled (those without knobs
+    included), :attr:`tuned` those it found a record for."""
 
     def __init__(self, target: Target, work_dir: str | os.PathLike):
         self.target, self.work_dir = target, records_dir(work_dir, target)
         self.database = _open_records(self.work_dir)
-        self.tuned = self.functions = 0
+        self._seen: dict[int, bool] = {}          # function key -> has a record
+
+    @property
+    def functions(self) -> int:
+        return len(self._seen)
+
+    @property
+    def tuned(self) -> int:
+        return sum(self._seen.values())
 
     def __call__(self, func: tvm.tirx.PrimFunc, role: str) -> tvm.s_tir.Schedule:
-        self.functions += 1
         sch = _best_schedule(self.database, func, self.target)
-        if sch is not None:
-            self.tuned += 1
-            return sch
-        return schedules.schedule(func, self.target, role=role)
+        self._seen[_key(func)] = sch is not None
+        return sch if sch is not None else schedules.schedule(func, self.target, role=role)
 
 
 def _tuning_target(target: Target) -> Target:
@@ -372,7 +379,7 @@ class _Session:
         repair(self.work_dir)
         self.database = ms.database.JSONDatabase(work_dir=str(self.work_dir))
 
-    def tune(self, kernels: dict[str, tvm.tirx.PrimFunc], trials: int, seed: int | None,
+    def tune(self, functions: dict[str, tvm.tirx.PrimFunc], trials: int, seed: int | None,
              bar: tqdm | None = None, search: str = "guided") -> dict[str, int]:
         """Each function's hand schedule (once per database) and ``trials`` measured candidates
         of its rule into the database, all functions in one MetaSchedule task scheduler (round
@@ -380,11 +387,11 @@ class _Session:
         therefore never slower than its hand schedule beyond the noise of one measurement.
         ``search`` is one of :data:`SEARCHES`. Returns the candidates measured per function
         (at most ``trials``: fewer when a guided or distinct search runs out of new ones)."""
-        for kernel in kernels.values():
-            if self.hand_record(kernel) is None:
-                self._commit_hand(kernel)
+        for func in functions.values():
+            if self.hand_record(func) is None:
+                self._commit_hand(func)
         before = self._records_per_workload()
-        mod = tvm.IRModule({name: _workload(kernel)["main"] for name, kernel in kernels.items()})
+        mod = tvm.IRModule({name: _workload(func)["main"] for name, func in functions.items()})
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
         if bar is not None:
             callbacks.append(_Progress(bar))
@@ -392,7 +399,7 @@ class _Session:
         logging.getLogger(_MS_LOGGER).setLevel(logging.WARNING)
         with _foreign_handlers_detached():
             ms.tune_tir(mod, _tuning_target(self.target), str(self.work_dir),
-                        max_trials_global=trials * len(kernels), max_trials_per_task=trials,
+                        max_trials_global=trials * len(functions), max_trials_per_task=trials,
                         num_trials_per_iter=min(trials, 16), builder=self.builder, runner=self.runner,
                         database=self.database, space=space,
                         cost_model="random" if search != "guided" else ms.cost_model.XGBModel(
@@ -401,7 +408,7 @@ class _Session:
                                                                                         search == "guided"),
                         task_scheduler="round-robin", measure_callbacks=callbacks, num_tuning_cores=1, seed=seed)
         after = self._records_per_workload()
-        return {name: after.get(_key(kernel), 0) - before.get(_key(kernel), 0) for name, kernel in kernels.items()}
+        return {name: after.get(_key(func), 0) - before.get(_key(func), 0) for name, func in functions.items()}
 
     def _records_per_workload(self) -> dict[int, int]:
         """Records per function (by :func:`_key`) in the database."""
@@ -411,29 +418,29 @@ class _Session:
             counts[key] = counts.get(key, 0) + 1
         return counts
 
-    def best_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
-        """The fastest record of ``kernel`` (after :meth:`tune`)."""
-        (best,) = self.database.get_top_k(self.database.commit_workload(_workload(kernel)), 1)
+    def best_record(self, func: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
+        """The fastest record of ``func`` (after :meth:`tune`)."""
+        (best,) = self.database.get_top_k(self.database.commit_workload(_workload(func)), 1)
         return best
 
-    def hand_record(self, kernel: tvm.tirx.PrimFunc) -> ms.database.TuningRecord | None:
-        """The record of ``kernel``'s hand schedule (a trace without sampling decisions), if measured."""
-        workload = _workload(kernel)
+    def hand_record(self, func: tvm.tirx.PrimFunc) -> ms.database.TuningRecord | None:
+        """The record of ``func``'s hand schedule (a trace without sampling decisions), if measured."""
+        workload = _workload(func)
         if not self.database.has_workload(workload):
             return None
         records = self.database.get_top_k(self.database.commit_workload(workload), 1 << 20)
         return next((r for r in records if len(r.trace.decisions) == 0), None)
 
-    def _commit_hand(self, kernel: tvm.tirx.PrimFunc) -> None:
+    def _commit_hand(self, func: tvm.tirx.PrimFunc) -> None:
         """Build and measure the hand schedule as MetaSchedule measures a candidate, and record it."""
-        workload = _workload(kernel)
+        workload = _workload(func)
         sch = tvm.s_tir.Schedule(workload)
         schedules.schedule_in_place(sch, self.target, tunable=False)
         target = _tuning_target(self.target)
         (built,) = self.builder.build([ms.builder.BuilderInput(sch.mod, target)])
         if built.error_msg:
             raise RuntimeError(f"tune: the hand schedule does not build: {built.error_msg}")
-        args = ms.arg_info.ArgInfo.from_prim_func(kernel)
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
         (future,) = self.runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])
         result = future.result()
         if result.error_msg:
@@ -486,17 +493,24 @@ class _GuidedSearch(ms.search_strategy.PySearchStrategy):
         self.args_info = ms.arg_info.ArgInfo.from_prim_func(self.context.mod["main"])
 
     def _recorded(self, database) -> set[int]:
-        """Keys (structural hashes) of the schedules ``database`` holds for this task, the
-        hand schedule's included: a resumed search does not measure them again."""
+        """Keys (structural hashes, as :meth:`generate_measure_candidates` computes them) of
+        the schedules ``database`` holds for this task, those that failed to build or run
+        included: a resumed search does not measure them again."""
         mod = self.context.mod
         if database is None or not database.has_workload(mod):
             return set()
-        keys = set()
-        for record in database.get_top_k(database.commit_workload(mod), 1 << 20):
+        key, keys = tvm_ffi.structural_hash(mod), set()
+        for record in database.get_all_tuning_records():
+            if tvm_ffi.structural_hash(record.workload.mod) != key:
+                continue
             sch = tvm.s_tir.Schedule(mod)
-            record.trace.apply_to_schedule(sch, remove_postproc=True)
-            if all(p.apply(sch) for p in self.context.space_generator.postprocs):
-                keys.add(tvm_ffi.structural_hash(sch.mod))
+            try:
+                record.trace.apply_to_schedule(sch, remove_postproc=True)
+                if not all(p.apply(sch) for p in self.context.space_generator.postprocs):
+                    continue
+            except (RuntimeError, ValueError):          # TVM errors are RuntimeErrors
+                continue                          # a record of another rule version: not in this space
+            keys.add(tvm_ffi.structural_hash(sch.mod))
         return keys
 
     def post_tuning(self) -> None:
@@ -517,7 +531,7 @@ class _GuidedSearch(ms.search_strategy.PySearchStrategy):
                 schedules.schedule_in_place(sch, self.target, True)
                 if not all(p.apply(sch) for p in self.context.space_generator.postprocs):
                     continue
-            except (tvm.error.TVMError, RuntimeError, ValueError):
+            except (RuntimeError, ValueError):          # TVM errors are RuntimeErrors
                 continue
             key = tvm_ffi.structural_hash(sch.mod)
             if key not in self.measured_keys and key not in keys:
@@ -627,7 +641,7 @@ def tune_model(mod: tvm.IRModule, target: TargetLike = "host", work_dir: str | o
     return results
 
 
-def model_tasks(mod: tvm.IRModule, target: Target) -> tuple[dict[str, tvm.tirx.PrimFunc], dict[str, int]]:
+def model_tasks(mod: tvm.IRModule, target: TargetLike) -> tuple[dict[str, tvm.tirx.PrimFunc], dict[str, int]]:
     """The functions :func:`tvm_ternary.build` compiles for ``mod`` and ``target`` whose
     schedules have knobs, unscheduled, by their names in the built module; and how often
     an inference calls each function. Not tasks: the stages only
@@ -635,6 +649,7 @@ def model_tasks(mod: tvm.IRModule, target: Target) -> tuple[dict[str, tvm.tirx.P
     no knobs."""
     from .build import float_ops, lower_float_ops
     from .rewrite import rewrite_with_sources
+    target = resolve_target(target)
     rewritten, sources = rewrite_with_sources(mod, target)
     lowered = lower_float_ops(rewritten, target)
     functions = {name: func for name, (_, func) in sources.items()}
@@ -648,7 +663,7 @@ def _has_knobs(func: tvm.tirx.PrimFunc, target: Target) -> bool:
     sch = tvm.s_tir.Schedule(workload)
     try:
         schedules.schedule_in_place(sch, target, True)
-    except ValueError:
+    except (ValueError, RuntimeError):     # no tunable rule, or one TVM refuses (a RuntimeError): the hand schedule
         return False
     return len(sch.trace.decisions) > 0
 
