@@ -33,6 +33,13 @@ def _feeds_reduction(sch: s_tir.Schedule, block) -> bool:
     return any(_reduces(sch, consumer) for consumer in sch.get_consumers(block))
 
 
+def _private_producer(sch: s_tir.Schedule, block) -> bool:
+    """Whether ``block`` feeds one reduction and nothing else: it is computed per run inside
+    that reduction (a stage that also feeds another, as softmax's ``exp``, runs whole)."""
+    consumers = sch.get_consumers(block)
+    return len(consumers) == 1 and _reduces(sch, consumers[0])
+
+
 def _inline_stages(sch: s_tir.Schedule) -> None:
     """Inline producers and elementwise consumers where TVM allows it, except producers of
     a reduction (computed per run, see the module doc)."""
@@ -67,7 +74,7 @@ class FloatCPU(KernelRule):
         """Schedule ``sch`` in place; always a schedule: blocks it cannot handle keep their loops."""
         _inline_stages(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            if _feeds_reduction(sch, block):
+            if _private_producer(sch, block):
                 continue                      # computed inside its consumer's runs
             iters = sch.get(block).iter_vars
             loops = sch.get_loops(block)
@@ -88,8 +95,9 @@ class FloatCPU(KernelRule):
                 sch.reverse_compute_at(local, outer)
                 sch.vectorize(sch.get_loops(local)[-1])
                 for producer in sch.get_producers(block):
-                    sch.compute_at(producer, outer)
-                    sch.vectorize(sch.get_loops(producer)[-1])
+                    if _private_producer(sch, producer):
+                        sch.compute_at(producer, outer)
+                        sch.vectorize(sch.get_loops(producer)[-1])
             elif run > 1:
                 sch.vectorize(inner)
             parallel = sch.fuse(*spatial[:-1], outer) if spatial[:-1] else outer

@@ -320,3 +320,15 @@ def test_float_schedule_lets_errors_other_than_schedule_errors_through(monkeypat
     monkeypatch.setattr(tvm.s_tir.Schedule, "compute_inline", broken)
     with pytest.raises(TypeError, match="a bug"):
         FloatCPU().apply(te.create_prim_func([x, z]), tvm.target.Target(AVX2), False)
+
+
+def test_float_model_with_a_softmax_builds_and_equals_pytorch():
+    """Softmax's ``exp`` feeds both its sum and the division: FloatCPU runs it whole instead
+    of computing it inside the sum (which TVM refuses), and the model builds."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(20, 12), torch.nn.Softmax(dim=-1)).eval()
+    x = torch.randn(3, 20)
+    ex = tvm_ternary.build(tvm_ternary.from_torch(net, x), AVX2)
+    got = tvm.relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    with torch.no_grad():
+        np.testing.assert_allclose(got, net(x).numpy(), rtol=1e-5, atol=1e-6)
