@@ -12,6 +12,8 @@ packed or quantized, inputs in the layout the kernel reads), and is timed by
   the kernel of :func:`tvm_ternary.op` on already packed input with the fused requantize
   epilogue that writes the next layer's packed input (``impl="hand"``), the same kernel
   writing int32 (``hand-int32``), and the stand-alone packing of the layer's input (``pack``).
+  FGQ layers run as in a network, on the int8 kernel (see :func:`ours`), beside the
+  float-scale FGQ kernel (``float-scales``).
 
 A layer with ``cold=True`` gives each contender copies of its weights to cycle through
 (:func:`harness.weight_copies`), so the weights stream from memory on every call.
@@ -31,6 +33,7 @@ from tqdm import tqdm
 from tvm import relax
 
 import tvm_ternary
+from tvm_ternary.schemes import FGQ_INTEGER_WEIGHT_BITS
 
 
 @dataclass(frozen=True)
@@ -175,37 +178,48 @@ def operator_runner(impl: str, f, args: list, cold: bool = False, stage: str = "
 def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     """Factory for one of our precisions: runners for the kernel as it runs in a network
     (``hand``: packed, pre-padded input, fused requantize epilogue writing the next layer's
-    packed planes; FGQ has no packed next layer and writes float32), the same kernel with
-    the int32 result instead (``hand-int32``), and the stand-alone packing (``pack``).
+    packed planes), the same kernel with the int32 result instead (``hand-int32``), and the
+    stand-alone packing (``pack``). FGQ runs as it does in a network (the rewrite): the int8
+    kernel on its weights times group multipliers (4-bit) and its activations, with the
+    float affine epilogue (``hand``; FGQ has no packed next layer) or int32 (``hand-int32``),
+    whatever the group size; ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
+    compiles for arbitrary float group scales (group ``fgq_group``), its raw float32 result.
     With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
     with ``tuned`` (a :func:`tvm_ternary.tune` directory, or ``"shipped"``) the kernels use
-    their records (``impl`` ``tuned`` / ``tuned-int32``; a kernel without one gives no row)
-    and the packing is not timed again."""
+    their records (``impl`` ``tuned...`` instead of ``hand...``; a kernel without one gives
+    no row) and the packing is not timed again."""
     scheme, params = OURS[precision]
     if scheme == "fgq":
-        params = dict(params, group_size=fgq_group)
+        integer = dict(abits=params["abits"], wbits=FGQ_INTEGER_WEIGHT_BITS)
+        variants = [("int8", integer, "affine", "hand"), ("int8", integer, "int32", "hand-int32"),
+                    ("fgq", dict(params, group_size=fgq_group), "int32", "float-scales")]
+    else:
+        variants = [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 
     def make(layer: Layer, target, rng):
         runners = []
-        epilogues = ["int32"] if scheme == "fgq" else ["requantize", "int32"]
-        for epilogue in epilogues:
-            f = tvm_ternary.op(layer.op, scheme, layer.data_shape, layer.weight_shape, target=target,
-                               epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **params)
+        for kind, kind_params, epilogue, impl in variants:
+            f = tvm_ternary.op(layer.op, kind, layer.data_shape, layer.weight_shape, target=target,
+                               epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **kind_params)
             x = f.spec.scheme.activation.sample(rng, layer.data_shape)
             w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
-            scales = rng.random(f.spec.scales_shape).astype(np.float32) if scheme == "fgq" else None
+            scales = rng.random(f.spec.scales_shape).astype(np.float32) if kind == "fgq" else None
             thresholds = thresholds_for(f.spec, f.spec.reference(x, w), rng) if epilogue == "requantize" else None
-            args = f.prepare(x, w, scales, thresholds)
+            scale, bias = (rng.random(layer.weight_shape[0]).astype(np.float32),
+                           rng.standard_normal(layer.weight_shape[0]).astype(np.float32)) \
+                if epilogue == "affine" else (None, None)
+            args = f.prepare(x, w, scales, thresholds, scale, bias)
             f.run(args)
-            got, expected = args[-1].numpy(), f.reference(x, w, scales, thresholds)
-            if scheme == "fgq":
+            got, expected = args[-1].numpy(), f.reference(x, w, scales, thresholds, scale, bias)
+            if got.dtype == np.float32:
                 np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-2)
             else:
                 np.testing.assert_array_equal(got, expected)
             if tuned and not f.tuned:
-                tqdm.write(f"note: no {layer.name} {epilogue} row for {precision} tuned: no record for its kernel")
+                tqdm.write(f"note: no {layer.name} {impl} row for {precision} tuned: no record for its kernel")
                 continue
-            impl = ("tuned" if tuned else "hand") + ("" if epilogue == epilogues[0] else "-int32")
+            if tuned:
+                impl = "tuned" + impl[len("hand"):] if impl.startswith("hand") else "tuned-" + impl
             runners.append(operator_runner(impl, f, args, layer.cold))
         if not tuned:
             values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)

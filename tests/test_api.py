@@ -145,6 +145,23 @@ def test_dense_exact(scheme, params, data_shape, weight_shape, target, rng, requ
                            request), rng)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("abits,wbits", [(8, 4), (8, 7), (7, 8)], ids=["a8w4-fgq", "a8w7", "a7w8"])
+def test_int8_bit_splits_are_exact_at_the_extremes(abits, wbits, target, rng, request):
+    """The int8 kernel with ``abits + wbits = 15`` at most (FGQ layers of models run as a8w4):
+    every activation at its largest value and weights at both ends of their range, so each
+    pair of products sums to the most AVX2's int16 ``vpmaddubsw`` must hold (a7w8: 2 x 127
+    x -128; a8w7: 2 x 255 x -64), plus random values; C=33 leaves a partial quad."""
+    f = runnable(tvm_ternary.op("conv2d", "int8", (2, 33, 5, 6), (9, 33, 3, 3), padding=1, target=target,
+                                abits=abits, wbits=wbits), request)
+    lo, hi = f.spec.scheme.weight.value_range
+    x = np.full(f.spec.data_shape, f.spec.scheme.activation.value_range[1], np.int32)
+    for w in (np.full(f.spec.weight_shape, lo, np.int32), np.full(f.spec.weight_shape, hi, np.int32),
+              f.spec.scheme.weight.sample(rng, f.spec.weight_shape)):
+        np.testing.assert_array_equal(f(x, w), f.reference(x, w))
+    run_and_check(f, rng)
+
+
 @pytest.mark.parametrize("target,scheme,params,epilogue,asm_of,missing", [
     (AVX512, "ternary", {}, "int32", dict(target=AVX2), "vpopcntd/vpopcntq"),
     (AVX512, "fgq", dict(group_size=4, abits=4), "int32", dict(target=AVX2), "vpdpbusd"),

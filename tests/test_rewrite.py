@@ -91,6 +91,39 @@ def test_non_ternary_weights_in_a_ternary_layer_are_an_error():
         rewrite_quantized(from_torch(model, x), TARGET)
 
 
+def kernel_roles(mod: tvm.IRModule) -> list[str]:
+    return sorted(str(f.attrs[KERNEL_ATTR]) for _, f in mod.functions_items()
+                  if f.attrs is not None and KERNEL_ATTR in f.attrs and str(f.attrs[KERNEL_ATTR]).endswith(":kernel"))
+
+
+@pytest.mark.parametrize("scheme,abits", [("fgq_w2a4", 4), ("fgq_w2a8", 8)])
+def test_fgq_layers_run_as_int8_kernels_on_their_integer_weights(scheme, abits):
+    """Weights times group multipliers (-7..7) as 4-bit bytes, the FGQ activations as they
+    are: the int8 kernel, exact, with the channel scale in the float epilogue."""
+    model, x, mod = imported(scheme)
+    rewritten = rewrite_quantized(mod, TARGET)
+    label = f"int8(a{abits}u,w4)"
+    assert kernel_roles(rewritten) == ["conv2d[float]:kernel", f"conv2d[{label}]:kernel",
+                                       f"conv2d[{label}]:kernel", f"dense[{label}]:kernel"]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_fgq_weights_too_large_for_the_int8_kernel_take_the_float_scale_kernel():
+    """With 8-bit activations, weights beyond -63..63 would overflow AVX2's int16 pair sums:
+    such a layer (a group of magnitude 100) runs on the float-scale FGQ kernel instead."""
+    model, x, _ = imported("fgq_w2a8")
+    w = model[2].w_int
+    w[:, 0:4] = torch.sign(w[:, 0:4]) * 100.0
+    mod = from_torch(model, x)
+    rewritten = rewrite_quantized(mod, TARGET)
+    assert "conv2d[fgq(g4,a8)]:kernel" in kernel_roles(rewritten)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
 def test_fgq_weights_with_two_magnitudes_in_a_group_are_an_error():
     model, x, _ = imported("fgq_w2a4")
     w = model[2].w_int

@@ -16,6 +16,8 @@ def test_defaults_and_labels():
     assert bnn.label() == "bitserial(a1b,w1b)"
     assert make_scheme("conv2d", "int8") == Int8Scheme("unsigned")
     assert make_scheme("conv2d", "int8", activation_encoding="signed").label() == "int8(a7s)"
+    assert make_scheme("conv2d", "int8", abits=8, wbits=4) == Int8Scheme("unsigned", 8, 4)
+    assert make_scheme("conv2d", "int8", abits=8, wbits=4).label() == "int8(a8u,w4)"
 
 
 @pytest.mark.parametrize("scheme,params,error,message", [
@@ -30,7 +32,11 @@ def test_defaults_and_labels():
     ("ternary", dict(abits=2), ValueError, r"conv2d\[ternary\]: parameter\(s\) \['abits'\] do not apply"),
     ("int8", dict(activation_encoding="bipolar"), ValueError,
      r"conv2d\[int8\]: activation_encoding must be one of \('unsigned', 'signed'\)"),
-    ("int8", dict(abits=8), ValueError, r"conv2d\[int8\]: parameter\(s\) \['abits'\] do not apply"),
+    ("int8", dict(abits=8), ValueError, r"conv2d\[int8\]: abits \+ wbits must be at most 15 \(two products of "
+                                        r"stored bytes must fit AVX2's int16 sums\), got 8 \+ 8"),
+    ("int8", dict(abits=9, wbits=4), ValueError, r"conv2d\[int8\]: abits must be in 2\.\.8, got 9"),
+    ("int8", dict(wbits=1), ValueError, r"conv2d\[int8\]: wbits must be in 2\.\.8, got 1"),
+    ("int8", dict(group_size=4), ValueError, r"conv2d\[int8\]: parameter\(s\) \['group_size'\] do not apply"),
 ])
 def test_bad_scheme_parameters(scheme, params, error, message):
     with pytest.raises(error, match=message):

@@ -20,8 +20,12 @@ which names the kernel scheme) and whose weights are constant integers. Each one
 
 A grouped conv2d becomes a channel split, a data stage and kernel per group (one
 function serves all groups) and a concat, with the float epilogue; a dilated one passes
-its dilation to the kernel. FGQ kernels (float32, integer-valued sums) take the same float
-epilogue; they have no packed next layer. A float conv2d with constant weights becomes our
+its dilation to the kernel. An FGQ layer runs as an int8-scheme kernel: its weights times
+their group multipliers (integers -7..7 in models) as 4-bit signed bytes times its 8- or
+4-bit activations, one exact int32 dot product (``vpdpbusd``, ``vpmaddubsw``), with the
+float scale per channel in the same float epilogue; it has no packed next layer. Only
+weights too large for that (more bits than AVX2's int16 sums allow) take the float-scale
+FGQ kernel (a float multiply per group). A float conv2d with constant weights becomes our
 register-tiled float kernel (:func:`~.operators.compute.float_conv_nchw`), with an inference
 ``batch_norm`` (constant parameters) and ``relu`` after it in its epilogue. Everything else
 is left to Relax.
@@ -57,7 +61,8 @@ from .packing import block_channels, taps_per_word
 from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
-from .schemes import FgqScheme, PackedScheme, Scheme, make_scheme
+from .schemes import (FGQ_INTEGER_WEIGHT_BITS, INT8_MAX_BITS, FgqScheme, Int8Scheme, PackedScheme, Scheme,
+                      make_scheme)
 
 KERNEL_ATTR = "tvm_ternary.kernel"
 """PrimFunc attribute of the functions this pass adds: ``"<op>[<scheme>]:kernel"``,
@@ -299,7 +304,12 @@ class _Matcher:
         """Values and quantizer against the scheme: clear errors for a layer claimed quantized."""
         scheme = layer.scheme
         if isinstance(scheme, FgqScheme):
-            layer.weight, layer.fgq_scales = _split_fgq(layer, scheme)
+            ternary, multipliers = _split_fgq(layer, scheme)
+            integer = _fgq_as_integer(layer, scheme)
+            if integer is not None:
+                layer.scheme = scheme = integer
+            else:
+                layer.weight, layer.fgq_scales = ternary, multipliers
         try:
             scheme.check_values(layer.op, "weight", layer.weight)
         except ValueError as err:
@@ -392,6 +402,18 @@ def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]
         raise ValueError(f"{layer.where}: each FGQ group of {g} input channels must hold one magnitude "
                          f"(ternary x one scale)")
     return np.sign(w).astype(np.int32), m.astype(np.float32)
+
+
+def _fgq_as_integer(layer: Layer, scheme: FgqScheme) -> Int8Scheme | None:
+    """The int8 scheme an FGQ layer runs as: its weights (ternary x integer group multiplier,
+    ``-7..7`` in models) as signed ``wbits``-bit bytes times its ``abits``-bit activations,
+    one exact int32 dot product per output, the float scale per channel in the epilogue.
+    None (the float-scale FGQ kernel) when the weights need more bits than the int16 sums
+    of AVX2's byte dot product allow with those activations."""
+    wbits = max(2, int(np.abs(layer.weight).max()).bit_length() + 1)
+    if scheme.abits + wbits > INT8_MAX_BITS:
+        return None
+    return Int8Scheme(abits=scheme.abits, wbits=max(wbits, FGQ_INTEGER_WEIGHT_BITS))
 
 
 def _quantizers_reading_blocked_input(graph: _Graph, layers: dict[relax.Var, Layer], target: Target) -> set[relax.Var]:

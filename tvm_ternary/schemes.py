@@ -22,6 +22,9 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   first and last layers of a model (PyTorch's x86 int8 likewise keeps activations to 7
   bits, ``reduce_range``): then every pair of products fits the int16 sums of AVX2's
   ``vpmaddubsw`` (``2 * 127 * 128 < 2^15``), so one definition is exact on every target.
+  ``abits``/``wbits`` trade bits under the same bound (``abits + wbits <= 15``): FGQ
+  layers of models, whose weights times group multipliers are integers -7..7, run as
+  4-bit weights × 8-bit (or 4-bit) activations with one float scale per output channel.
 
 Every scheme means exactly PyTorch's ``conv2d``/``linear`` applied to the values, with
 zero padding in the value domain.
@@ -53,6 +56,14 @@ FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
 INT8_ACTIVATIONS = ("unsigned", "signed")
 INT8_ACTIVATION_BITS = 7
+INT8_MAX_BITS = 15
+"""``abits + wbits`` of the int8 scheme at most: two products of stored bytes fit an int16."""
+FGQ_MULTIPLIER_MAX = 7
+"""FGQ group scales are deployed as ``m * channel_scale`` with integer ``m <= 7`` (3 bits;
+:class:`tvm_ternary.quant.FGQ`), so a layer's weights times multipliers are integers -7..7."""
+FGQ_INTEGER_WEIGHT_BITS = 4
+"""Signed bits of an FGQ weight times its group multiplier (``-7..7``): the int8 scheme's
+``wbits`` for FGQ layers of models, which then take 8-bit activations."""
 
 WordOf = Callable[[int], PrimExpr]
 """``plane -> word`` accessor for one operand at the current reduction point."""
@@ -246,27 +257,34 @@ class ByteScheme(Scheme):
 
 @dataclass(frozen=True)
 class Int8Scheme(ByteScheme):
-    """Signed 8-bit weights × 7-bit activations, ``unsigned`` or ``signed`` (module doc)."""
+    """Signed ``wbits``-bit weights × ``abits``-bit activations, ``unsigned`` or ``signed``
+    (module doc), stored as bytes; by default 8-bit weights and 7-bit activations. Any
+    ``abits + wbits <= 15`` keeps every pair of products within AVX2's int16 sums: 8-bit
+    activations with 4-bit weights is how FGQ layers run (ternary weights times group
+    multipliers 0..7, see :data:`FGQ_INTEGER_WEIGHT_BITS`)."""
 
     name: ClassVar[str] = "int8"
     activation_encoding: str = "unsigned"
+    abits: int = INT8_ACTIVATION_BITS
+    wbits: int = 8
 
     @property
     def activation(self) -> Encoding:
         if self.activation_encoding == "signed":
-            return SignedEncoding(bits=INT8_ACTIVATION_BITS)
-        return UnipolarEncoding(bits=INT8_ACTIVATION_BITS)
+            return SignedEncoding(bits=self.abits)
+        return UnipolarEncoding(bits=self.abits)
 
     @property
     def weight(self) -> Encoding:
-        return SignedEncoding(bits=8)
+        return SignedEncoding(bits=self.wbits)
 
     @property
     def activation_offset(self) -> int:
         return -self.activation.value_range[0]
 
     def label(self) -> str:
-        return f"int8(a7{self.activation_encoding[0]})"
+        weights = "" if self.wbits == 8 else f",w{self.wbits}"
+        return f"int8(a{self.abits}{self.activation_encoding[0]}{weights})"
 
 
 @dataclass(frozen=True)
@@ -314,7 +332,7 @@ _PARAMETERS = {
     "fatnn": (),
     "bitserial": ("abits", "wbits", "activation_encoding", "weight_encoding"),
     "fgq": ("group_size", "abits"),
-    "int8": ("activation_encoding",),
+    "int8": ("activation_encoding", "abits", "wbits"),
 }
 
 
@@ -324,7 +342,8 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
     ``bitserial`` takes ``abits``, ``wbits`` (1..8, default 2) and
     ``activation_encoding``/``weight_encoding`` ("unipolar" default, or "bipolar");
     ``fgq`` takes ``group_size`` (4 or 64, default 64) and ``abits`` (4 or 8, default 8);
-    ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed").
+    ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed"), ``abits``
+    (default 7) and ``wbits`` (default 8), 2..8 each with ``abits + wbits <= 15``.
     """
     if scheme not in _PARAMETERS:
         raise ValueError(f"{op}: unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
@@ -346,7 +365,12 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
         if encoding not in INT8_ACTIVATIONS:
             raise ValueError(f"{op}[{scheme}]: activation_encoding must be one of {INT8_ACTIVATIONS}, "
                              f"got {encoding!r}")
-        return Int8Scheme(activation_encoding=encoding)
+        abits = _check_bits(op, scheme, "abits", params.get("abits", INT8_ACTIVATION_BITS), range(2, 9))
+        wbits = _check_bits(op, scheme, "wbits", params.get("wbits", 8), range(2, 9))
+        if abits + wbits > INT8_MAX_BITS:
+            raise ValueError(f"{op}[{scheme}]: abits + wbits must be at most {INT8_MAX_BITS} (two products of "
+                             f"stored bytes must fit AVX2's int16 sums), got {abits} + {wbits}")
+        return Int8Scheme(activation_encoding=encoding, abits=abits, wbits=wbits)
     bits = range(1, MAX_BITS + 1)
     encodings = {}
     for key in ("activation_encoding", "weight_encoding"):

@@ -24,9 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-FGQ_MULTIPLIER_MAX = 7
-"""FGQ group scales are deployed as ``m * channel_scale`` with integer ``m <= 7`` (3 bits):
-the integer sums then stay below 2^24 on ResNet-sized layers, where float32 is exact."""
+from ..schemes import FGQ_MULTIPLIER_MAX
 
 
 def _per_channel(w: Tensor) -> Tensor:
