@@ -121,11 +121,14 @@ def test_quantize_stage_from_compares_equals_counted_levels(scheme, params, thre
     ("int8", dict(activation_encoding="signed"), -64, 63, 0.0317),
     ("int8", {}, 0, 127, 1.3),
     ("fgq", dict(group_size=4, abits=8), 0, 255, 2.9e-3),
-], ids=["int8-signed", "int8-unsigned", "fgq-a8"])
+    ("fgq", dict(group_size=4, abits=4), 0, 15, 0.37),
+    ("bitserial", dict(abits=4, wbits=2), 0, 15, 0.11),
+], ids=["int8-signed", "int8-unsigned", "fgq-a8", "fgq-a4", "bitserial-a4"])
 def test_uniform_quantize_stage_computes_the_counted_levels(scheme, params, lo, hi, scale):
-    """8-bit quantizers compute levels from ``x / scale`` and correct them with one compare on
-    each side: the layout must equal the one from counted levels for inputs exactly on every
-    threshold, one float32 step either side of it, and far outside the range."""
+    """Uniform quantizers of 4 to 8 bits compute levels from ``x / scale`` and correct them
+    with one compare on each side: the layout must equal the one from counted levels for
+    inputs exactly on every threshold, one float32 step either side of it, and far outside
+    the range."""
     quantizer = UniformQuantizer(lo, hi)
     quantizer.log_scale.data.fill_(float(np.log(scale)))
     t = quantizer.thresholds().detach().numpy()
@@ -142,7 +145,8 @@ def test_uniform_quantize_stage_computes_the_counted_levels(scheme, params, lo, 
 def test_only_exactly_uniform_thresholds_are_computed():
     t = ((np.arange(-64, 63, dtype=np.float32) + np.float32(0.5)) * np.float32(0.07))
     assert uniform_thresholds(t) is not None
-    assert uniform_thresholds(t[:16]) is None                       # few: compared one by one
+    assert uniform_thresholds(t[:7]) is None                        # few: compared one by one
+    assert uniform_thresholds(t[:8]) is not None
     bumped = t.copy()
     bumped[40] = np.nextafter(bumped[40], np.inf)                   # one ulp off the formula
     assert uniform_thresholds(bumped) is None

@@ -205,6 +205,11 @@ UNROLLED_THRESHOLDS = 16
 """Quantizers with up to this many thresholds count them in one expression (inlinable into
 the packing stage); more (8-bit levels) use a reduction stage."""
 
+UNIFORM_MIN_THRESHOLDS = 8
+"""Uniform quantizers with at least this many thresholds (4-bit levels and up) compute
+their levels from ``x / scale`` (:func:`uniform_thresholds`) instead of comparing with
+every threshold."""
+
 
 def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float, dtype: str,
                     uniform: tuple[float, float] | None = None) -> te.Tensor:
@@ -251,9 +256,9 @@ def uniform_thresholds(thresholds: np.ndarray) -> tuple[float, float] | None:
     """``(first, scale)`` with ``thresholds[j] == float32((first + j) * scale)`` exactly, where
     ``first`` is a half-integer (a uniform quantizer's ``(level + 0.5) * scale``, as
     :class:`~tvm_ternary.quant.activations.UniformQuantizer` computes them), when there are
-    more than :data:`UNROLLED_THRESHOLDS` of them; else None (:func:`quantize_levels` counts)."""
+    at least :data:`UNIFORM_MIN_THRESHOLDS` of them; else None (:func:`quantize_levels` counts)."""
     t = np.asarray(thresholds, np.float32)
-    if len(t) <= UNROLLED_THRESHOLDS or not np.all(np.isfinite(t)) or t[-1] <= t[0]:
+    if len(t) < UNIFORM_MIN_THRESHOLDS or not np.all(np.isfinite(t)) or t[-1] <= t[0]:
         return None
     spacing = (float(t[-1]) - float(t[0])) / (len(t) - 1)
     first = np.floor(float(t[0]) / spacing) + 0.5
