@@ -183,7 +183,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     kernel on its weights times group multipliers (4-bit) and its activations, with the
     float affine epilogue (``hand``; FGQ has no packed next layer) or int32 (``hand-int32``),
     whatever the group size; ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
-    compiles for arbitrary float group scales (group ``fgq_group``), its raw float32 result.
+    compiles for arbitrary float group scales (group ``fgq_group``, when a multiple of 4),
+    its raw float32 result.
     With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
     with ``tuned`` (a :func:`tvm_ternary.tune` directory, or ``"shipped"``) the kernels use
     their records (``impl`` ``tuned...`` instead of ``hand...``; a kernel without one gives
@@ -191,8 +192,9 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     scheme, params = OURS[precision]
     if scheme == "fgq":
         integer = dict(abits=params["abits"], wbits=FGQ_INTEGER_WEIGHT_BITS)
-        variants = [("int8", integer, "affine", "hand"), ("int8", integer, "int32", "hand-int32"),
-                    ("fgq", dict(params, group_size=fgq_group), "int32", "float-scales")]
+        variants = [("int8", integer, "affine", "hand"), ("int8", integer, "int32", "hand-int32")]
+        if isinstance(fgq_group, int) and fgq_group % 4 == 0:       # what the float-scale kernel takes
+            variants.append(("fgq", dict(params, group_size=fgq_group), "int32", "float-scales"))
     else:
         variants = [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 

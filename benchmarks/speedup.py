@@ -49,6 +49,7 @@ from tqdm import tqdm  # noqa: E402
 import tvm_ternary  # noqa: E402
 
 from tvm_ternary.schedules import isa_of  # noqa: E402
+from tvm_ternary.schemes import FGQ_ROW  # noqa: E402
 from tvm_ternary.targets import describe, host_cannot_run, resolve_target  # noqa: E402
 from tvm_ternary.tuning import RECORDS_FILE, SHIPPED, records_dir  # noqa: E402
 
@@ -105,7 +106,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="the records for --schedules tuned: a tvm_ternary.tune / tune_model directory, or 'shipped' "
                         "(the default: the records that ship for the target's ISA, tuned for ResNet-18)")
     p.add_argument("--repeat", type=int, default=20, help="timed repetitions per measurement (median)")
-    p.add_argument("--fgq-group", type=int, default=4, choices=[4, 64], help="FGQ group size")
+    p.add_argument("--fgq-group", type=fgq_group, default=4,
+                   help="FGQ group size: input channels per scale (an int), or 'row' (one scale per output channel)")
     p.add_argument("--csv", default="speedup.csv", help="CSV output path")
     p.add_argument("--plot", default="speedup.png", help="PNG plot path ('' to skip)")
     args = p.parse_args(argv)
@@ -329,6 +331,15 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writeheader()
         for r in rows:
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def fgq_group(text: str) -> int | str:
+    """``--fgq-group``: an int >= 1 or ``row``."""
+    if text == FGQ_ROW:
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"an int >= 1 or {FGQ_ROW!r}, got {text!r}")
+    return int(text)
 
 
 def bar_label(row: dict) -> str:

@@ -337,6 +337,15 @@ def test_bad_call_inputs(ternary_conv, call, error, message):
         call(ternary_conv, x, w)
 
 
+def test_fgq_float_scale_kernel_takes_group_sizes_in_quads(rng):
+    f = tvm_ternary.op("dense", "fgq", (2, 40), (9, 40), group_size=8, abits=8, target=AVX2)
+    run_and_check(f, rng)
+    for group_size in (6, "row"):
+        with pytest.raises(ValueError, match=r"dense\[fgq\(g.*\)\]: the float-scale FGQ kernel needs a group "
+                                             r"size that is a multiple of 4 \(quads of bytes\)"):
+            tvm_ternary.op("dense", "fgq", (2, 40), (9, 40), group_size=group_size, target=AVX2)
+
+
 def test_fgq_scales_are_checked():
     f = tvm_ternary.op("conv2d", "fgq", (1, 70, 4, 4), (3, 70, 3, 3), group_size=64, abits=4, target=AVX2)
     x, w = np.ones((1, 70, 4, 4), np.int32), np.ones((3, 70, 3, 3), np.int32)

@@ -98,7 +98,7 @@ def test_twn_threshold_and_scale():
     assert float(scale[0]) == pytest.approx((0.9 + 0.5 + 1.3) / 3)
 
 
-@pytest.mark.parametrize("group_size", [4, 64])
+@pytest.mark.parametrize("group_size", [4, 64, 3])
 def test_fgq_groups_share_one_scale(group_size):
     torch.manual_seed(4)
     w = torch.randn(5, 70, 3, 3)
@@ -117,6 +117,21 @@ def test_fgq_groups_share_one_scale(group_size):
     # (a group whose scale rounds to multiplier 0 is dropped)
     kept = t * (expected[:, :, None, :] > 0)
     assert torch.equal(torch.sign(w_int), kept.reshape(5, -1, 9)[:, :70].reshape(5, 70, 3, 3))
+
+
+def test_fgq_row_groups_give_one_scale_per_output_channel():
+    """``group_size="row"``: every weight of an output channel (all inputs, all taps) is
+    ternary times one multiplier, the top one (7) since the channel's scale is its own."""
+    torch.manual_seed(5)
+    w = torch.randn(6, 10, 3, 3)
+    w_int, channel = FGQ("row").quantize(w)
+    assert w_int.shape == w.shape and channel.shape == (6,)
+    magnitudes = [set(row[row != 0].abs().tolist()) for row in w_int.reshape(6, -1)]
+    assert magnitudes == [{7.0}] * 6
+    t, s = FGQ("row").group_scales(w)
+    assert torch.equal(torch.sign(w_int).reshape(6, 1, -1, 1), t)
+    with pytest.raises(ValueError, match=r"FGQ: group_size must be an int >= 1 or 'row', got 0"):
+        FGQ(0)
 
 
 def test_bipolar_weights():
@@ -194,8 +209,8 @@ def test_quantize_errors():
         quantize(small_net(), "ternary", None)
     with pytest.raises(ValueError, match=r"keep names \['nope'\]"):
         quantize(small_net(), "ternary", x, keep=["nope"])
-    with pytest.raises(ValueError, match="group_size must be 4 or 64"):
-        quantize(small_net(), "fgq_w2a4", x, group_size=8)
+    with pytest.raises(ValueError, match="quantize: FGQ group_size must be an int >= 1 or 'row', got 'col'"):
+        quantize(small_net(), "fgq_w2a4", x, group_size="col")
     with pytest.raises(ValueError, match="only integer zero padding"):
         quantize(nn.Sequential(nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 3, padding="same"), nn.Conv2d(4, 4, 1)),
                  "ternary", torch.randn(1, 4, 5, 5))

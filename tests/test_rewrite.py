@@ -110,6 +110,21 @@ def test_fgq_layers_run_as_int8_kernels_on_their_integer_weights(scheme, abits):
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
+@pytest.mark.parametrize("group_size", [3, 16, "row"])
+def test_fgq_models_with_any_group_size_run_on_the_int8_kernel(group_size):
+    """Group sizes that do not divide the channels (3), others than 4 and 64 (16), and one
+    scale per output channel ("row", BitNet b1.58's format): the same int8 kernels, and the
+    model's result."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = quantize(small_net(), "fgq_w2a8", x, first_last="float", group_size=group_size)
+    rewritten = rewrite_quantized(from_torch(model, x), TARGET)
+    assert kernel_roles(rewritten).count("conv2d[int8(a8u,w4)]:kernel") == 2
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_fgq_weights_too_large_for_the_int8_kernel_take_the_float_scale_kernel():
     """With 8-bit activations, weights beyond -63..63 would overflow AVX2's int16 pair sums:
     such a layer (a group of magnitude 100) runs on the float-scale FGQ kernel instead."""

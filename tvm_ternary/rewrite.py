@@ -61,7 +61,7 @@ from .packing import block_channels, taps_per_word
 from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
-from .schemes import (FGQ_INTEGER_WEIGHT_BITS, INT8_MAX_BITS, FgqScheme, Int8Scheme, PackedScheme, Scheme,
+from .schemes import (FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, FgqScheme, Int8Scheme, PackedScheme, Scheme,
                       make_scheme)
 
 KERNEL_ATTR = "tvm_ternary.kernel"
@@ -392,15 +392,19 @@ def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]
     if np.any(w != np.round(w)):
         raise ValueError(f"{layer.where}: FGQ weights must be integers (ternary x group multiplier)")
     k, c = w.shape[:2]
-    g = scheme.group_size
-    groups = scheme.num_groups(c)
-    padded = np.zeros((k, groups * g, *w.shape[2:]), w.dtype)
-    padded[:, :c] = w
-    grouped = np.abs(padded.reshape(k, groups, g, *w.shape[2:]))
+    if scheme.group_size == FGQ_ROW:          # one group: every input of an output channel
+        grouped = np.abs(w.reshape(k, 1, -1))
+        what = "output channel's weights"
+    else:
+        g = scheme.group_size
+        groups = scheme.num_groups(c)
+        padded = np.zeros((k, groups * g, *w.shape[2:]), w.dtype)
+        padded[:, :c] = w
+        grouped = np.abs(padded.reshape(k, groups, g, *w.shape[2:]))
+        what = f"FGQ group of {g} input channels"
     m = grouped.max(axis=2)
     if np.any((grouped != 0) & (grouped != m[:, :, None])):
-        raise ValueError(f"{layer.where}: each FGQ group of {g} input channels must hold one magnitude "
-                         f"(ternary x one scale)")
+        raise ValueError(f"{layer.where}: each {what} must hold one magnitude (ternary x one scale)")
     return np.sign(w).astype(np.int32), m.astype(np.float32)
 
 

@@ -11,9 +11,10 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   one AND (or XOR) and popcount per plane pair, weighted by ``2^(i+j)``; bipolar operands
   add one popcount per plane of the other operand (or of the validity plane). W1A1
   bipolar × bipolar is BNN's XNOR-popcount, W2A2 unipolar the conventional 2-bit kernel.
-* ``fgq``: ternary weights in groups of ``group_size`` (4 or 64) along the reduction
-  axis with one float scale per (output channel, group), times unsigned ``abits``
-  (4 or 8) activations; float32 output. Stored as bytes, not bit planes: at 4–8
+* ``fgq``: ternary weights in groups of ``group_size`` along the reduction axis with one
+  float scale per (output channel, group), times unsigned ``abits`` (4 or 8) activations;
+  float32 output. This float-scale kernel takes group sizes that are multiples of 4 (quads
+  of bytes); models quantize with any group size, or ``"row"``, and run on ``int8``. Stored as bytes, not bit planes: at 4–8
   activation bits a bit-serial product needs 2·abits popcounts per word, more than a
   byte dot product (``vpmaddubsw``, NEON ``smull``/``sadalp``) costs.
 * ``int8``: signed 8-bit weights (-128..127) × 7-bit activations, ``unsigned`` (0..127)
@@ -51,7 +52,9 @@ from .encodings import (
 )
 
 SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq", "int8")
-FGQ_GROUP_SIZES = (4, 64)
+FGQ_ROW = "row"
+"""FGQ ``group_size`` of one group per output channel (all its inputs share one scale:
+BitNet b1.58's per-channel format)."""
 FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
 INT8_ACTIVATIONS = ("unsigned", "signed")
@@ -293,7 +296,7 @@ class FgqScheme(ByteScheme):
 
     name: ClassVar[str] = "fgq"
     out_dtype: ClassVar[str] = "float32"
-    group_size: int = 64
+    group_size: int | str = 64
     abits: int = 8
 
     @property
@@ -320,6 +323,16 @@ def _check_bits(op: str, scheme: str, name: str, value, allowed) -> int:
     return int(value)
 
 
+def _check_group_size(op: str, scheme: str, value) -> int | str:
+    if value == FGQ_ROW:
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{op}[{scheme}]: group_size must be an int or {FGQ_ROW!r}, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{op}[{scheme}]: group_size must be >= 1 or {FGQ_ROW!r}, got {value}")
+    return int(value)
+
+
 def _show(allowed) -> str:
     allowed = list(allowed)
     if len(allowed) > 3 and allowed == list(range(allowed[0], allowed[-1] + 1)):
@@ -341,7 +354,8 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
 
     ``bitserial`` takes ``abits``, ``wbits`` (1..8, default 2) and
     ``activation_encoding``/``weight_encoding`` ("unipolar" default, or "bipolar");
-    ``fgq`` takes ``group_size`` (4 or 64, default 64) and ``abits`` (4 or 8, default 8);
+    ``fgq`` takes ``group_size`` (an int >= 1 or ``"row"``, default 64; the float-scale
+    kernel needs a multiple of 4) and ``abits`` (4 or 8, default 8);
     ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed"), ``abits``
     (default 7) and ``wbits`` (default 8), 2..8 each with ``abits + wbits <= 15``.
     """
@@ -357,7 +371,7 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
         return FatnnScheme()
     if scheme == "fgq":
         return FgqScheme(
-            group_size=_check_bits(op, scheme, "group_size", params.get("group_size", 64), FGQ_GROUP_SIZES),
+            group_size=_check_group_size(op, scheme, params.get("group_size", 64)),
             abits=_check_bits(op, scheme, "abits", params.get("abits", 8), FGQ_ACTIVATION_BITS),
         )
     if scheme == "int8":

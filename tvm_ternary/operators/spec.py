@@ -19,7 +19,7 @@ from tvm import te, tirx
 from .. import reference
 from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_planes, pack_planes,
                        pack_planes_padded, taps_per_word, word_dtype)
-from ..schemes import ByteScheme, FgqScheme, Int8Scheme, PackedScheme, Scheme
+from ..schemes import FGQ_ROW, ByteScheme, FgqScheme, Int8Scheme, PackedScheme, Scheme
 from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
                       pack_data, packed_correlation,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
@@ -130,6 +130,10 @@ class OperatorSpec:
                              f"(ternary, fatnn, bitserial), not {scheme.name}")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
+        if isinstance(scheme, FgqScheme) and (scheme.group_size == FGQ_ROW or scheme.group_size % 4):
+            raise ValueError(f"{where}: the float-scale FGQ kernel needs a group size that is a multiple of 4 "
+                             f"(quads of bytes), got {scheme.group_size!r}; a model's FGQ layers run on the int8 "
+                             f"kernel with any group size")
         word_dtype(word_bits)   # validates
         if blocked_output and (op != "conv2d" or not epilogue.startswith("affine") or weight_shape[0] % block):
             raise ValueError(f"{where}: a blocked output needs conv2d with an affine epilogue and output channels "

@@ -10,6 +10,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
+from ..schemes import FGQ_ROW
 from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, int8_preset, is_depthwise, presets
 
 
@@ -46,7 +47,7 @@ FIRST_LAST = ("float", "int8", "same")
 
 
 def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = "int8",
-             keep: Iterable[str] = (), group_size: int = 4) -> nn.Module:
+             keep: Iterable[str] = (), group_size: int | str = 4) -> nn.Module:
     """Post-training quantization: a copy of ``model`` with its ``Conv2d``/``Linear``
     layers replaced by :class:`QuantConv2d`/:class:`QuantLinear`, in eval mode.
 
@@ -70,7 +71,9 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
             gives the evidence). ``"float"`` keeps them float; ``"same"`` quantizes them
             with ``scheme`` like every other layer (cheapest, least accurate).
         keep: further module names to keep in float.
-        group_size: FGQ group size (4 or 64).
+        group_size: FGQ group size: input channels per scale at each kernel tap (any int
+            >= 1; the last group of a layer may be partial), or ``"row"``: one scale per
+            output channel (BitNet b1.58's format). Default 4.
 
     Returns:
         The quantized model in eval mode; ``model.train()`` gives the fake-quantized model
@@ -80,8 +83,8 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
         raise ValueError(f"quantize: unknown scheme {scheme!r}; expected one of {QUANTIZE_SCHEMES}")
     if first_last not in FIRST_LAST:
         raise ValueError(f"quantize: first_last must be one of {FIRST_LAST}, got {first_last!r}")
-    if group_size not in (4, 64):
-        raise ValueError(f"quantize: FGQ group_size must be 4 or 64, got {group_size}")
+    if group_size != FGQ_ROW and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+        raise ValueError(f"quantize: FGQ group_size must be an int >= 1 or {FGQ_ROW!r}, got {group_size!r}")
     preset = presets(group_size)[scheme]
     model = copy.deepcopy(model).eval()
     batches = _batches(calibration_data)

@@ -54,7 +54,7 @@ class Preset:
         return json.dumps({"scheme": self.kernel, **self.kernel_params}, sort_keys=True)
 
 
-def presets(group_size: int = 4) -> dict[str, Preset]:
+def presets(group_size: int | str = 4) -> dict[str, Preset]:
     """The scheme names of :func:`tvm_ternary.quantize` (FGQ groups of ``group_size``)."""
     return {
         "fatnn": Preset("fatnn", {}, FatnnQuantizer, FatnnWeights),

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..schemes import FGQ_MULTIPLIER_MAX
+from ..schemes import FGQ_MULTIPLIER_MAX, FGQ_ROW
 
 
 def _per_channel(w: Tensor) -> Tensor:
@@ -165,17 +165,25 @@ class Symmetric(WeightQuantizer):
 
 class FGQ(WeightQuantizer):
     """Fine-grained ternary: groups of ``group_size`` consecutive input channels (axis 1)
-    at each kernel tap, TWN within a group. :meth:`group_scales` gives the float group
-    scales; :meth:`quantize` deploys them as ``m * channel_scale`` (see module docstring)."""
+    at each kernel tap, TWN within a group; ``group_size="row"``: one group per output
+    channel, all its inputs (BitNet b1.58's per-channel scale). :meth:`group_scales` gives
+    the float group scales; :meth:`quantize` deploys them as ``m * channel_scale`` (see
+    module docstring)."""
 
-    def __init__(self, group_size: int):
+    def __init__(self, group_size: int | str):
         super().__init__()
+        if group_size != FGQ_ROW and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                      or group_size < 1):
+            raise ValueError(f"FGQ: group_size must be an int >= 1 or {FGQ_ROW!r}, got {group_size!r}")
         self.group_size = group_size
 
     def _groups(self, w: Tensor) -> Tensor:
-        """``[K, groups, G, taps]`` view, zero-padded along the input channels."""
+        """``[K, groups, G, taps]`` view, zero-padded along the input channels (for "row",
+        ``[K, 1, C * taps, 1]``)."""
         k, c = w.shape[:2]
         taps = w[0, 0].numel()
+        if self.group_size == FGQ_ROW:
+            return w.detach().reshape(k, 1, c * taps, 1)
         groups = -(-c // self.group_size)
         padded = torch.zeros(k, groups * self.group_size, taps, dtype=w.dtype)
         padded[:, :c] = w.detach().reshape(k, c, taps)
@@ -195,5 +203,7 @@ class FGQ(WeightQuantizer):
         channel = (s.reshape(s.shape[0], -1).amax(1) / FGQ_MULTIPLIER_MAX).clamp(min=1e-12)
         m = torch.round(s / channel[:, None, None]).clamp(0, FGQ_MULTIPLIER_MAX)
         k, c = w.shape[:2]
-        w_int = (t * m[:, :, None, :]).reshape(k, -1, t.shape[-1])[:, :c].reshape(w.shape)
-        return w_int, channel
+        w_int = (t * m[:, :, None, :]).reshape(k, -1, t.shape[-1])
+        if self.group_size != FGQ_ROW:
+            w_int = w_int[:, :c]                      # drop the zero padding of the last group
+        return w_int.reshape(w.shape), channel
