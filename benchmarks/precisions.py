@@ -199,7 +199,7 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
         variants = [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 
     def make(layer: Layer, target, rng):
-        runners = []
+        runners, first = [], None
         for kind, kind_params, epilogue, impl in variants:
             f = tvm_ternary.op(layer.op, kind, layer.data_shape, layer.weight_shape, target=target,
                                epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **kind_params)
@@ -211,6 +211,7 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
                            rng.standard_normal(layer.weight_shape[0]).astype(np.float32)) \
                 if epilogue == "affine" else (None, None)
             args = f.prepare(x, w, scales, thresholds, scale, bias)
+            first = first or (f, x, args)
             f.run(args)
             got, expected = args[-1].numpy(), f.reference(x, w, scales, thresholds, scale, bias)
             if got.dtype == np.float32:
@@ -223,7 +224,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
             if tuned:
                 impl = "tuned" + impl[len("hand"):] if impl.startswith("hand") else "tuned-" + impl
             runners.append(operator_runner(impl, f, args, layer.cold))
-        if not tuned:
+        if not tuned:                  # the input layout of the first variant (the network's)
+            f, x, args = first
             values = tvm.runtime.tensor(x.astype(np.int32), args[0].device)
             runners.append(operator_runner("pack", f, [values, args[0]], stage="data"))
         return tuple(runners)

@@ -100,8 +100,8 @@ TensorIntrin.register(DOT_U8I8_16X4, _dot_desc(16), _dot_vnni, override=True)
 
 DOT_U8I8_8X4 = "tvm_ternary_dot_u8i8_8x4"
 """``C[8] += A[4] . B[8, 4]`` on AVX2: ``vpmaddubsw`` (u8 x s8 pairs -> i16) then ``vpmaddwd``
-with ones (pairs -> i32). Exact only while a pair sum fits int16, which FGQ guarantees:
-its weights are ternary, so ``|a0*b0 + a1*b1| <= 510``."""
+with ones (pairs -> i32). Exact only while a pair sum fits int16: FGQ's weights are
+ternary (``|a0*b0 + a1*b1| <= 510``), and the int8 scheme keeps ``abits + wbits <= 15``."""
 
 
 @T.prim_func(s_tir=True)

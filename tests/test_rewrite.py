@@ -125,18 +125,31 @@ def test_fgq_models_with_any_group_size_run_on_the_int8_kernel(group_size):
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
 
 
-def test_fgq_weights_too_large_for_the_int8_kernel_take_the_float_scale_kernel():
-    """With 8-bit activations, weights beyond -63..63 would overflow AVX2's int16 pair sums:
-    such a layer (a group of magnitude 100) runs on the float-scale FGQ kernel instead."""
-    model, x, _ = imported("fgq_w2a8")
+@pytest.mark.parametrize("scheme,magnitude", [("fgq_w2a8", 100), ("fgq_w2a4", 200)])
+def test_fgq_weights_too_large_for_the_int8_kernel_take_the_float_scale_kernel(scheme, magnitude):
+    """Weights beyond the int8 kernel's bits (with 8-bit activations beyond -63..63, which
+    would overflow AVX2's int16 pair sums; with 4-bit ones beyond a byte): such a layer (a
+    group of that magnitude) runs on the float-scale FGQ kernel instead."""
+    model, x, _ = imported(scheme)
     w = model[2].w_int
-    w[:, 0:4] = torch.sign(w[:, 0:4]) * 100.0
+    w[:, 0:4] = torch.sign(w[:, 0:4]) * float(magnitude)
     mod = from_torch(model, x)
     rewritten = rewrite_quantized(mod, TARGET)
-    assert "conv2d[fgq(g4,a8)]:kernel" in kernel_roles(rewritten)
+    assert f"conv2d[fgq(g4,a{scheme[-1]})]:kernel" in kernel_roles(rewritten)
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_fgq_weights_too_large_for_both_kernels_are_an_error():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 6, 6)
+    model = quantize(small_net(), "fgq_w2a8", x, first_last="float", group_size="row")
+    model[2].w_int.mul_(20.0)                          # magnitudes 140: no int8 kernel, and "row" is not in quads
+    with pytest.raises(ValueError, match=r"conv2d\[fgq\(grow,a8\)\] at .*: weights of magnitude up to 140 are too "
+                                         r"large for the int8 kernel with 8-bit activations .* the float-scale FGQ "
+                                         r"kernel needs a group size that is a multiple of 4, got 'row'"):
+        rewrite_quantized(from_torch(model, x), TARGET)
 
 
 def test_fgq_weights_with_two_magnitudes_in_a_group_are_an_error():

@@ -18,6 +18,9 @@ def test_defaults_and_labels():
     assert make_scheme("conv2d", "int8", activation_encoding="signed").label() == "int8(a7s)"
     assert make_scheme("conv2d", "int8", abits=8, wbits=4) == Int8Scheme("unsigned", 8, 4)
     assert make_scheme("conv2d", "int8", abits=8, wbits=4).label() == "int8(a8u,w4)"
+    with pytest.raises(ValueError, match=r"int8: abits and wbits must be in 2\.\.8 with abits \+ wbits <= 15, "
+                                         r"got 4 and 9"):
+        Int8Scheme("unsigned", 4, 9)
 
 
 @pytest.mark.parametrize("scheme,params,error,message", [

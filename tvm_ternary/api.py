@@ -235,8 +235,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             ``tvm_ternary.api`` logger; ``.tuned`` says which). Tuning more into the
             directory makes the next call compile again.
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
-            ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (4/64), ``abits`` (4/8);
-            int8 ``activation_encoding`` ("unsigned": 0..127, or "signed": -64..63).
+            ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (a multiple of 4 for
+            this float-scale kernel), ``abits`` (4/8); int8 ``activation_encoding`` ("unsigned":
+            0..127, or "signed": -64..63, for 7 bits), ``abits``/``wbits`` (2..8, sum <= 15).
 
     Returns:
         A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``) returns int32

@@ -303,15 +303,19 @@ class _Matcher:
     def _check(self, layer: Layer) -> None:
         """Values and quantizer against the scheme: clear errors for a layer claimed quantized."""
         scheme = layer.scheme
+        integer = None
         if isinstance(scheme, FgqScheme):
             ternary, multipliers = _split_fgq(layer, scheme)
             integer = _fgq_as_integer(layer, scheme)
-            if integer is not None:
-                layer.scheme = scheme = integer
-            else:
+            if integer is None:
+                if scheme.group_size == FGQ_ROW or scheme.group_size % 4:
+                    raise ValueError(f"{layer.where}: weights of magnitude up to {int(np.abs(layer.weight).max())} "
+                                     f"are too large for the int8 kernel with {scheme.abits}-bit activations "
+                                     f"(abits + weight bits <= {INT8_MAX_BITS}), and the float-scale FGQ kernel "
+                                     f"needs a group size that is a multiple of 4, got {scheme.group_size!r}")
                 layer.weight, layer.fgq_scales = ternary, multipliers
         try:
-            scheme.check_values(layer.op, "weight", layer.weight)
+            scheme.check_values(layer.op, "weight", ternary if integer is not None else layer.weight)
         except ValueError as err:
             raise ValueError(f"{layer.where}: {err}") from None
         enc = scheme.activation
@@ -320,6 +324,8 @@ class _Matcher:
         if got != expected:
             raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "
                              f"produce {enc.describe()} (expected {expected})")
+        if integer is not None:             # checked as FGQ (the errors name it so), run as int8
+            layer.scheme = integer
 
     def epilogue(self, layer: Layer) -> None:
         """Absorb ``multiply``/``add`` by per-channel constants and ``relu`` that follow the layer alone."""
@@ -415,7 +421,7 @@ def _fgq_as_integer(layer: Layer, scheme: FgqScheme) -> Int8Scheme | None:
     None (the float-scale FGQ kernel) when the weights need more bits than the int16 sums
     of AVX2's byte dot product allow with those activations."""
     wbits = max(2, int(np.abs(layer.weight).max()).bit_length() + 1)
-    if scheme.abits + wbits > INT8_MAX_BITS:
+    if wbits > 8 or scheme.abits + wbits > INT8_MAX_BITS:      # bytes hold 8 bits at most
         return None
     return Int8Scheme(abits=scheme.abits, wbits=max(wbits, FGQ_INTEGER_WEIGHT_BITS))
 

@@ -19,7 +19,7 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   byte dot product (``vpmaddubsw``, NEON ``smull``/``sadalp``) costs.
 * ``int8``: signed 8-bit weights (-128..127) × 7-bit activations, ``unsigned`` (0..127)
   or ``signed`` (-64..63, stored as ``v + 64``, with ``-64 * sum(w)`` per output channel
-  and padded taps stored as 64); int32 output. A byte dot product like fgq's, for the
+  and padded taps stored as 64; with ``abits`` bits the offset is ``2^(abits-1)``); int32 output. A byte dot product like fgq's, for the
   first and last layers of a model (PyTorch's x86 int8 likewise keeps activations to 7
   bits, ``reduce_range``): then every pair of products fits the int16 sums of AVX2's
   ``vpmaddubsw`` (``2 * 127 * 128 < 2^15``), so one definition is exact on every target.
@@ -270,6 +270,11 @@ class Int8Scheme(ByteScheme):
     activation_encoding: str = "unsigned"
     abits: int = INT8_ACTIVATION_BITS
     wbits: int = 8
+
+    def __post_init__(self) -> None:
+        if not (2 <= self.abits <= 8 and 2 <= self.wbits <= 8 and self.abits + self.wbits <= INT8_MAX_BITS):
+            raise ValueError(f"int8: abits and wbits must be in 2..8 with abits + wbits <= {INT8_MAX_BITS}, got "
+                             f"{self.abits} and {self.wbits}")
 
     @property
     def activation(self) -> Encoding:

@@ -222,7 +222,7 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
     computed, not counted: an estimate from ``x / scale``, then one compare on each side of
     it, with thresholds recomputed by that same float32 multiply, makes it exact (the
     estimate is off by at most one). A few vector operations per value instead of one
-    compare per threshold, for 8-bit quantizers. NaN inputs have no defined level (this path
+    compare per threshold, for quantizers of 4 bits and up. NaN inputs have no defined level (this path
     gives the top one, as PyTorch's ``bucketize`` does; counting gives the bottom one)."""
     count_thresholds = int(thresholds.shape[0])
     if uniform is not None:
