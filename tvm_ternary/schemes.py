@@ -55,6 +55,11 @@ SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq", "int8")
 FGQ_ROW = "row"
 """FGQ ``group_size`` of one group per output channel (all its inputs share one scale:
 BitNet b1.58's per-channel format)."""
+
+
+def is_group_size(value) -> bool:
+    """Whether ``value`` is an FGQ group size the quantizer takes: an int >= 1 or :data:`FGQ_ROW`."""
+    return value == FGQ_ROW or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 FGQ_ACTIVATION_BITS = (4, 8)
 MAX_BITS = 8
 INT8_ACTIVATIONS = ("unsigned", "signed")

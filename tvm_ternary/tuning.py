@@ -210,8 +210,8 @@ def ship_records(work_dir: str | os.PathLike, dest: str | os.PathLike, device: s
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     shipped = ms.database.JSONDatabase(work_dir=str(staging))
-    workloads = {tvm_ffi.structural_hash(r.workload.mod): r.workload for r in database.get_all_tuning_records()}
-    for workload in workloads.values():
+    workloads = [records[0].workload for records in _records_by_workload(database).values()]
+    for workload in workloads:
         best = database.get_top_k(workload, 1)
         if not best:
             raise ValueError(f"ship_records: a function of {source} has no record that built and ran")
@@ -222,6 +222,14 @@ def ship_records(work_dir: str | os.PathLike, dest: str | os.PathLike, device: s
     shutil.rmtree(dest, ignore_errors=True)
     staging.rename(dest)
     return len(workloads)
+
+
+def _records_by_workload(database: ms.database.Database) -> dict[int, list[ms.database.TuningRecord]]:
+    """Every record of ``database`` (failed ones too), by its function's key (:func:`_key`)."""
+    grouped: dict[int, list[ms.database.TuningRecord]] = {}
+    for record in database.get_all_tuning_records():
+        grouped.setdefault(tvm_ffi.structural_hash(record.workload.mod), []).append(record)
+    return grouped
 
 
 def tuned_schedule(kernel: tvm.tirx.PrimFunc, target: Target, work_dir: str) -> tvm.s_tir.Schedule | None:
@@ -412,11 +420,7 @@ class _Session:
 
     def _records_per_workload(self) -> dict[int, int]:
         """Records per function (by :func:`_key`) in the database."""
-        counts: dict[int, int] = {}
-        for record in self.database.get_all_tuning_records():
-            key = tvm_ffi.structural_hash(record.workload.mod)
-            counts[key] = counts.get(key, 0) + 1
-        return counts
+        return {key: len(records) for key, records in _records_by_workload(self.database).items()}
 
     def best_record(self, func: tvm.tirx.PrimFunc) -> ms.database.TuningRecord:
         """The fastest record of ``func`` (after :meth:`tune`)."""
@@ -499,10 +503,8 @@ class _GuidedSearch(ms.search_strategy.PySearchStrategy):
         mod = self.context.mod
         if database is None or not database.has_workload(mod):
             return set()
-        key, keys = tvm_ffi.structural_hash(mod), set()
-        for record in database.get_all_tuning_records():
-            if tvm_ffi.structural_hash(record.workload.mod) != key:
-                continue
+        keys = set()
+        for record in _records_by_workload(database).get(tvm_ffi.structural_hash(mod), []):
             sch = tvm.s_tir.Schedule(mod)
             try:
                 record.trace.apply_to_schedule(sch, remove_postproc=True)

@@ -10,7 +10,7 @@ import torch
 import torch.fx
 from torch import Tensor, nn
 
-from ..schemes import FGQ_ROW
+from ..schemes import FGQ_ROW, is_group_size
 from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, int8_preset, is_depthwise, presets
 
 
@@ -83,7 +83,7 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
         raise ValueError(f"quantize: unknown scheme {scheme!r}; expected one of {QUANTIZE_SCHEMES}")
     if first_last not in FIRST_LAST:
         raise ValueError(f"quantize: first_last must be one of {FIRST_LAST}, got {first_last!r}")
-    if group_size != FGQ_ROW and (isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1):
+    if not is_group_size(group_size):
         raise ValueError(f"quantize: FGQ group_size must be an int >= 1 or {FGQ_ROW!r}, got {group_size!r}")
     preset = presets(group_size)[scheme]
     model = copy.deepcopy(model).eval()

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..schemes import FGQ_MULTIPLIER_MAX, FGQ_ROW
+from ..schemes import FGQ_MULTIPLIER_MAX, FGQ_ROW, is_group_size
 
 
 def _per_channel(w: Tensor) -> Tensor:
@@ -172,8 +172,7 @@ class FGQ(WeightQuantizer):
 
     def __init__(self, group_size: int | str):
         super().__init__()
-        if group_size != FGQ_ROW and (isinstance(group_size, bool) or not isinstance(group_size, int)
-                                      or group_size < 1):
+        if not is_group_size(group_size):
             raise ValueError(f"FGQ: group_size must be an int >= 1 or {FGQ_ROW!r}, got {group_size!r}")
         self.group_size = group_size
 
