@@ -7,12 +7,16 @@ packed or quantized, inputs in the layout the kernel reads), and is timed by
 * ``torch_fp32``: ``torch.nn.functional.conv2d``/``linear`` (oneDNN).
 * ``torch_int8``: ``torch.ao.nn.quantized`` Conv2d/Linear with the x86 (fbgemm) engine,
   quint8 input and output, quantize/dequantize outside the timed call.
+* ``torch_int8_dynamic`` (dense only): ``torch.ao.nn.quantized.dynamic.Linear``, fp32 in and
+  out, each call quantizing its input per token (how PyTorch serves language models' linears).
 * ``tvm_fp32``: the same layer through TVM's default Relax pipeline, untuned.
 * ours (``w1a1``, ``w2a2``, ``w2a2_bw``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``):
-  the kernel of :func:`tvm_ternary.op` on already packed input with the fused requantize
+  and ``ternary_int8`` (dense only: ternary weights at 2 bits in memory × 8-bit activations,
+  BitNet b1.58's linears): the kernel of :func:`tvm_ternary.op` on already packed input with the fused requantize
   epilogue that writes the next layer's packed input (``impl="hand"``), the same kernel
   writing int32 (``hand-int32``), and the stand-alone packing of the layer's input (``pack``).
-  FGQ layers run as in a network, on the int8 kernel (see :func:`ours`), beside the
+  FGQ layers run as in a network, on the int8 kernel, or dense layers with groups of a
+  multiple of 16 or a whole row on the ternary_int8 kernel (see :func:`ours`), beside the
   float-scale FGQ kernel (``float-scales``).
 
 A layer with ``cold=True`` gives each contender copies of its weights to cycle through
@@ -33,7 +37,7 @@ from tqdm import tqdm
 from tvm import relax
 
 import tvm_ternary
-from tvm_ternary.schemes import FGQ_INTEGER_WEIGHT_BITS
+from tvm_ternary.schemes import CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_MULTIPLIER_MAX, FGQ_ROW
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,35 @@ def torch_int8(layer: Layer, target, rng) -> Runner:
     return torch_runner(with_copies(first, lambda _: module(), qw.numel(), layer.cold, lambda m: m(qx)))
 
 
+DYNAMIC_INT8_TOLERANCE = 0.02
+"""Relative error (L2) allowed for PyTorch's dynamic int8 Linear against fp32 on its
+dequantized weights: the 8-bit quantization of the input (observed ~0.4% on these layers)."""
+
+
+def torch_int8_dynamic(layer: Layer, target, rng) -> Runner | None:
+    """PyTorch's dynamic int8 ``Linear`` (fbgemm): None for a conv layer."""
+    if layer.op != "dense":
+        return None
+    import torch.ao.nn.quantized.dynamic as nnqd
+    torch.backends.quantized.engine = "x86"
+    x, w = _torch_inputs(layer, rng)
+    qw = torch.quantize_per_channel(w, w.abs().amax(dim=1) / 127, torch.zeros(w.shape[0], dtype=torch.long), 0,
+                                    torch.qint8)
+
+    def module():
+        m = nnqd.Linear(layer.weight_shape[1], layer.weight_shape[0], dtype=torch.qint8)
+        m.set_weight_bias(qw, None)                    # packs its own copy of the weights
+        return m
+
+    first = module()
+    with torch.inference_mode():
+        got, reference = first(x), torch.nn.functional.linear(x, qw.dequantize())
+    error = (torch.linalg.norm(got - reference) / torch.linalg.norm(reference)).item()
+    if error > DYNAMIC_INT8_TOLERANCE:
+        raise RuntimeError(f"torch_int8_dynamic {layer.name}: relative error {error:.3f} against fp32")
+    return torch_runner(with_copies(first, lambda _: module(), qw.numel(), layer.cold, lambda m: m(x)))
+
+
 def tvm_fp32(layer: Layer, target, rng) -> Runner:
     x, w = (t.numpy() for t in _torch_inputs(layer, rng))
     bb = relax.BlockBuilder()
@@ -147,7 +180,10 @@ OURS = {
     "fatnn": ("fatnn", {}),
     "fgq_w2a4": ("fgq", dict(abits=4)),
     "fgq_w2a8": ("fgq", dict(abits=8)),
+    "ternary_int8": ("ternary_int8", {}),
 }
+DENSE_ONLY = {"ternary_int8"}
+"""Our precisions with a dense kernel only (no conv rows)."""
 """Our precisions: kernel scheme and parameters. ``w2a2`` is the conventional bit-serial
 kernel, unsigned 2-bit activations × unsigned 2-bit weights {0..3} (4 AND-popcounts per
 word); ``w2a2_bw`` has bipolar weights {-3,-1,1,3} (2 more popcounts per word), which is what
@@ -182,7 +218,10 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     stand-alone packing (``pack``). FGQ runs as it does in a network (the rewrite): the int8
     kernel on its weights times group multipliers (4-bit) and its activations, with the
     float affine epilogue (``hand``; FGQ has no packed next layer) or int32 (``hand-int32``),
-    whatever the group size; ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
+    and a dense layer with ``fgq_group`` a multiple of 16 or ``"row"`` on the ternary_int8
+    kernel (2-bit weight codes, random integer multipliers 0..7) instead; ``ternary_int8``
+    (dense only, no rows for conv layers) is that kernel with one group per row, as
+    BitNet b1.58's linears; ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
     compiles for arbitrary float group scales (group ``fgq_group``, when a multiple of 4),
     its raw float32 result.
     With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
@@ -190,22 +229,32 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     their records (``impl`` ``tuned...`` instead of ``hand...``; a kernel without one gives
     no row) and the packing is not timed again."""
     scheme, params = OURS[precision]
-    if scheme == "fgq":
-        integer = dict(abits=params["abits"], wbits=FGQ_INTEGER_WEIGHT_BITS)
-        variants = [("int8", integer, "affine", "hand"), ("int8", integer, "int32", "hand-int32")]
-        if isinstance(fgq_group, int) and fgq_group % 4 == 0:       # what the float-scale kernel takes
-            variants.append(("fgq", dict(params, group_size=fgq_group), "int32", "float-scales"))
-    else:
-        variants = [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
+
+    def variants(layer: Layer) -> list[tuple[str, dict, str, str]]:
+        if scheme == "fgq":
+            integer = ("int8", dict(abits=params["abits"], wbits=FGQ_INTEGER_WEIGHT_BITS))
+            if layer.op == "dense" and (fgq_group == FGQ_ROW or fgq_group % CODE_GROUP == 0):
+                integer = ("ternary_int8", dict(abits=params["abits"], group_size=fgq_group))
+            found = [(*integer, "affine", "hand"), (*integer, "int32", "hand-int32")]
+            if isinstance(fgq_group, int) and fgq_group % 4 == 0:       # what the float-scale kernel takes
+                found.append(("fgq", dict(params, group_size=fgq_group), "int32", "float-scales"))
+            return found
+        if scheme == "ternary_int8":    # float out, as a language model's linear layer
+            return [(scheme, params, "affine", "hand"), (scheme, params, "int32", "hand-int32")]
+        return [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 
     def make(layer: Layer, target, rng):
         runners, first = [], None
-        for kind, kind_params, epilogue, impl in variants:
+        if precision in DENSE_ONLY and layer.op != "dense":
+            return ()
+        for kind, kind_params, epilogue, impl in variants(layer):
             f = tvm_ternary.op(layer.op, kind, layer.data_shape, layer.weight_shape, target=target,
                                epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **kind_params)
             x = f.spec.scheme.activation.sample(rng, layer.data_shape)
             w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
             scales = rng.random(f.spec.scales_shape).astype(np.float32) if kind == "fgq" else None
+            if kind == "ternary_int8" and scheme == "fgq":      # FGQ's integer group multipliers
+                scales = rng.integers(0, FGQ_MULTIPLIER_MAX + 1, f.spec.scales_shape)
             thresholds = thresholds_for(f.spec, f.spec.reference(x, w), rng) if epilogue == "requantize" else None
             scale, bias = (rng.random(layer.weight_shape[0]).astype(np.float32),
                            rng.standard_normal(layer.weight_shape[0]).astype(np.float32)) \

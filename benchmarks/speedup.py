@@ -43,7 +43,7 @@ import torch  # noqa: E402
 import tvm  # noqa: E402
 from bound import measure_bounds  # noqa: E402
 from networks import LAYER_ONLY, NETWORKS, network_layer, network_runner  # noqa: E402
-from precisions import OURS, Layer, ours, torch_fp32, torch_int8, tvm_fp32  # noqa: E402
+from precisions import DENSE_ONLY, OURS, Layer, ours, torch_fp32, torch_int8, torch_int8_dynamic, tvm_fp32  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import tvm_ternary  # noqa: E402
@@ -61,8 +61,16 @@ LAYERS = [
     Layer("dense_512x1000", "dense", (1, 512), (1000, 512)),
     Layer("dense_4096x4096", "dense", (1, 4096), (4096, 4096)),
     Layer("dense_4096x4096_cold", "dense", (1, 4096), (4096, 4096), cold=True),
+    Layer("dense_2560x6912_cold", "dense", (1, 2560), (6912, 2560), cold=True),
+    Layer("dense_6912x2560_cold", "dense", (1, 6912), (2560, 6912), cold=True),
+    Layer("dense_4096x11008_cold", "dense", (1, 4096), (11008, 4096), cold=True),
 ]
-BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "tvm_fp32": tvm_fp32}
+"""The last three are language-model linears at batch 1 (one token): BitNet b1.58 3B's
+2560->6912 and 6912->2560, LLaMA-7B's 4096->11008."""
+BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "torch_int8_dynamic": torch_int8_dynamic,
+             "tvm_fp32": tvm_fp32}
+DENSE_ONLY_PRECISIONS = {"torch_int8_dynamic", *DENSE_ONLY}
+"""Precisions that give rows for dense layers only (no conv layers, no models)."""
 PRECISIONS = [*BASELINES, *OURS]
 TORCH_ISA_LIMITS = {"avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
                              "ATEN_CPU_CAPABILITY": "avx2"}}
@@ -72,8 +80,11 @@ SCHEDULES = ("hand", "tuned")
 """``--schedules``: our kernels with the hand-written schedules, or with tuning records (``--tuned``)."""
 MAIN_IMPLS = ("torch", "torch-fx", "relax-default", "build", "hand", "tuned")
 """Implementations that stand for a precision in speedup columns and summaries."""
+SPEEDUP_BASES = {"speedup_vs_fp32": "torch_fp32", "speedup_vs_int8": "torch_int8",
+                 "speedup_vs_int8_dynamic": "torch_int8_dynamic", "speedup_vs_w2a2": "w2a2"}
+"""Speedup column -> the precision it divides by (in the same run and thread count)."""
 COLUMNS = ["target", "device", "threads", "model", "layer", "precision", "impl", "median_ms", "gops",
-           "speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2", "tuned", "emulated", "timing"]
+           *SPEEDUP_BASES, "tuned", "emulated", "timing"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -225,6 +236,8 @@ def measure(args) -> list[dict]:
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
         for name in args.precisions:
+            if name in DENSE_ONLY_PRECISIONS and layer.op != "dense":
+                continue
             if name in BASELINES:
                 runners[layer.name, name] = (BASELINES[name](layer, target, rng) if layer.op != "model" else
                                              network_runner(name, args.fgq_group, target, layer.network))
@@ -275,21 +288,20 @@ def add_speedups(rows: list[dict]) -> None:
     main = {(r["threads"], r["layer"], r["precision"], schedule_of(r)): r["median_ms"]
             for r in rows if r["impl"] in MAIN_IMPLS}
     for r in rows:
-        for column, base in (("speedup_vs_fp32", "torch_fp32"), ("speedup_vs_int8", "torch_int8"),
-                             ("speedup_vs_w2a2", "w2a2")):
+        for column, base in SPEEDUP_BASES.items():
             schedule = schedule_of(r) if base == "w2a2" else "hand"      # ours: against the same schedules
             t = main.get((r["threads"], r["layer"], base, schedule))
             r[column] = t / r["median_ms"] if t and r["impl"] != "pack" else ""
 
 
 def print_table(rows: list[dict]) -> None:
-    fmt = "{:>7} {:<23} {:<10} {:<18} {:>10} {:>9} {:>8} {:>8} {:>8}"
-    print(fmt.format("threads", "layer", "precision", "impl", "median_ms", "GOP/s", "x fp32", "x int8", "x w2a2"))
+    fmt = "{:>7} {:<23} {:<18} {:<21} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8}"
+    print(fmt.format("threads", "layer", "precision", "impl", "median_ms", "GOP/s", "x fp32", "x int8", "x int8dyn",
+                     "x w2a2"))
     for r in rows:
         ratio = lambda v: f"{v:.2f}" if v != "" else "-"  # noqa: E731  (empty: not applicable)
         print(fmt.format(r["threads"], r["layer"], r["precision"], r["impl"], f"{r['median_ms']:.3f}",
-                         ratio(r["gops"]), ratio(r["speedup_vs_fp32"]), ratio(r["speedup_vs_int8"]),
-                         ratio(r["speedup_vs_w2a2"])))
+                         ratio(r["gops"]), *(ratio(r[column]) for column in SPEEDUP_BASES)))
     convs = [layer.name for layer in LAYERS if layer.op == "conv2d"]
     for threads in sorted({r["threads"] for r in rows}):
         for column in ("speedup_vs_fp32", "speedup_vs_int8", "speedup_vs_w2a2"):

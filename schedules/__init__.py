@@ -16,6 +16,7 @@ from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
 from .data import ActivationPack
+from .codes import CodeDotKernel
 from .dot import DotKernel
 from .fgq import FgqKernel
 from .float_ops import FloatCPU
@@ -28,14 +29,14 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if target.kind.name != "llvm":
         raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
-    return [PopcountKernel(), FgqKernel(), DotKernel(), ActivationPack(), GenericCPU()]
+    return [PopcountKernel(), FgqKernel(), DotKernel(), CodeDotKernel(), ActivationPack(), GenericCPU()]
 
 
 def weight_block(target: Target, scheme: str = "ternary", weight_shape: Sequence[int] = ()) -> int:
     """Output-channel block ``V`` of the kernels' weight layout for ``target``: one vector
     of words (popcount schemes; ``weight_shape`` decides whether 16-bit words fit) or of
-    32-bit lanes (the byte schemes ``fgq`` and ``int8``)."""
-    if scheme in ("fgq", "int8"):
+    32-bit lanes (the byte schemes ``fgq``, ``int8`` and ``ternary_int8``)."""
+    if scheme in ("fgq", "int8", "ternary_int8"):
         return isa_of(target).int32_lanes
     return kernel_isa(target, weight_shape).lanes
 
@@ -50,7 +51,7 @@ FLOAT_OP = "float op"
 operators a model keeps after the rewrite (pooling, means, residual adds, float layers
 Relax lowers): :class:`FloatCPU` schedules them."""
 
-TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel, ActivationPack)
+TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel, CodeDotKernel, ActivationPack)
 """Rules of our functions whose knobs MetaSchedule searches: the kernels and the data
 stages (quantize-and-pack, patch gathers); :class:`FloatCPU`'s too, for the float operators.
 :class:`GenericCPU` has none."""
@@ -82,4 +83,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False, role: s
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["FLOAT_OP", "ActivationPack", "DotKernel", "FgqKernel", "FloatCPU", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]
+__all__ = ["FLOAT_OP", "ActivationPack", "CodeDotKernel", "DotKernel", "FgqKernel", "FloatCPU", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]

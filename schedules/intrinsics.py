@@ -3,6 +3,9 @@
 ``tvm_ternary_dot_u8i8_16x4`` / ``_8x4``: FGQ's group dot product on AVX-512 VNNI and on
 AVX2 (see below).
 
+``tvm_ternary_dot_u8_codes_16`` / ``_8``: 16 activation bytes against one quad of 2-bit
+weight codes per lane (:mod:`tvm_ternary.packing`), the ternary_int8 kernel's step.
+
 ``movemask_<V>``: ``V`` 0/1 int32 lanes -> one integer with bit ``l`` = lane ``l`` (the
 "movemask" that packs threshold results into words). The description is the plain loop
 ``out += bits[l] << l``; the implementation truncates the lanes to ``uint1`` and reinterprets
@@ -120,3 +123,86 @@ def _dot8_avx2(a: T.Buffer((4,), "uint8", offset_factor=1),
 
 
 TensorIntrin.register(DOT_U8I8_8X4, _dot_desc(8), _dot8_avx2, override=True)
+
+
+def _codes_desc(lanes: int):
+    """``c[lanes] += sum_{i, b} a[4i + b] * ((w[lane, b] >> 2i) & 3)``: 16 activation bytes
+    against the 16 codes a lane's quad of code bytes holds."""
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((16,), "uint8", offset_factor=1),
+             w: T.Buffer((lanes, 4), "uint8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope=TILE_SCOPE)):
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:16], w[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            for lane, shift, byte in T.grid(lanes, 4, 4):
+                with T.sblock("update"):
+                    vl, vi, vb = T.axis.remap("SRR", [lane, shift, byte])
+                    c[vl] = c[vl] + T.Cast("int32", a[vi * 4 + vb]) * T.bitwise_and(
+                        T.shift_right(T.Cast("int32", w[vl, vb]), vi * 2), 3)
+
+    return desc
+
+
+_VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_VPMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+
+DOT_U8_CODES_16 = "tvm_ternary_dot_u8_codes_16"
+"""AVX-512 VNNI: one 64-byte load of 16 lanes' code quads, then per shift ``i`` a ``vpsrlw``
++ ``vpand`` (codes as bytes 0..2) and a ``vpdpbusd`` against activation quad ``i`` broadcast."""
+
+
+def _quad(a, i: int, lanes: int, dtype: str):
+    """Activation quad ``i`` of ``a`` (4 bytes as one int32), broadcast to ``lanes`` lanes as bytes."""
+    return T.reinterpret(T.broadcast(T.reinterpret(a.vload([4 * i], "uint8x4"), dtype="int32"), lanes), dtype=dtype)
+
+
+def _codes(packed, i: int, halves: int, dtype: str):
+    """The codes at bits ``2i`` of every byte of ``packed`` (``halves`` int16 lanes): 0..2 per byte."""
+    shifted = packed if i == 0 else T.shift_right(packed, T.broadcast(T.int16(2 * i), halves))
+    return T.reinterpret(T.bitwise_and(shifted, T.broadcast(T.int16(0x0303), halves)), dtype=dtype)
+
+
+@T.prim_func(s_tir=True)
+def _codes_vnni(a: T.Buffer((16,), "uint8", offset_factor=1),
+                w: T.Buffer((16, 4), "uint8", offset_factor=1),
+                c: T.Buffer((16,), "int32", offset_factor=1, scope=TILE_SCOPE)):
+    with T.sblock("root"):
+        T.reads(c[0:16], a[0:16], w[0:16, 0:4])
+        T.writes(c[0:16])
+        packed = T.reinterpret(w.vload([0, 0], dtype="uint8x64"), dtype="int16x32")
+        first = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, c.vload([0], dtype="int32x16"),
+                                        _quad(a, 0, 16, "int8x64"), _codes(packed, 0, 32, "int8x64"))
+        second = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, first, _quad(a, 1, 16, "int8x64"),
+                                         _codes(packed, 1, 32, "int8x64"))
+        third = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, second, _quad(a, 2, 16, "int8x64"),
+                                        _codes(packed, 2, 32, "int8x64"))
+        c[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, third, _quad(a, 3, 16, "int8x64"),
+                                                      _codes(packed, 3, 32, "int8x64"))
+
+
+TensorIntrin.register(DOT_U8_CODES_16, _codes_desc(16), _codes_vnni, override=True)
+
+
+DOT_U8_CODES_8 = "tvm_ternary_dot_u8_codes_8"
+"""AVX2: per shift a ``vpmaddubsw`` of activation quad ``i`` with the codes (pair sums at most
+``2 * 255 * 2``), the four int16 results added (at most 4080, exact), then one ``vpmaddwd``."""
+
+
+@T.prim_func(s_tir=True)
+def _codes_avx2(a: T.Buffer((16,), "uint8", offset_factor=1),
+                w: T.Buffer((8, 4), "uint8", offset_factor=1),
+                c: T.Buffer((8,), "int32", offset_factor=1, scope=TILE_SCOPE)):
+    with T.sblock("root"):
+        T.reads(c[0:8], a[0:16], w[0:8, 0:4])
+        T.writes(c[0:8])
+        packed = T.reinterpret(w.vload([0, 0], dtype="uint8x32"), dtype="int16x16")
+        pairs = (T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 0, 8, "int8x32"), _codes(packed, 0, 16, "int8x32"))
+                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 1, 8, "int8x32"), _codes(packed, 1, 16, "int8x32"))
+                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 2, 8, "int8x32"), _codes(packed, 2, 16, "int8x32"))
+                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 3, 8, "int8x32"), _codes(packed, 3, 16, "int8x32")))
+        c[T.ramp(0, 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+
+
+TensorIntrin.register(DOT_U8_CODES_8, _codes_desc(8), _codes_avx2, override=True)

@@ -18,12 +18,13 @@ from .conftest import AVX2, AVX512, RASP4, host_isa
 TARGETS = [pytest.param(AVX2, id="avx2"), pytest.param(AVX512, id="avx512"), pytest.param(RASP4, id="rasp4")]
 X86_INSTRUCTIONS = {
     "avx2": {"popcount": [("vpshufb",), ("vpsadbw",)], "bytes": [("vpmaddubsw",), ("vpmaddwd",)],
-             "requantize": [("vmovmskps",)]},
-    "avx512": {"popcount": [("vpopcntd", "vpopcntq")], "bytes": [("vpdpbusd",)],
+             "codes": [("vpmaddubsw",), ("vpmaddwd",), ("vpsrlw",)], "requantize": [("vmovmskps",)]},
+    "avx512": {"popcount": [("vpopcntd", "vpopcntq")], "bytes": [("vpdpbusd",)], "codes": [("vpdpbusd",), ("vpsrlw",)],
                "requantize": [("kmovw", "kmovd")]},
 }
 """Per x86 ISA, the instructions a kernel must use: the vector popcount, or the byte dot
-product of fgq and int8 (the AVX512 target is Zen 4, which has VNNI), and the requantize epilogue's movemask
+product of fgq and int8 (the AVX512 target is Zen 4, which has VNNI), ternary_int8's byte dot product on
+2-bit codes widened by shifts, and the requantize epilogue's movemask
 (on AVX-512 compares into k registers read by ``kmovw``, or ``kmovd`` where LLVM joins two
 16-bit masks first). Each tuple lists alternatives, one of which must occur."""
 RELU = ("vmaxss", "vmaxps")
@@ -61,7 +62,7 @@ def kernel_instructions(f: tvm_ternary.CompiledOperator) -> list[tuple[str, ...]
     """What ``f``'s x86 kernel must use (:data:`X86_INSTRUCTIONS`, :data:`RELU`), for its
     target's ISA, scheme and epilogue; each tuple lists alternatives."""
     table = X86_INSTRUCTIONS[schedules.isa_of(f.target).name]
-    needed = list(table["bytes" if f.spec.scheme.name in ("fgq", "int8") else "popcount"])
+    needed = list(table[{"fgq": "bytes", "int8": "bytes", "ternary_int8": "codes"}.get(f.spec.scheme.name, "popcount")])
     if f.spec.epilogue == "requantize":
         needed += table["requantize"]
     if f.spec.epilogue == "affine_relu":
@@ -169,15 +170,18 @@ def test_int8_bit_splits_are_exact_at_the_extremes(abits, wbits, target, rng, re
     (AVX512, "fatnn", {}, "affine_relu", dict(epilogue="affine"), "vmaxss/vmaxps"),
     (AVX2, "fgq", dict(group_size=4, abits=4), "int32", dict(target=AVX512), "vpmaddubsw, vpmaddwd"),
     (AVX512, "int8", {}, "int32", dict(target=AVX2), "vpdpbusd"),
-], ids=["avx512-popcount", "avx512-vnni", "avx512-movemask", "relu", "avx2-fgq", "avx512-int8"])
+    (AVX2, "ternary_int8", {}, "int32", dict(scheme="int8"), "vpsrlw"),
+], ids=["avx512-popcount", "avx512-vnni", "avx512-movemask", "relu", "avx2-fgq", "avx512-int8", "avx2-codes"])
 def test_assembly_check_fails_without_the_kernel_instructions(target, scheme, params, epilogue, asm_of, missing,
                                                               monkeypatch):
     """The check that stands in for a run where the host cannot run a kernel can fail: given
     the assembly of a kernel built otherwise, it names the instructions missing."""
-    args = dict(scheme=scheme, data_shape=(2, 33, 7, 9), weight_shape=(20, 33, 3, 3), padding=1, target=target,
-                epilogue=epilogue, **params)
-    f = tvm_ternary.op("conv2d", **args)
-    monkeypatch.setattr(f, "kernel_asm", tvm_ternary.op("conv2d", **{**args, **asm_of}).kernel_asm)
+    op = "dense" if scheme == "ternary_int8" else "conv2d"
+    shapes = dict(data_shape=(2, 33), weight_shape=(20, 33)) if op == "dense" else \
+        dict(data_shape=(2, 33, 7, 9), weight_shape=(20, 33, 3, 3), padding=1)
+    args = dict(scheme=scheme, target=target, epilogue=epilogue, **shapes, **params)
+    f = tvm_ternary.op(op, **args)
+    monkeypatch.setattr(f, "kernel_asm", tvm_ternary.op(op, **{**args, **asm_of}).kernel_asm)
     with pytest.raises(AssertionError, match=rf"no {re.escape(missing)} in the kernel assembly"):
         check_kernel_asm(f)
 
@@ -337,6 +341,53 @@ def test_bad_call_inputs(ternary_conv, call, error, message):
         call(ternary_conv, x, w)
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("data_shape,weight_shape,group_size,abits", [
+    ((1, 512), (40, 512), "row", 8),      # one token, one multiplier per row (BitNet b1.58)
+    ((3, 100), (37, 100), 16, 8),         # K not a multiple of 16, M not of the block, batch 3
+    ((2, 33), (5, 33), "row", 4),         # 4-bit activations, a partial quad of codes
+    ((5, 200), (70, 200), 32, 8),         # a partial last group
+], ids=["n1-row", "n3-g16", "n2-row-a4", "n5-g32"])
+def test_ternary_int8_dense_exact(data_shape, weight_shape, group_size, abits, target, rng, request):
+    """Ternary weights as 2-bit codes × bytes, exact with random values and multipliers, and at
+    the extremes (every activation at its top, every weight 1 or -1, multipliers ±127), where
+    AVX2's int16 sums of four code products per lane hold their largest values."""
+    f = runnable(tvm_ternary.op("dense", "ternary_int8", data_shape, weight_shape, group_size=group_size,
+                                abits=abits, target=target), request)
+    s = f.spec
+    top = np.full(data_shape, s.scheme.activation.value_range[1], np.int32)
+    cases = [(s.scheme.activation.sample(rng, data_shape), s.scheme.weight.sample(rng, weight_shape),
+              rng.integers(-127, 128, s.scales_shape)),
+             (top, np.ones(weight_shape, np.int32), np.full(s.scales_shape, 127)),
+             (top, -np.ones(weight_shape, np.int32), np.full(s.scales_shape, -127)),
+             (top, s.scheme.weight.sample(rng, weight_shape), None)]
+    for x, w, m in cases:
+        out = f(x, w, scales=m)
+        assert out.dtype == np.int32 and out.shape == s.out_shape
+        np.testing.assert_array_equal(out, f.reference(x, w, m))
+    assert f.reference(top, np.ones(weight_shape), None)[0, 0] == top.shape[1] * top[0, 0]   # multipliers default 1
+
+
+def test_ternary_int8_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"dense\[ternary_int8\]: group_size must be a multiple of 16 .* got 8"):
+        tvm_ternary.op("dense", "ternary_int8", (1, 64), (4, 64), group_size=8, target=AVX2)
+    with pytest.raises(ValueError, match=r"conv2d\[ternary_int8\(grow,a8\)\]: the 2-bit-code kernel is a dense kernel"):
+        tvm_ternary.op("conv2d", "ternary_int8", (1, 16, 4, 4), (4, 16, 3, 3), target=AVX2)
+    f = tvm_ternary.op("dense", "ternary_int8", (1, 40), (4, 40), group_size=16, target=AVX2)
+    x, w = np.ones((1, 40), np.int32), np.ones((4, 40), np.int32)
+    where = r"dense\[ternary_int8\(g16,a8\)\]: "
+    with pytest.raises(ValueError, match=where + r"weight values must be in \{-1, 0, 1\}"):
+        f(x, w * 2)
+    with pytest.raises(ValueError, match=where + r"group multipliers have shape \(4, 2\), expected \(4, 3\)"):
+        f(x, w, scales=np.ones((4, 2), np.int32))
+    with pytest.raises(ValueError, match=where + r"group multipliers must be in -127\.\.127, got 128"):
+        f(x, w, scales=np.full((4, 3), 128))
+    with pytest.raises(TypeError, match=where + r"group multipliers \(scales\) must be integers"):
+        f(x, w, scales=np.full((4, 3), 0.5))
+    with pytest.raises(ValueError, match=where + r"data values must be in integers 0\.\.255"):
+        f(x * 256, w)
+
+
 def test_fgq_float_scale_kernel_takes_group_sizes_in_quads(rng):
     f = tvm_ternary.op("dense", "fgq", (2, 40), (9, 40), group_size=8, abits=8, target=AVX2)
     run_and_check(f, rng)
@@ -409,7 +460,9 @@ def test_requantize_errors():
     ("affine_relu", "dense", "bitserial", dict(abits=2, wbits=2)),
     ("affine_relu", "conv2d", "fgq", dict(group_size=4, abits=4)),
     ("affine_relu", "dense", "int8", {}),
-], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu", "conv-fgq-relu", "dense-int8-relu"])
+    ("affine", "dense", "ternary_int8", dict(group_size=32)),
+], ids=["conv-affine", "conv-fatnn-relu", "dense-w2a2-relu", "conv-fgq-relu", "dense-int8-relu",
+        "dense-ternary-int8"])
 def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     shapes = ((2, 33, 7, 9), (20, 33, 3, 3)) if op == "conv2d" else ((3, 100), (40, 100))
     f = runnable(tvm_ternary.op(op, scheme, *shapes, padding=1 if op == "conv2d" else 0, target=target,
@@ -418,6 +471,8 @@ def test_affine_epilogues(epilogue, op, scheme, params, target, rng, request):
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
     scale, bias = rng.standard_normal(s.weight_shape[0]), rng.standard_normal(s.weight_shape[0])
     scales = rng.random(s.scales_shape).astype(np.float32) if scheme == "fgq" else None   # FGQ: float sums
+    if scheme == "ternary_int8":                                                            # integer multipliers
+        scales = rng.integers(0, 8, s.scales_shape)
     out = f(x, w, scales, scale=scale, bias=bias)
     assert out.dtype == np.float32 and out.shape == s.out_shape == f.out_shape
     tolerance = dict(rtol=1e-5, atol=1e-3) if scheme == "fgq" else dict(rtol=1e-6, atol=1e-5)

@@ -6,6 +6,7 @@ import pytest
 import tvm_ternary
 from tvm_ternary.encodings import TernaryEncoding, UnipolarEncoding
 from tvm_ternary.packing import (WORD_BITS, gather_patches, num_words, pack_bits, pack_patch_planes, pack_planes,
+                                 pack_ternary_codes,
                                  pack_planes_padded, tail_mask, taps_per_word, unpack_bits)
 
 from .conftest import AVX2, AVX512
@@ -139,3 +140,19 @@ def test_device_patches_equal_host_gather_of_padded_planes(target, scheme, param
     enc = f.spec.scheme.activation
     planes = pack_planes_padded(x, enc, f.spec.padding, enc.needs_validity_plane, f.spec.word_bits)
     np.testing.assert_array_equal(device, gather_patches(planes, channels, kernel, f.spec.stride, f.spec.dilation))
+
+
+def test_ternary_codes_hold_four_weights_per_byte_by_shift(rng):
+    """Weight ``k`` of channel ``m`` is code ``w + 1`` at bits ``2i`` (``i = k % 16 // 4``) of byte
+    ``k % 4`` of quad ``k // 16`` in lane ``m % V`` of block ``m // V``; padded weights and
+    channels hold code 1 (weight 0)."""
+    w = rng.integers(-1, 2, (5, 37))
+    codes = pack_ternary_codes(w, 48, block=4)
+    assert codes.shape == (2, 3, 4, 4) and codes.dtype == np.uint8
+    m, k = np.meshgrid(np.arange(8), np.arange(48), indexing="ij")
+    decoded = (codes[m // 4, k // 16, m % 4, k % 4] >> (2 * (k % 16 // 4))) & 3
+    expected = np.ones((8, 48), np.int64)
+    expected[:5, :37] = w + 1
+    np.testing.assert_array_equal(decoded, expected)
+    with pytest.raises(ValueError, match=r"pack_ternary_codes: channels 40 must be a multiple of 16 and at least 37"):
+        pack_ternary_codes(w, 40, block=4)

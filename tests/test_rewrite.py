@@ -113,13 +113,17 @@ def test_fgq_layers_run_as_int8_kernels_on_their_integer_weights(scheme, abits):
 @pytest.mark.parametrize("group_size", [3, 16, "row"])
 def test_fgq_models_with_any_group_size_run_on_the_int8_kernel(group_size):
     """Group sizes that do not divide the channels (3), others than 4 and 64 (16), and one
-    scale per output channel ("row", BitNet b1.58's format): the same int8 kernels, and the
-    model's result."""
+    scale per output channel ("row", BitNet b1.58's format): the same int8 conv kernels, and
+    the model's result. The dense layer takes the 2-bit-code kernel where its groups are a
+    multiple of 16 inputs or a row (its multipliers beside the codes), else int8."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 6, 6)
     model = quantize(small_net(), "fgq_w2a8", x, first_last="float", group_size=group_size)
     rewritten = rewrite_quantized(from_torch(model, x), TARGET)
-    assert kernel_roles(rewritten).count("conv2d[int8(a8u,w4)]:kernel") == 2
+    roles = kernel_roles(rewritten)
+    assert roles.count("conv2d[int8(a8u,w4)]:kernel") == 2
+    assert roles.count("dense[int8(a8u,w4)]:kernel" if group_size == 3 else
+                       f"dense[ternary_int8(g{group_size},a8)]:kernel") == 1
     with torch.no_grad():
         expected = model(x).numpy()
     np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

@@ -236,8 +236,8 @@ def test_fgq_uses_byte_dot_product_instructions(group_size):
 @pytest.mark.parametrize("op,scheme,epilogue,params", [
     ("conv2d", "ternary", "int32", {}), ("conv2d", "bitserial", "requantize", dict(abits=2, wbits=2)),
     ("dense", "fatnn", "requantize", {}), ("conv2d", "fgq", "int32", dict(group_size=4, abits=4)),
-    ("conv2d", "int8", "int32", {}),
-], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq", "int8"])
+    ("conv2d", "int8", "int32", {}), ("dense", "ternary_int8", "affine", dict(group_size=32)),
+], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq", "int8", "ternary-int8"])
 def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     """Every point of the search space computes the same thing: compile a few random samples."""
     shapes = ((2, 40, 7, 14), (24, 40, 3, 3)) if op == "conv2d" else ((4, 100), (64, 100))
@@ -246,11 +246,15 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     s = f.spec
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
     scales = rng.random(s.scales_shape).astype(np.float32) if scheme == "fgq" else None
+    if scheme == "ternary_int8":
+        scales = rng.integers(-127, 128, s.scales_shape)
     thresholds = np.tile([-3, 0, 3][:s.threshold_count], (s.weight_shape[0], 1)) if epilogue == "requantize" else None
-    args = f.prepare(x, w, scales, thresholds)
-    expected = f.reference(x, w, scales, thresholds)
+    affine = (rng.standard_normal(s.weight_shape[0]), rng.standard_normal(s.weight_shape[0])) \
+        if epilogue == "affine" else (None, None)
+    args = f.prepare(x, w, scales, thresholds, *affine)
+    expected = f.reference(x, w, scales, thresholds, *affine)
     target = tvm.target.Target(AVX2)
-    rule = schedules.rules_for(target)[{"fgq": 1, "int8": 2}.get(scheme, 0)]
+    rule = schedules.rules_for(target)[{"fgq": 1, "int8": 2, "ternary_int8": 3}.get(scheme, 0)]
     for seed in [sample_seed(rng) for _ in range(5)]:
         sch = rule.apply(s.kernel_prim_func(), target, True, seed=seed)
         assert any(inst.kind.name.startswith("Sample") for inst in sch.trace.insts)
@@ -260,6 +264,8 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
         message = f"the sample of {type(rule).__name__}.apply(..., seed={seed})"
         if scheme == "fgq":
             np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-5, atol=1e-4, err_msg=message)
+        elif epilogue == "affine":      # integer sums, then the float epilogue
+            np.testing.assert_allclose(args[-1].numpy(), expected, rtol=1e-6, atol=1e-5, err_msg=message)
         else:
             np.testing.assert_array_equal(args[-1].numpy(), expected, err_msg=message)
 

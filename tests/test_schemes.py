@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tvm_ternary.schemes import BitSerialScheme, FatnnScheme, FgqScheme, Int8Scheme, TernaryScheme, make_scheme
+from tvm_ternary.schemes import (BitSerialScheme, FatnnScheme, FgqScheme, Int8Scheme, TernaryInt8Scheme, TernaryScheme,
+                                 make_scheme)
 
 
 def test_defaults_and_labels():
@@ -18,6 +19,9 @@ def test_defaults_and_labels():
     assert make_scheme("conv2d", "int8", activation_encoding="signed").label() == "int8(a7s)"
     assert make_scheme("conv2d", "int8", abits=8, wbits=4) == Int8Scheme("unsigned", 8, 4)
     assert make_scheme("conv2d", "int8", abits=8, wbits=4).label() == "int8(a8u,w4)"
+    assert make_scheme("dense", "ternary_int8") == TernaryInt8Scheme("row", 8)
+    assert make_scheme("dense", "ternary_int8", group_size=64, abits=4).label() == "ternary_int8(g64,a4)"
+    assert TernaryInt8Scheme("row").group_width(33) == 48 and TernaryInt8Scheme(32).num_groups(33) == 2
     with pytest.raises(ValueError, match=r"int8: abits and wbits must be in 2\.\.8 with abits \+ wbits <= 15, "
                                          r"got 4 and 9"):
         Int8Scheme("unsigned", 4, 9)

@@ -69,7 +69,7 @@ class CompiledOperator:
     """A compiled operator: call it with values, read its assembly from :attr:`lib`.
 
     Calling runs two device functions: ``<symbol>_data`` packs the values (bit planes,
-    or channels-last bytes for fgq and int8) and ``<symbol>`` is the kernel; weights are packed on
+    or channels-last bytes for the byte schemes) and ``<symbol>`` is the kernel; weights are packed on
     the host at each call. With a ``remote``, both run on that board (see
     :mod:`tvm_ternary.remote`); the module is uploaded at the first call.
     """
@@ -179,7 +179,8 @@ class CompiledOperator:
     def __call__(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None,
                  thresholds: np.ndarray | None = None, scale: np.ndarray | None = None,
                  bias: np.ndarray | None = None) -> np.ndarray:
-        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq's group ``scales``.
+        """Run on values: ``x`` (data_shape), ``w`` (weight_shape), fgq's group ``scales``
+        (ternary_int8: integer group multipliers).
         With the requantize epilogue, ``thresholds`` ``(K, L)``, and the result is the next
         layer's packed planes (see :meth:`OperatorSpec.kernel_output`); with the affine
         epilogues, per-channel ``scale`` and ``bias`` ``(K,)``, and the result is float32."""
@@ -215,7 +216,8 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
     Args:
         name: "conv2d" (data NCHW ``(N, C, H, W)``, weight ``(K, C, KH, KW)``) or
             "dense" (data ``(N, K)``, weight ``(M, K)``; no stride/padding).
-        scheme: "ternary", "fatnn", "bitserial", "fgq" or "int8" (see :mod:`tvm_ternary.schemes`).
+        scheme: "ternary", "fatnn", "bitserial", "fgq", "int8" or "ternary_int8" (dense: ternary
+            weights at 2 bits in memory × 8-bit activations; see :mod:`tvm_ternary.schemes`).
         stride, padding, dilation: an int or one int per spatial axis (conv2d only).
         target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``,
             ``"rasp4"``, ...), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
@@ -237,11 +239,13 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         **scheme_params: bitserial ``abits``, ``wbits`` (1..8), ``activation_encoding``,
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (a multiple of 4 for
             this float-scale kernel), ``abits`` (4/8); int8 ``activation_encoding`` ("unsigned":
-            0..127, or "signed": -64..63, for 7 bits), ``abits``/``wbits`` (2..8, sum <= 15).
+            0..127, or "signed": -64..63, for 7 bits), ``abits``/``wbits`` (2..8, sum <= 15);
+            ternary_int8 ``group_size`` (a multiple of 16, or "row", the default), ``abits`` (1..8).
 
     Returns:
-        A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``) returns int32
-        (fgq: float32) ``(N, K, OH, OW)`` or ``(N, M)``.
+        A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``, float group scales;
+        ternary_int8: optionally ``scales=m``, integer group multipliers -127..127, default 1)
+        returns int32 (fgq: float32) ``(N, K, OH, OW)`` or ``(N, M)``.
 
     Raises:
         ValueError / TypeError naming the operator and the violated constraint.

@@ -53,6 +53,16 @@ is the target's vector width in words (1 = unblocked) and padded channels are ze
 the host by :func:`pack_planes` (once, at compile time in a graph); activations on the
 device by the TE compute of :func:`pack_planes_te`, so a graph can pack between layers.
 Both produce the same words (the tests check it).
+
+**2-bit weight codes** (the ``ternary_int8`` scheme, which multiplies them with bytes, not
+bits): a ternary weight ``t`` is stored as the code ``t + 1`` (0, 1, 2) in 2 bits, four
+codes per byte. Along the reduction axis (zero-padded to whole groups of 16), element
+``16 s + 4 i + b`` of an output channel is bits ``2i, 2i+1`` of byte ``b`` of its quad ``s``:
+shifting a quad's 4 bytes right by ``2i`` and masking with 3 gives the codes of elements
+``16 s + 4 i .. + 3``, the operand of one 4-byte dot product. Blocked by ``V`` output
+channels like every kernel weight: ``uint8 [ceil(M/V), K16/16, V, 4]``
+(:func:`pack_ternary_codes`), so one load of ``4V`` bytes feeds four dot-product
+instructions. Padded elements and channels hold code 1 (weight 0).
 """
 
 from __future__ import annotations
@@ -261,6 +271,26 @@ def block_channels(packed: np.ndarray, block: int, multiple: int = 1) -> np.ndar
     padded[:k] = packed
     blocked = padded.reshape(blocks, block, *packed.shape[1:])
     return np.ascontiguousarray(np.moveaxis(blocked, 1, -1))
+
+
+def pack_ternary_codes(values: np.ndarray, channels: int, block: int) -> np.ndarray:
+    """Host packing of ternary weights ``[M, K]`` as 2-bit codes (see the module doc):
+    ``uint8 [ceil(M/block), channels/16, block, 4]``, the reduction axis zero-padded (code 1)
+    to ``channels`` (a multiple of 16, at least ``K``)."""
+    values = np.asarray(values)
+    m, k = values.shape
+    if channels % 16 or channels < k:
+        raise ValueError(f"pack_ternary_codes: channels {channels} must be a multiple of 16 and at least {k}")
+    codes = np.ones((m, channels), np.uint8)
+    codes[:, :k] = values + 1
+    by_shift = codes.reshape(m, channels // 16, 4, 4)                   # [M, s, i, b]
+    packed = np.zeros((m, channels // 16, 4), np.uint8)
+    for i in range(4):
+        packed |= by_shift[:, :, i, :] << np.uint8(2 * i)
+    blocked = block_channels(packed, block)                              # [Mb, s, 4, V]; padded channels 0
+    padded_channels = np.arange(blocked.shape[0] * block).reshape(-1, block) >= m
+    blocked[np.broadcast_to(padded_channels[:, None, None, :], blocked.shape)] = 0x55   # code 1 everywhere
+    return np.ascontiguousarray(np.swapaxes(blocked, -1, -2))
 
 
 def taps_per_word(channels: int, kernel: Sequence[int], word_bits: int = WORD_BITS) -> int:

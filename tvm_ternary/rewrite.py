@@ -23,8 +23,10 @@ function serves all groups) and a concat, with the float epilogue; a dilated one
 its dilation to the kernel. An FGQ layer runs as an int8-scheme kernel: its weights times
 their group multipliers (integers -7..7 in models) as 4-bit signed bytes times its 8- or
 4-bit activations, one exact int32 dot product (``vpdpbusd``, ``vpmaddubsw``), with the
-float scale per channel in the same float epilogue; it has no packed next layer. Only
-weights too large for that (more bits than AVX2's int16 sums allow) take the float-scale
+float scale per channel in the same float epilogue; it has no packed next layer. An FGQ
+dense layer with groups of a multiple of 16 inputs or a whole row runs as ``ternary_int8``
+instead: its ternary weights stay at 2 bits in memory with the group multipliers beside
+them (a batch-1 linear layer streams its weights). Only weights too large for that (more bits than AVX2's int16 sums allow) take the float-scale
 FGQ kernel (a float multiply per group). A float conv2d with constant weights becomes our
 register-tiled float kernel (:func:`~.operators.compute.float_conv_nchw`), with an inference
 ``batch_norm`` (constant parameters) and ``relu`` after it in its epilogue. Everything else
@@ -61,7 +63,8 @@ from .packing import block_channels, taps_per_word
 from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
-from .schemes import (FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, FgqScheme, Int8Scheme, PackedScheme, Scheme,
+from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_MULTIPLIER, FgqScheme,
+                      Int8Scheme, PackedScheme, Scheme, TernaryInt8Scheme,
                       make_scheme)
 
 KERNEL_ATTR = "tvm_ternary.kernel"
@@ -306,8 +309,10 @@ class _Matcher:
         integer = None
         if isinstance(scheme, FgqScheme):
             ternary, multipliers = _split_fgq(layer, scheme)
-            integer = _fgq_as_integer(layer, scheme)
-            if integer is None:
+            integer = _fgq_as_integer(layer, scheme, multipliers)
+            if isinstance(integer, TernaryInt8Scheme):          # 2-bit codes and the group multipliers
+                layer.weight, layer.fgq_scales = ternary, multipliers
+            elif integer is None:
                 if scheme.group_size == FGQ_ROW or scheme.group_size % 4:
                     raise ValueError(f"{layer.where}: weights of magnitude up to {int(np.abs(layer.weight).max())} "
                                      f"are too large for the int8 kernel with {scheme.abits}-bit activations "
@@ -324,7 +329,7 @@ class _Matcher:
         if got != expected:
             raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "
                              f"produce {enc.describe()} (expected {expected})")
-        if integer is not None:             # checked as FGQ (the errors name it so), run as int8
+        if integer is not None:             # checked as FGQ (the errors name it so), run as integers
             layer.scheme = integer
 
     def epilogue(self, layer: Layer) -> None:
@@ -414,12 +419,18 @@ def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]
     return np.sign(w).astype(np.int32), m.astype(np.float32)
 
 
-def _fgq_as_integer(layer: Layer, scheme: FgqScheme) -> Int8Scheme | None:
-    """The int8 scheme an FGQ layer runs as: its weights (ternary x integer group multiplier,
-    ``-7..7`` in models) as signed ``wbits``-bit bytes times its ``abits``-bit activations,
-    one exact int32 dot product per output, the float scale per channel in the epilogue.
-    None (the float-scale FGQ kernel) when the weights need more bits than the int16 sums
-    of AVX2's byte dot product allow with those activations."""
+def _fgq_as_integer(layer: Layer, scheme: FgqScheme, multipliers: np.ndarray) -> Int8Scheme | TernaryInt8Scheme | None:
+    """The integer scheme an FGQ layer runs as, one exact int32 dot product per output with the
+    float scale per channel in the epilogue. A dense layer whose groups are a multiple of
+    :data:`~tvm_ternary.schemes.CODE_GROUP` inputs or a whole row: ``ternary_int8``, its
+    ternary weights at 2 bits in memory with the integer group ``multipliers`` (a batch-1
+    linear layer streams its weights). Otherwise ``int8``: its weights (ternary x integer
+    group multiplier, ``-7..7`` in models) as signed ``wbits``-bit bytes times its
+    ``abits``-bit activations. None (the float-scale FGQ kernel) when the weights need more
+    bits than the int16 sums of AVX2's byte dot product allow with those activations."""
+    codes = scheme.group_size == FGQ_ROW or scheme.group_size % CODE_GROUP == 0
+    if layer.op == "dense" and codes and multipliers.max(initial=0) <= MAX_MULTIPLIER:
+        return TernaryInt8Scheme(group_size=scheme.group_size, abits=scheme.abits)
     wbits = max(2, int(np.abs(layer.weight).max()).bit_length() + 1)
     if wbits > 8 or scheme.abits + wbits > INT8_MAX_BITS:      # bytes hold 8 bits at most
         return None

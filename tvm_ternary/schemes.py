@@ -26,6 +26,13 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   ``abits``/``wbits`` trade bits under the same bound (``abits + wbits <= 15``): FGQ
   layers of models, whose weights times group multipliers are integers -7..7, run as
   4-bit weights × 8-bit (or 4-bit) activations with one float scale per output channel.
+* ``ternary_int8`` (dense only): ternary weights times an integer multiplier per group of
+  ``group_size`` inputs (a multiple of :data:`CODE_GROUP`, or ``"row"``: one per output
+  channel, BitNet b1.58's format) × unsigned ``abits``-bit activations (default 8); int32
+  output, exact. The weights stay at 2 bits in memory (:func:`tvm_ternary.packing.pack_ternary_codes`)
+  and are expanded to bytes in registers, so a batch-1 layer, which streams its weights once
+  per call, reads a quarter of int8's bytes. Each group's byte dot product runs on the codes
+  ``w + 1`` (0..2) and subtracts the group's sum of activations.
 
 Every scheme means exactly PyTorch's ``conv2d``/``linear`` applied to the values, with
 zero padding in the value domain.
@@ -51,7 +58,7 @@ from .encodings import (
     bitserial_encoding,
 )
 
-SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq", "int8")
+SCHEME_NAMES = ("ternary", "fatnn", "bitserial", "fgq", "int8", "ternary_int8")
 FGQ_ROW = "row"
 """FGQ ``group_size`` of one group per output channel (all its inputs share one scale:
 BitNet b1.58's per-channel format)."""
@@ -70,6 +77,16 @@ FGQ_MULTIPLIER_MAX = 7
 """FGQ group scales are deployed as ``m * channel_scale`` with integer ``m <= 7`` (3 bits;
 :class:`tvm_ternary.quant.FGQ`), so a layer's weights times multipliers are integers -7..7."""
 FGQ_INTEGER_WEIGHT_BITS = 4
+CODE_GROUP = 16
+"""Reduction elements per byte lane of the 2-bit weight codes (4 codes per byte × a quad of
+bytes per lane, :func:`tvm_ternary.packing.pack_ternary_codes`): ``ternary_int8`` group
+sizes are multiples of it."""
+MAX_MULTIPLIER = 127
+"""Largest magnitude of a ``ternary_int8`` group multiplier (int32 sums stay exact for
+reductions up to :data:`MAX_CODE_REDUCTION` inputs)."""
+MAX_CODE_REDUCTION = (2**31 - 1) // (255 * MAX_MULTIPLIER)
+"""Most reduction inputs of a ``ternary_int8`` dense layer: every output, a sum of 8-bit
+activations times ternary weights times multipliers, stays within int32."""
 """Signed bits of an FGQ weight times its group multiplier (``-7..7``): the int8 scheme's
 ``wbits`` for FGQ layers of models, which then take 8-bit activations."""
 
@@ -325,6 +342,37 @@ class FgqScheme(ByteScheme):
         return -(-channels // self.group_size)
 
 
+@dataclass(frozen=True)
+class TernaryInt8Scheme(ByteScheme):
+    """Ternary weights × integer group multipliers (``-127..127``) × unsigned ``abits``-bit
+    activations, int32 output; weights stored as 2-bit codes (module doc). Dense only."""
+
+    name: ClassVar[str] = "ternary_int8"
+    group_size: int | str = FGQ_ROW
+    abits: int = 8
+
+    @property
+    def activation(self) -> Encoding:
+        return UnipolarEncoding(bits=self.abits)
+
+    @property
+    def weight(self) -> Encoding:
+        return TernaryEncoding()
+
+    def label(self) -> str:
+        return f"ternary_int8(g{self.group_size},a{self.abits})"
+
+    def group_width(self, channels: int) -> int:
+        """Reduction elements per group (a whole row, rounded up to :data:`CODE_GROUP`, for ``"row"``)."""
+        if self.group_size == FGQ_ROW:
+            return -(-channels // CODE_GROUP) * CODE_GROUP
+        return int(self.group_size)
+
+    def num_groups(self, channels: int) -> int:
+        """Groups along a reduction axis of ``channels`` elements (the last may be partial)."""
+        return -(-channels // self.group_width(channels))
+
+
 def _check_bits(op: str, scheme: str, name: str, value, allowed) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{op}[{scheme}]: {name} must be an int, got {value!r}")
@@ -356,6 +404,7 @@ _PARAMETERS = {
     "bitserial": ("abits", "wbits", "activation_encoding", "weight_encoding"),
     "fgq": ("group_size", "abits"),
     "int8": ("activation_encoding", "abits", "wbits"),
+    "ternary_int8": ("group_size", "abits"),
 }
 
 
@@ -367,7 +416,9 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
     ``fgq`` takes ``group_size`` (an int >= 1 or ``"row"``, default 64; the float-scale
     kernel needs a multiple of 4) and ``abits`` (4 or 8, default 8);
     ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed"), ``abits``
-    (default 7) and ``wbits`` (default 8), 2..8 each with ``abits + wbits <= 15``.
+    (default 7) and ``wbits`` (default 8), 2..8 each with ``abits + wbits <= 15``;
+    ``ternary_int8`` takes ``group_size`` (a multiple of 16, or ``"row"``, the default) and
+    ``abits`` (1..8, default 8).
     """
     if scheme not in _PARAMETERS:
         raise ValueError(f"{op}: unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
@@ -384,6 +435,13 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
             group_size=_check_group_size(op, scheme, params.get("group_size", 64)),
             abits=_check_bits(op, scheme, "abits", params.get("abits", 8), FGQ_ACTIVATION_BITS),
         )
+    if scheme == "ternary_int8":
+        group = _check_group_size(op, scheme, params.get("group_size", FGQ_ROW))
+        if group != FGQ_ROW and group % CODE_GROUP:
+            raise ValueError(f"{op}[{scheme}]: group_size must be a multiple of {CODE_GROUP} (the inputs of one "
+                             f"lane of 2-bit weight codes) or {FGQ_ROW!r}, got {group}")
+        return TernaryInt8Scheme(group_size=group,
+                                 abits=_check_bits(op, scheme, "abits", params.get("abits", 8), range(1, 9)))
     if scheme == "int8":
         encoding = params.get("activation_encoding", "unsigned")
         if encoding not in INT8_ACTIVATIONS:

@@ -35,6 +35,14 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 int8, bytes in the same layouts (channels padded to a whole quad, activations stored with
 the scheme's offset): one int32 reduction ``dot`` over taps and quads, and ``out`` with the
 per-channel correction (:func:`byte_dot_correlation`).
+
+ternary_int8 (dense), bytes against 2-bit weight codes (``G`` = group width, ``Gn`` groups):
+
+* data   ``xb`` uint8 ``[N, Gn*G]`` (:func:`layout_bytes`, zero tail)
+* weight ``codes`` uint8 ``[Mb, Gn*G/16, V, 4]`` (:func:`tvm_ternary.packing.pack_ternary_codes`),
+  ``multipliers`` int32 ``[Mb, Gn, V]``
+* stages ``xsum`` (each group's sum of activations), ``dot`` (a group's dot product with the
+  codes), ``acc`` (``sum_g multiplier * (dot - xsum)``) and ``out`` (:func:`ternary_code_dot`).
 """
 
 from __future__ import annotations
@@ -423,6 +431,42 @@ def byte_dot_correlation(xb: te.Tensor, wb: te.Tensor, out_channels: int, out_sp
         return y if correction is None else y + correction[oc]
 
     return te.compute((n, out_channels, *out_spatial), out, name="out")
+
+
+def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, out_channels: int,
+                     group: int) -> te.Tensor:
+    """The ternary_int8 dense kernel: bytes ``xb`` uint8 ``[N, Gn*G]`` against 2-bit weight
+    codes ``codes`` uint8 ``[Mb, Gn*G/16, V, 4]`` (code ``t + 1``, see
+    :mod:`tvm_ternary.packing`) with ``multipliers`` int32 ``[Mb, Gn, V]``, groups of ``group``
+    (``G``, a multiple of 16) inputs, in four stages:
+
+    ``xsum`` ``[N, Gn]`` int32: each group's sum of activations;
+    ``dot`` ``[N, Mb, Gn, V]`` int32: ``sum_{s, i, b} xb[.., 16s + 4i + b] * ((codes[.., s, v, b] >> 2i) & 3)``
+    over the group's quads ``s`` (schedules tensorize a quad's ``(v, i, b)`` loops into four
+    dot-product instructions on the shifted, masked codes);
+    ``acc`` ``[N, Mb, V]`` int32: ``sum_g multipliers[.., g, v] * (dot - xsum[g])``, which is
+    ``sum_k x_k t_k m_g`` because ``code = t + 1``;
+    ``out`` ``[N, M]``."""
+    n, padded = (int(d) for d in xb.shape)
+    blocks, _, v, _ = (int(d) for d in codes.shape)
+    groups, quads = padded // group, group // 16
+    element = te.reduce_axis((0, group), name="rk")
+    xsum = te.compute((n, groups), lambda i, g: te.sum(xb[i, g * group + element].astype("int32"), axis=element),
+                      name="xsum")
+    quad = te.reduce_axis((0, quads), name="rs")
+    shift = te.reduce_axis((0, 4), name="ri")
+    byte = te.reduce_axis((0, 4), name="rb")
+
+    def dot(i, kb, g, vi):
+        s = g * quads + quad
+        code = tirx.bitwise_and(tirx.shift_right(codes[kb, s, vi, byte].astype("int32"), shift * 2), 3)
+        return te.sum(xb[i, s * 16 + shift * 4 + byte].astype("int32") * code, axis=[quad, shift, byte])
+
+    summed = te.compute((n, blocks, groups, v), dot, name="dot")
+    rg = te.reduce_axis((0, groups), name="rg")
+    acc = te.compute((n, blocks, v), lambda i, kb, vi: te.sum(
+        multipliers[kb, rg, vi] * (summed[i, kb, rg, vi] - xsum[i, rg]), axis=rg), name="acc")
+    return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v], name="out")
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,

@@ -18,10 +18,11 @@ from tvm import te, tirx
 
 from .. import reference
 from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_planes, pack_planes,
-                       pack_planes_padded, taps_per_word, word_dtype)
-from ..schemes import FGQ_ROW, ByteScheme, FgqScheme, Int8Scheme, PackedScheme, Scheme
+                       pack_planes_padded, pack_ternary_codes, taps_per_word, word_dtype)
+from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, FgqScheme, Int8Scheme, PackedScheme,
+                       Scheme, TernaryInt8Scheme)
 from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
-                      pack_data, packed_correlation,
+                      pack_data, packed_correlation, ternary_code_dot,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -134,6 +135,9 @@ class OperatorSpec:
             raise ValueError(f"{where}: the float-scale FGQ kernel needs a group size that is a multiple of 4 "
                              f"(quads of bytes), got {scheme.group_size!r}; a model's FGQ layers run on the int8 "
                              f"kernel with any group size")
+        if isinstance(scheme, TernaryInt8Scheme) and (op != "dense" or weight_shape[1] > MAX_CODE_REDUCTION):
+            raise ValueError(f"{where}: the 2-bit-code kernel is a dense kernel with at most {MAX_CODE_REDUCTION} "
+                             f"input features (int32 sums); got {op} with {weight_shape[1]}")
         word_dtype(word_bits)   # validates
         if blocked_output and (op != "conv2d" or not epilogue.startswith("affine") or weight_shape[0] % block):
             raise ValueError(f"{where}: a blocked output needs conv2d with an affine epilogue and output channels "
@@ -166,7 +170,7 @@ class OperatorSpec:
 
     @property
     def scales_shape(self) -> tuple[int, ...]:
-        """FGQ scales shape ``(K, ceil(C/G), *kernel)``."""
+        """Group scales shape ``(K, ceil(C/G), *kernel)`` (fgq, ternary_int8)."""
         groups = self.scheme.num_groups(self.weight_shape[1])
         return (self.weight_shape[0], groups, *self.weight_shape[2:])
 
@@ -198,6 +202,8 @@ class OperatorSpec:
         c = self.data_shape[1]
         if isinstance(self.scheme, FgqScheme):
             return self.scheme.num_groups(c) * self.scheme.group_size
+        if isinstance(self.scheme, TernaryInt8Scheme):
+            return self.scheme.num_groups(c) * self.scheme.group_width(c)
         return -(-c // 4) * 4
 
     def data_prim_func(self) -> tirx.PrimFunc:
@@ -288,6 +294,8 @@ class OperatorSpec:
         if isinstance(self.scheme, FgqScheme):
             out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride,
                                   self.dilation)
+        elif isinstance(self.scheme, TernaryInt8Scheme):
+            out = ternary_code_dot(data, *weight_args, self.weight_shape[0], self.scheme.group_width(self.data_shape[1]))
         elif isinstance(self.scheme, Int8Scheme):
             out = byte_dot_correlation(data, weight_args[0], self.weight_shape[0], out_spatial, self.stride,
                                        self.dilation, weight_args[1] if len(weight_args) > 1 else None)
@@ -391,8 +399,10 @@ class OperatorSpec:
             if scales.shape != self.scales_shape:
                 raise ValueError(f"{self.where}: scales have shape {scales.shape}, expected "
                                  f"{self.scales_shape} (K, ceil(C/{self.scheme.group_size}), *kernel)")
+        elif isinstance(self.scheme, TernaryInt8Scheme):
+            scales = self._multipliers(scales)
         elif scales is not None:
-            raise ValueError(f"{self.where}: scales apply only to the fgq scheme")
+            raise ValueError(f"{self.where}: scales apply only to the fgq and ternary_int8 schemes")
         if thresholds is not None and self.epilogue != "requantize":
             raise ValueError(f"{self.where}: thresholds apply only to the requantize epilogue")
         if (affine is not None) != self.epilogue.startswith("affine"):
@@ -405,7 +415,26 @@ class OperatorSpec:
         return [*self._weight_args(values, scales),
                 self._threshold_arg(thresholds, self.scheme.weight_correction(values))]
 
+    def _multipliers(self, scales: np.ndarray | None) -> np.ndarray:
+        """ternary_int8's integer group multipliers ``scales_shape`` (all ones when None), validated."""
+        if scales is None:
+            return np.ones(self.scales_shape, np.int32)
+        m = np.asarray(scales)
+        if m.dtype == np.bool_ or not np.issubdtype(m.dtype, np.number) or \
+                (np.issubdtype(m.dtype, np.floating) and not np.all(m == np.round(m))):
+            raise TypeError(f"{self.where}: group multipliers (scales) must be integers, got {m.dtype} values")
+        if m.shape != self.scales_shape:
+            raise ValueError(f"{self.where}: group multipliers have shape {m.shape}, expected {self.scales_shape} "
+                             f"(output features, groups)")
+        if np.any(np.abs(m) > MAX_MULTIPLIER):
+            raise ValueError(f"{self.where}: group multipliers must be in -{MAX_MULTIPLIER}..{MAX_MULTIPLIER}, "
+                             f"got {int(np.abs(m).max())}")
+        return m.astype(np.int32)
+
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
+        if isinstance(self.scheme, TernaryInt8Scheme):
+            codes = pack_ternary_codes(w, self._byte_channels, self.block)
+            return [codes, block_channels(self._multipliers(scales), self.block)]
         if isinstance(self.scheme, ByteScheme):
             channels_last = np.moveaxis(w, 1, -1)                      # [K, *kernel, C]
             wb = np.zeros(channels_last.shape[:-1] + (self._byte_channels,), np.int8)
@@ -426,6 +455,10 @@ class OperatorSpec:
     def reference(self, x: np.ndarray, w: np.ndarray, scales: np.ndarray | None = None) -> np.ndarray:
         """The numpy reference output for these values (see :mod:`tvm_ternary.reference`)."""
         fgq = isinstance(self.scheme, FgqScheme)
+        if isinstance(self.scheme, TernaryInt8Scheme):      # the integer weights t * m
+            group = self.scheme.group_width(self.data_shape[1])
+            m = np.repeat(self._multipliers(scales), group, axis=1)[:, :self.data_shape[1]]
+            return reference.dense(x, np.asarray(w, np.int64) * m)
         if self.op == "dense":
             return reference.dense_fgq(x, w, scales, self.scheme.group_size) if fgq else reference.dense(x, w)
         if fgq:
