@@ -108,7 +108,9 @@ def torch_int8(layer: Layer, target, rng) -> Runner:
         return m
 
     first = module()
-    qx = torch.quantize_per_tensor(x.clamp(min=0), 0.02, 0, torch.quint8)
+    # 7-bit activations, PyTorch's x86 default (reduce_range): fbgemm's AVX2 kernels sum pairs
+    # of u8 x s8 products in int16 and saturate with 8-bit ones (--torch-isa avx2)
+    qx = torch.quantize_per_tensor(x.clamp(0, 127 * 0.04), 0.04, 0, torch.quint8)
     reference = (torch.nn.functional.conv2d(qx.dequantize(), qw.dequantize(), stride=layer.stride,
                                             padding=layer.padding) if layer.op == "conv2d"
                  else torch.nn.functional.linear(qx.dequantize(), qw.dequantize()))
@@ -221,7 +223,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
     and a dense layer with ``fgq_group`` a multiple of 16 or ``"row"`` on the ternary_int8
     kernel (2-bit weight codes, random integer multipliers 0..7) instead; ``ternary_int8``
     (dense only, no rows for conv layers) is that kernel with one group per row, as
-    BitNet b1.58's linears; ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
+    BitNet b1.58's linears, and ``per-token`` the same kernel on float rows that it
+    quantizes per token itself (as PyTorch's dynamic int8 ``Linear`` does); ``float-scales`` is the kernel ``tvm_ternary.op(..., "fgq")``
     compiles for arbitrary float group scales (group ``fgq_group``, when a multiple of 4),
     its raw float32 result.
     With ``remote`` (see :mod:`tvm_ternary.remote`) they run and are timed on that board;
@@ -240,7 +243,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
                 found.append(("fgq", dict(params, group_size=fgq_group), "int32", "float-scales"))
             return found
         if scheme == "ternary_int8":    # float out, as a language model's linear layer
-            return [(scheme, params, "affine", "hand"), (scheme, params, "int32", "hand-int32")]
+            return [(scheme, params, "affine", "hand"), (scheme, params, "int32", "hand-int32"),
+                    (scheme, dict(params, activations="per_token"), "affine", "per-token")]
         return [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 
     def make(layer: Layer, target, rng):
@@ -251,6 +255,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
             f = tvm_ternary.op(layer.op, kind, layer.data_shape, layer.weight_shape, target=target,
                                epilogue=epilogue, remote=remote, tuned=tuned, **layer.conv_kwargs(), **kind_params)
             x = f.spec.scheme.activation.sample(rng, layer.data_shape)
+            if kind_params.get("activations") == "per_token":       # float rows, quantized in the kernel
+                x = rng.standard_normal(layer.data_shape).astype(np.float32)
             w = f.spec.scheme.weight.sample(rng, layer.weight_shape)
             scales = rng.random(f.spec.scales_shape).astype(np.float32) if kind == "fgq" else None
             if kind == "ternary_int8" and scheme == "fgq":      # FGQ's integer group multipliers

@@ -23,6 +23,8 @@ from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, register_ti
 
 STAGES = ("xsum", "dot", "acc", "out")
 """The kernel's blocks (in either order of the independent ``xsum`` and ``dot``), then ``affine``."""
+PER_TOKEN_STAGES = ("absmax", "tokens")
+"""With per-token activations, the stages that quantize the float rows first."""
 
 ACCUMULATORS_PER_ROW = 2
 """Per batch row and lane vector: the sum over groups and the group's dot product."""
@@ -43,8 +45,12 @@ class CodeDotKernel(KernelRule):
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-        if sorted(names) not in (sorted(STAGES), sorted([*STAGES, "affine"])):
+        stages = set(names) - {"affine"} - set(PER_TOKEN_STAGES)
+        if stages != set(STAGES) or len(names) != len(set(names)) or \
+                len(set(names) & set(PER_TOKEN_STAGES)) not in (0, len(PER_TOKEN_STAGES)):
             return None
+        if "tokens" in names:             # per token: the row's quantized bytes, vector by vector
+            sch.vectorize(sch.split(sch.get_loops(sch.get_sblock("tokens"))[-1], [None, 16])[-1])
         dot, acc, out = (sch.get_sblock(name) for name in ("dot", "acc", "out"))
         if "affine" in names:           # float epilogue: computed where out was
             sch.compute_inline(out)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import tvm
 
+import torch
 import tvm_ternary
-from tvm_ternary import schedules
+from tvm_ternary import reference, schedules
 from tvm_ternary.targets import host_cannot_run, resolve_target, target_arch
 
 from .asm import count
@@ -368,6 +369,39 @@ def test_ternary_int8_dense_exact(data_shape, weight_shape, group_size, abits, t
     assert f.reference(top, np.ones(weight_shape), None)[0, 0] == top.shape[1] * top[0, 0]   # multipliers default 1
 
 
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("data_shape,weight_shape,group_size,epilogue", [
+    ((1, 512), (40, 512), "row", "int32"),      # one token
+    ((3, 100), (37, 100), 16, "affine"),        # K not a multiple of 16, batch 3, the row's step in the epilogue
+], ids=["n1-row-int32", "n3-g16-affine"])
+def test_ternary_int8_per_token_activations_are_quantized_in_the_kernel(data_shape, weight_shape, group_size,
+                                                                         epilogue, target, rng, request):
+    """Float rows quantized per token in the kernel (BitNet's activations), exact against the
+    numpy quantizer: random rows, an all-zero row, and a row of ties (absmax 127, so every
+    ``x.5`` rounds half to even, as ``torch.round``)."""
+    f = runnable(tvm_ternary.op("dense", "ternary_int8", data_shape, weight_shape, group_size=group_size,
+                                activations="per_token", epilogue=epilogue, target=target), request)
+    s = f.spec
+    x = (rng.standard_normal(data_shape) * 3).astype(np.float32)
+    ties = np.arange(data_shape[1], dtype=np.float32) % 254 - 126.5
+    ties[-1] = 127.0
+    x[-1] = ties
+    if data_shape[0] > 2:
+        x[1] = 0.0
+    w, m = s.scheme.weight.sample(rng, weight_shape), rng.integers(-127, 128, s.scales_shape)
+    levels, step = reference.quantize_per_token(x)
+    assert np.array_equal(levels[-1][:4], [-126, -126, -124, -124])          # -126.5, -125.5, ...: to even
+    assert data_shape[0] < 3 or (np.all(levels[1] == 0) and step[1] > 0)
+    np.testing.assert_array_equal(levels, torch.round(torch.from_numpy(x) * (127 / torch.from_numpy(
+        np.maximum(np.abs(x).max(1), np.float32(1e-5))))[:, None]).clamp(-127, 127).numpy())
+    if epilogue == "int32":
+        np.testing.assert_array_equal(f(x, w, scales=m), f.reference(x, w, m))
+        return
+    scale, bias = rng.standard_normal(weight_shape[0]), rng.standard_normal(weight_shape[0])
+    np.testing.assert_allclose(f(x, w, m, scale=scale, bias=bias), f.reference(x, w, m, scale=scale, bias=bias),
+                               rtol=1e-6, atol=1e-5)
+
+
 def test_ternary_int8_inputs_are_checked():
     with pytest.raises(ValueError, match=r"dense\[ternary_int8\]: group_size must be a multiple of 16 .* got 8"):
         tvm_ternary.op("dense", "ternary_int8", (1, 64), (4, 64), group_size=8, target=AVX2)
@@ -386,6 +420,14 @@ def test_ternary_int8_inputs_are_checked():
         f(x, w, scales=np.full((4, 3), 0.5))
     with pytest.raises(ValueError, match=where + r"data values must be in integers 0\.\.255"):
         f(x * 256, w)
+    with pytest.raises(ValueError, match=r"dense\[ternary_int8\]: per-token activations have 8 bits, got abits=4"):
+        tvm_ternary.op("dense", "ternary_int8", (1, 40), (4, 40), abits=4, activations="per_token", target=AVX2)
+    per_token = tvm_ternary.op("dense", "ternary_int8", (1, 40), (4, 40), activations="per_token", target=AVX2)
+    where = r"dense\[ternary_int8\(grow,a8,per_token\)\]: "
+    with pytest.raises(TypeError, match=where + r"per-token data must be a float array, got dtype int32"):
+        per_token(x, w)
+    with pytest.raises(ValueError, match=where + r"per-token data must be finite"):
+        per_token(np.full((1, 40), np.nan, np.float32), w)
 
 
 def test_fgq_float_scale_kernel_takes_group_sizes_in_quads(rng):

@@ -32,7 +32,11 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   output, exact. The weights stay at 2 bits in memory (:func:`tvm_ternary.packing.pack_ternary_codes`)
   and are expanded to bytes in registers, so a batch-1 layer, which streams its weights once
   per call, reads a quarter of int8's bytes. Each group's byte dot product runs on the codes
-  ``w + 1`` (0..2) and subtracts the group's sum of activations.
+  ``w + 1`` (0..2) and subtracts the group's sum of activations. With
+  ``activations="per_token"`` (BitNet's activations) the kernel takes float32 data and
+  quantizes each row itself: ``q = clip(rint(x * (127 / absmax_row)), -127, 127)`` (signed,
+  stored as ``q + 128``), and the affine epilogue multiplies by the row's step
+  ``absmax_row / 127`` (:data:`PER_TOKEN_LEVELS`).
 
 Every scheme means exactly PyTorch's ``conv2d``/``linear`` applied to the values, with
 zero padding in the value domain.
@@ -84,6 +88,13 @@ sizes are multiples of it."""
 MAX_MULTIPLIER = 127
 """Largest magnitude of a ``ternary_int8`` group multiplier (int32 sums stay exact for
 reductions up to :data:`MAX_CODE_REDUCTION` inputs)."""
+TERNARY_INT8_ACTIVATIONS = ("static", "per_token")
+"""``ternary_int8`` activations: integer values from a calibrated quantizer (``static``, the
+default) or float32 rows quantized per token inside the kernel (``per_token``)."""
+PER_TOKEN_LEVELS = 127
+"""Per-token quantization's top level: ``q = clip(rint(x * (127 / absmax)), -127, 127)`` per row."""
+PER_TOKEN_MIN_ABSMAX = 1e-5
+"""A row's absmax is at least this (an all-zero row quantizes to zeros, not NaNs)."""
 MAX_CODE_REDUCTION = (2**31 - 1) // (255 * MAX_MULTIPLIER)
 """Most reduction inputs of a ``ternary_int8`` dense layer: every output, a sum of 8-bit
 activations times ternary weights times multipliers, stays within int32."""
@@ -350,17 +361,41 @@ class TernaryInt8Scheme(ByteScheme):
     name: ClassVar[str] = "ternary_int8"
     group_size: int | str = FGQ_ROW
     abits: int = 8
+    activations: str = "static"
+
+    @property
+    def per_token(self) -> bool:
+        """Whether the kernel quantizes float32 rows itself (``activations="per_token"``)."""
+        return self.activations == "per_token"
 
     @property
     def activation(self) -> Encoding:
-        return UnipolarEncoding(bits=self.abits)
+        """The integer levels the kernel multiplies: unsigned ``abits`` bits, or per token
+        the signed ``-127..127`` (within :class:`SignedEncoding` of 8 bits)."""
+        return SignedEncoding(bits=8) if self.per_token else UnipolarEncoding(bits=self.abits)
+
+    @property
+    def activation_offset(self) -> int:
+        return 128 if self.per_token else 0
+
+    def check_values(self, op: str, role: str, values: np.ndarray) -> np.ndarray:
+        """Per token, data is any finite float32 array (quantized in the kernel)."""
+        if role != "data" or not self.per_token:
+            return super().check_values(op, role, values)
+        arr = np.asarray(values)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"{op}[{self.label()}]: per-token data must be a float array, got dtype {arr.dtype}")
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{op}[{self.label()}]: per-token data must be finite (it holds inf or nan)")
+        return arr.astype(np.float32)
 
     @property
     def weight(self) -> Encoding:
         return TernaryEncoding()
 
     def label(self) -> str:
-        return f"ternary_int8(g{self.group_size},a{self.abits})"
+        tokens = ",per_token" if self.per_token else ""
+        return f"ternary_int8(g{self.group_size},a{self.abits}{tokens})"
 
     def group_width(self, channels: int) -> int:
         """Reduction elements per group (a whole row, rounded up to :data:`CODE_GROUP`, for ``"row"``)."""
@@ -404,7 +439,7 @@ _PARAMETERS = {
     "bitserial": ("abits", "wbits", "activation_encoding", "weight_encoding"),
     "fgq": ("group_size", "abits"),
     "int8": ("activation_encoding", "abits", "wbits"),
-    "ternary_int8": ("group_size", "abits"),
+    "ternary_int8": ("group_size", "abits", "activations"),
 }
 
 
@@ -417,8 +452,9 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
     kernel needs a multiple of 4) and ``abits`` (4 or 8, default 8);
     ``int8`` takes ``activation_encoding`` ("unsigned" default, or "signed"), ``abits``
     (default 7) and ``wbits`` (default 8), 2..8 each with ``abits + wbits <= 15``;
-    ``ternary_int8`` takes ``group_size`` (a multiple of 16, or ``"row"``, the default) and
-    ``abits`` (1..8, default 8).
+    ``ternary_int8`` takes ``group_size`` (a multiple of 16, or ``"row"``, the default),
+    ``abits`` (1..8, default 8) and ``activations`` (``"static"``, the default, or
+    ``"per_token"``: float32 data quantized per row to 8 bits in the kernel).
     """
     if scheme not in _PARAMETERS:
         raise ValueError(f"{op}: unknown scheme {scheme!r}; expected one of {SCHEME_NAMES}")
@@ -440,8 +476,14 @@ def make_scheme(op: str, scheme: str, **params) -> Scheme:
         if group != FGQ_ROW and group % CODE_GROUP:
             raise ValueError(f"{op}[{scheme}]: group_size must be a multiple of {CODE_GROUP} (the inputs of one "
                              f"lane of 2-bit weight codes) or {FGQ_ROW!r}, got {group}")
-        return TernaryInt8Scheme(group_size=group,
-                                 abits=_check_bits(op, scheme, "abits", params.get("abits", 8), range(1, 9)))
+        abits = _check_bits(op, scheme, "abits", params.get("abits", 8), range(1, 9))
+        activations = params.get("activations", "static")
+        if activations not in TERNARY_INT8_ACTIVATIONS:
+            raise ValueError(f"{op}[{scheme}]: activations must be one of {TERNARY_INT8_ACTIVATIONS}, "
+                             f"got {activations!r}")
+        if activations == "per_token" and abits != 8:
+            raise ValueError(f"{op}[{scheme}]: per-token activations have 8 bits, got abits={abits}")
+        return TernaryInt8Scheme(group_size=group, abits=abits, activations=activations)
     if scheme == "int8":
         encoding = params.get("activation_encoding", "unsigned")
         if encoding not in INT8_ACTIVATIONS:

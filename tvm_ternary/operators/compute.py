@@ -42,7 +42,9 @@ ternary_int8 (dense), bytes against 2-bit weight codes (``G`` = group width, ``G
 * weight ``codes`` uint8 ``[Mb, Gn*G/16, V, 4]`` (:func:`tvm_ternary.packing.pack_ternary_codes`),
   ``multipliers`` int32 ``[Mb, Gn, V]``
 * stages ``xsum`` (each group's sum of activations), ``dot`` (a group's dot product with the
-  codes), ``acc`` (``sum_g multiplier * (dot - xsum)``) and ``out`` (:func:`ternary_code_dot`).
+  codes), ``acc`` (``sum_g multiplier * (dot - xsum)``) and ``out`` (:func:`ternary_code_dot`);
+  per token, the data is float32 ``[N, Gn*G]`` and the kernel starts with ``absmax`` and
+  ``tokens`` (:func:`quantize_per_token`), its affine epilogue multiplying by the row's step.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from tvm import te, tirx
 from ..packing import (WORD_BITS, WORD_DTYPE, element_bit_te, num_words, pack_planes_te, padding_bit_te,
                        valid_word_te, within_bounds, word_dtype)
 from ..encodings import Encoding
-from ..schemes import FgqScheme, PackedScheme
+from ..schemes import PER_TOKEN_LEVELS, PER_TOKEN_MIN_ABSMAX, FgqScheme, PackedScheme
 
 
 def pack_data(x: te.Tensor, scheme: PackedScheme, padding: Sequence[int], word_bits: int = WORD_BITS,
@@ -185,7 +187,7 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
 
 
 def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: int = 0,
-           residual: te.Tensor | None = None) -> te.Tensor:
+           residual: te.Tensor | None = None, row_scale=None) -> te.Tensor:
     """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
     the dequantization scale, the layer's bias), plus ``residual`` (a residual add's other
     operand, in the output's layout), then ``max(., 0)`` with ``relu`` (stage ``affine``;
@@ -194,10 +196,16 @@ def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: i
 
     The product is rounded before the sum, as PyTorch and Relax's separate multiply and
     add do: an arithmetic fence keeps LLVM (which TVM lets contract freely) from fusing
-    them into one FMA, whose single rounding would differ in the last bit."""
+    them into one FMA, whose single rounding would differ in the last bit. ``row_scale``
+    (``i -> float32``, per-token activations) multiplies first: ``(y * row_scale[i]) * scale[k]``."""
+    fence = lambda v: tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", v)  # noqa: E731
+
     def value(index, i, oc, *o):
-        product = y[(i, oc, *o)].astype("float32") * scale[oc]
-        v = tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", product) + bias[oc]
+        y_value = y[(i, oc, *o)].astype("float32")
+        if row_scale is not None:
+            y_value = fence(y_value * row_scale(i))
+        product = y_value * scale[oc]
+        v = fence(product) + bias[oc]
         if residual is not None:
             v = v + residual[index]
         return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
@@ -433,8 +441,43 @@ def byte_dot_correlation(xb: te.Tensor, wb: te.Tensor, out_channels: int, out_sp
     return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
+def pad_features(x: te.Tensor, channels: int) -> te.Tensor:
+    """Float rows ``x`` ``[N, C]`` zero-padded to ``[N, channels]`` (stage ``layout``): the data
+    stage of per-token activations, which the kernel quantizes."""
+    n, c = (int(d) for d in x.shape)
+    return te.compute((n, channels), lambda i, k: tirx.if_then_else(k < c, x[i, tirx.min(k, c - 1)],
+                                                                    tirx.const(0.0, x.dtype)), name="layout")
+
+
+def quantize_per_token(x: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
+    """Per-token activations (BitNet's): float32 rows ``x`` ``[N, C]`` -> ``(absmax, tokens)``:
+    ``absmax`` ``[N]`` float32, ``max_k |x|``; ``tokens`` uint8 ``[N, C]``,
+    ``clip(rint(x * (127 / a)), -127, 127) + 128`` with ``a = max(absmax, 1e-5)`` (float32
+    operations, round half to even, as ``torch.round``). :func:`token_step` is the row's
+    dequantization step."""
+    n, c = (int(d) for d in x.shape)
+    k = te.reduce_axis((0, c), name="rk")
+    absmax = te.compute((n,), lambda i: te.max(tirx.abs(x[i, k]), axis=k), name="absmax")
+    top = tirx.const(PER_TOKEN_LEVELS, "float32")
+
+    def token(i, j):
+        level = tirx.nearbyint(x[i, j] * (top / _row_absmax(absmax, i)))
+        return (tirx.max(tirx.min(level, top), -top).astype("int32") + 128).astype("uint8")
+
+    return absmax, te.compute((n, c), token, name="tokens")
+
+
+def _row_absmax(absmax: te.Tensor, i: PrimExpr) -> PrimExpr:
+    return tirx.max(absmax[i], tirx.const(PER_TOKEN_MIN_ABSMAX, "float32"))
+
+
+def token_step(absmax: te.Tensor):
+    """``i -> max(absmax[i], 1e-5) / 127``: the float value of one level of row ``i`` (per-token activations)."""
+    return lambda i: _row_absmax(absmax, i) / tirx.const(PER_TOKEN_LEVELS, "float32")
+
+
 def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, out_channels: int,
-                     group: int) -> te.Tensor:
+                     group: int, correction: te.Tensor | None = None) -> te.Tensor:
     """The ternary_int8 dense kernel: bytes ``xb`` uint8 ``[N, Gn*G]`` against 2-bit weight
     codes ``codes`` uint8 ``[Mb, Gn*G/16, V, 4]`` (code ``t + 1``, see
     :mod:`tvm_ternary.packing`) with ``multipliers`` int32 ``[Mb, Gn, V]``, groups of ``group``
@@ -446,7 +489,7 @@ def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, ou
     dot-product instructions on the shifted, masked codes);
     ``acc`` ``[N, Mb, V]`` int32: ``sum_g multipliers[.., g, v] * (dot - xsum[g])``, which is
     ``sum_k x_k t_k m_g`` because ``code = t + 1``;
-    ``out`` ``[N, M]``."""
+    ``out`` ``[N, M]``, plus ``correction`` (int32 ``[M]``, the stored offset's) if any."""
     n, padded = (int(d) for d in xb.shape)
     blocks, _, v, _ = (int(d) for d in codes.shape)
     groups, quads = padded // group, group // 16
@@ -466,7 +509,9 @@ def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, ou
     rg = te.reduce_axis((0, groups), name="rg")
     acc = te.compute((n, blocks, v), lambda i, kb, vi: te.sum(
         multipliers[kb, rg, vi] * (summed[i, kb, rg, vi] - xsum[i, rg]), axis=rg), name="acc")
-    return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v], name="out")
+    if correction is None:
+        return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v], name="out")
+    return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v] + correction[m], name="out")
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,

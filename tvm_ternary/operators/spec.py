@@ -22,7 +22,7 @@ from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_
 from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, FgqScheme, Int8Scheme, PackedScheme,
                        Scheme, TernaryInt8Scheme)
 from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
-                      pack_data, packed_correlation, ternary_code_dot,
+                      pack_data, packed_correlation, pad_features, quantize_per_token, ternary_code_dot, token_step,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -191,7 +191,18 @@ class OperatorSpec:
         return gather_patches_te(packed, self.data_shape[1], self.weight_shape[2:], self.stride, self.out_shape[2:],
                                  self.dilation)
 
+    @property
+    def _per_token(self) -> bool:
+        return isinstance(self.scheme, TernaryInt8Scheme) and self.scheme.per_token
+
+    @property
+    def data_dtype(self) -> str:
+        """dtype of the values the data stage reads: int32, float32 for per-token activations."""
+        return "float32" if self._per_token else DATA_DTYPE
+
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
+        if self._per_token:                 # float rows, quantized in the kernel
+            return pad_features(x, self._byte_channels)
         if isinstance(self.scheme, ByteScheme):
             return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset)
         return self._pack(x)
@@ -208,7 +219,7 @@ class OperatorSpec:
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
-        x = te.placeholder(self.data_shape, DATA_DTYPE, name="x")
+        x = te.placeholder(self.data_shape, self.data_dtype, name="x")
         return te.create_prim_func([x, self._data_stage(x)]).with_attr("global_symbol", self.symbol + "_data")
 
     def quantize_data_prim_func(self, lo: float, step: float, num_thresholds: int,
@@ -262,7 +273,7 @@ class OperatorSpec:
     @lru_cache(maxsize=None)   # specs are immutable; building the TE stage costs ~0.1 ms
     def kernel_input_shape(self) -> tuple[tuple[int, ...], str]:
         """Shape and dtype of the data-stage output that the kernel reads."""
-        staged = self._data_stage(te.placeholder(self.data_shape, DATA_DTYPE, name="x"))
+        staged = self._data_stage(te.placeholder(self.data_shape, self.data_dtype, name="x"))
         return tuple(int(d) for d in staged.shape), str(staged.dtype)
 
     def kernel_output(self) -> tuple[tuple[int, ...], str]:
@@ -289,13 +300,19 @@ class OperatorSpec:
         shape, dtype = self.kernel_input_shape()
         data = te.placeholder(shape, dtype, name="data")
         weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
-                       for name, a in zip(("weight", "extra"), self._weight_arg_templates())]
+                       for name, a in zip(("weight", "extra", "correction"), self._weight_arg_templates())]
         out_spatial = self.out_shape[2:]
         if isinstance(self.scheme, FgqScheme):
             out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride,
                                   self.dilation)
         elif isinstance(self.scheme, TernaryInt8Scheme):
-            out = ternary_code_dot(data, *weight_args, self.weight_shape[0], self.scheme.group_width(self.data_shape[1]))
+            levels = data
+            if self._per_token:
+                absmax, levels = quantize_per_token(data)
+                row_scale = token_step(absmax)
+            codes, multipliers, *correction = weight_args
+            out = ternary_code_dot(levels, codes, multipliers, self.weight_shape[0],
+                                   self.scheme.group_width(self.data_shape[1]), *correction)
         elif isinstance(self.scheme, Int8Scheme):
             out = byte_dot_correlation(data, weight_args[0], self.weight_shape[0], out_spatial, self.stride,
                                        self.dilation, weight_args[1] if len(weight_args) > 1 else None)
@@ -313,7 +330,7 @@ class OperatorSpec:
             if self.epilogue in RESIDUAL_EPILOGUES:
                 residual = te.placeholder(self.kernel_output()[0], "float32", name="residual")
             out = affine(out, scale, bias, self.epilogue.endswith("_relu"), self.block if self.blocked_output else 0,
-                         residual)
+                         residual, row_scale if self._per_token else None)
             weight_args += [scale, bias] + ([residual] if residual is not None else [])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
@@ -357,6 +374,8 @@ class OperatorSpec:
                          scales: np.ndarray | None = None) -> np.ndarray:
         """Reference of the affine epilogues (float64 math, float32 result)."""
         y = self.reference(x, w, scales).astype(np.float64)
+        if self._per_token:                 # the row's step first, as the kernel multiplies
+            y = y * reference.quantize_per_token(x)[1].astype(np.float64)[:, None]
         index = (slice(None), slice(None)) + (None,) * (y.ndim - 2)
         v = y * np.asarray(scale, np.float64)[index[1:]] + np.asarray(bias, np.float64)[index[1:]]
         return (np.maximum(v, 0) if self.epilogue == "affine_relu" else v).astype(np.float32)
@@ -434,7 +453,13 @@ class OperatorSpec:
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
         if isinstance(self.scheme, TernaryInt8Scheme):
             codes = pack_ternary_codes(w, self._byte_channels, self.block)
-            return [codes, block_channels(self._multipliers(scales), self.block)]
+            multipliers = self._multipliers(scales)
+            args = [codes, block_channels(multipliers, self.block)]
+            if not self.scheme.activation_offset:
+                return args
+            weights = np.asarray(w, np.int64) * np.repeat(multipliers, self.scheme.group_width(w.shape[1]),
+                                                         axis=1)[:, :w.shape[1]]
+            return [*args, (-self.scheme.activation_offset * weights.sum(axis=1)).astype(np.int32)]
         if isinstance(self.scheme, ByteScheme):
             channels_last = np.moveaxis(w, 1, -1)                      # [K, *kernel, C]
             wb = np.zeros(channels_last.shape[:-1] + (self._byte_channels,), np.int8)
@@ -458,7 +483,8 @@ class OperatorSpec:
         if isinstance(self.scheme, TernaryInt8Scheme):      # the integer weights t * m
             group = self.scheme.group_width(self.data_shape[1])
             m = np.repeat(self._multipliers(scales), group, axis=1)[:, :self.data_shape[1]]
-            return reference.dense(x, np.asarray(w, np.int64) * m)
+            levels = reference.quantize_per_token(x)[0] if self._per_token else x
+            return reference.dense(levels, np.asarray(w, np.int64) * m)
         if self.op == "dense":
             return reference.dense_fgq(x, w, scales, self.scheme.group_size) if fgq else reference.dense(x, w)
         if fgq:
