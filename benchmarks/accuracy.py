@@ -73,7 +73,8 @@ def tvm_predictions(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--schemes", default=",".join(tvm_ternary.QUANTIZE_SCHEMES))
+    p.add_argument("--schemes", default=",".join(s for s in tvm_ternary.QUANTIZE_SCHEMES
+                                                 if s not in tvm_ternary.quant.LINEAR_ONLY_SCHEMES))
     p.add_argument("--epochs", type=int, default=30, help="float training epochs")
     p.add_argument("--qat-epochs", type=int, default=15, help="quantization-aware fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0)

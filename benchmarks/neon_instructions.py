@@ -13,6 +13,12 @@ instructions. It divides them by the multiply-accumulates one iteration does:
 Each ``cnt`` counts one 128-bit vector of one term, and a term covers a word of every
 operand. FATNN's ternary needs 2 terms per word (mask, sign) and W2A2 needs 4 (2 x 2
 planes); W1A1 (XNOR) needs 1.
+
+The byte kernels have no ``cnt``: ``fgq`` (as FGQ layers run in a model, the int8 kernel
+with 4-bit weights times group multipliers and 8-bit activations, affine epilogue) and
+``int8`` (our 8-bit NEON kernel, 7-bit activations x 8-bit weights, the reference) are
+counted in the innermost loop with vector multiply-accumulates, whose MACs are their
+destination lanes (``mla v.4s``: 4; ``smlal v.8h``: 8).
 """
 
 from __future__ import annotations
@@ -35,23 +41,32 @@ PRECISIONS = {
     "fatnn": ("fatnn", {}),
     "w2a2": ("bitserial", {"abits": 2, "wbits": 2}),
     "w1a1": ("bitserial", {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}),
+    "fgq": ("int8", {"abits": 8, "wbits": 4}),
+    "int8": ("int8", {}),
 }
+BYTE_PRECISIONS = {"fgq", "int8"}
+"""Precisions whose kernels multiply bytes (the epilogue of a model's FGQ layer: affine)."""
+MULTIPLY_ACCUMULATE = re.compile(r"^\s+(?:mla|smlal2?|umlal2?)\s+v\d+\.(\d+)[bhs]")
 LABEL = re.compile(r"^(\.?L\w+):")
 BRANCH = re.compile(r"^\s+(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:[^,]+,\s*)*(\.?L\w+)\s*$")
 INSTRUCTION = re.compile(r"^\s+([a-z][\w.]*)")
 
 
-def innermost_popcount_loop(lines: list[str]) -> list[str]:
-    """Instructions of the innermost loop (a label and a later branch back to it) with ``cnt``."""
+def innermost_loop(lines: list[str], wanted) -> list[str]:
+    """Lines of the innermost loop (a label and a later branch back to it) for which ``wanted(lines)``."""
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := LABEL.match(line))}
     loops = [(labels[m.group(1)], j) for j, line in enumerate(lines)
              if (m := BRANCH.match(line)) and labels.get(m.group(1), j + 1) < j]
     innermost = [(i, j) for i, j in loops if not any(i < a and b <= j and (a, b) != (i, j) for a, b in loops)]
     for i, j in innermost:
-        body = [m.group(1) for line in lines[i + 1: j + 1] if (m := INSTRUCTION.match(line))]
-        if "cnt" in body:
+        body = [line for line in lines[i + 1: j + 1] if INSTRUCTION.match(line)]
+        if wanted(body):
             return body
-    raise SystemExit("neon_instructions.py: no loop with cnt in the kernel")
+    raise SystemExit("neon_instructions.py: no such loop in the kernel")
+
+
+def mnemonics(body: list[str]) -> list[str]:
+    return [INSTRUCTION.match(line).group(1) for line in body]
 
 
 def terms_per_word(scheme) -> int:
@@ -62,12 +77,20 @@ def terms_per_word(scheme) -> int:
 def measure(layer: str, precision: str) -> dict:
     scheme, params = PRECISIONS[precision]
     data, weight = LAYERS[layer]
-    f = tvm_ternary.op("conv2d", scheme, data, weight, padding=1, target="rasp4", epilogue="requantize", **params)
-    body = innermost_popcount_loop(f.kernel_asm().splitlines())
-    macs = body.count("cnt") / terms_per_word(f.spec.scheme) * 128
-    return {"layer": layer, "precision": precision, "instructions": len(body), "cnt": body.count("cnt"),
-            "macs": macs, "per64": len(body) / macs * 64,
-            "mix": {op: body.count(op) for op in ("cnt", "uaddlp", "uadalp", "and", "eor", "ld1r", "ldr")}}
+    epilogue = "affine" if precision in BYTE_PRECISIONS else "requantize"
+    f = tvm_ternary.op("conv2d", scheme, data, weight, padding=1, target="rasp4", epilogue=epilogue, **params)
+    lines = f.kernel_asm().splitlines()
+    if precision in BYTE_PRECISIONS:
+        body = innermost_loop(lines, lambda b: any(MULTIPLY_ACCUMULATE.match(line) for line in b))
+        macs = sum(int(m.group(1)) for line in body if (m := MULTIPLY_ACCUMULATE.match(line)))
+    else:
+        body = innermost_loop(lines, lambda b: "cnt" in mnemonics(b))
+        macs = mnemonics(body).count("cnt") / terms_per_word(f.spec.scheme) * 128
+    ops = mnemonics(body)
+    return {"layer": layer, "precision": precision, "instructions": len(ops), "macs": macs,
+            "per64": len(ops) / macs * 64,
+            "mix": {op: ops.count(op) for op in ("cnt", "uaddlp", "uadalp", "and", "eor", "ld1r", "ldr", "mla",
+                                                 "ushll", "sshll", "dup")}}
 
 
 def main(argv=None) -> None:
@@ -76,11 +99,14 @@ def main(argv=None) -> None:
     p.add_argument("--precisions", default=",".join(PRECISIONS))
     args = p.parse_args(argv)
     rows = [measure(layer, precision) for layer in args.layers.split(",") for precision in args.precisions.split(",")]
-    print("target rasp4 (aarch64 cortex-a72 +neon), innermost popcount loop of each kernel")
-    print(f"{'layer':<20} {'precision':<9} {'instr/iter':>10} {'MACs/iter':>9} {'instr/64 MAC':>12} {'vs w2a2':>8}  mix")
+    print("target rasp4 (aarch64 cortex-a72 +neon), innermost popcount (or multiply-accumulate) loop of each kernel")
+    print(f"{'layer':<20} {'precision':<9} {'instr/iter':>10} {'MACs/iter':>9} {'instr/64 MAC':>12} {'vs w2a2':>8} "
+          f"{'vs int8':>8}  mix")
     for r in rows:
         base = next((b["per64"] for b in rows if b["layer"] == r["layer"] and b["precision"] == "w2a2"), None)
         ratio = f"{r['per64'] / base:.2f}" if base else "-"
+        int8 = next((b["per64"] for b in rows if b["layer"] == r["layer"] and b["precision"] == "int8"), None)
+        ratio += f" {r['per64'] / int8:>8.2f}" if int8 else f" {'-':>8}"
         mix = " ".join(f"{k}={v}" for k, v in r["mix"].items() if v)
         print(f"{r['layer']:<20} {r['precision']:<9} {r['instructions']:>10} {r['macs']:>9.0f} {r['per64']:>12.2f} "
               f"{ratio:>8}  {mix}")

@@ -15,7 +15,7 @@ from tvm import relax
 import tvm_ternary
 from tvm_ternary import QUANTIZE_SCHEMES, build, from_torch, quantize
 from tvm_ternary.models import ResNet18, randomize_batchnorm
-from tvm_ternary.quant import QuantConv2d, QuantLayer
+from tvm_ternary.quant import LINEAR_ONLY_SCHEMES, QuantConv2d, QuantLayer, QuantLinear
 
 from .conftest import host_isa
 from .test_rewrite import calls
@@ -44,7 +44,8 @@ def expected(model: nn.Module, x: torch.Tensor) -> np.ndarray:
         return model(x).numpy()
 
 
-CASES = [(scheme, batch, seed) for scheme in QUANTIZE_SCHEMES for batch, seed in ((1, 0), (2, 1))]
+CASES = [(scheme, batch, seed) for scheme in QUANTIZE_SCHEMES if scheme not in LINEAR_ONLY_SCHEMES
+         for batch, seed in ((1, 0), (2, 1))]
 
 
 @pytest.mark.parametrize("scheme,batch,seed", CASES)
@@ -194,3 +195,38 @@ def test_build_for_a_generic_x86_target_on_an_avx2_host_warns(monkeypatch):
     mod = from_torch(model, torch.randn(1, 3, 8, 8))
     with pytest.warns(tvm_ternary.SlowPathWarning, match=r"build: target llvm \(x86_64\) is generic x86-64"):
         build(mod, "llvm")
+
+
+def language_mlp() -> nn.Module:
+    """Linear layers as in a transformer block's MLP, input features not a multiple of 16."""
+    return nn.Sequential(nn.Linear(100, 256), nn.ReLU(), nn.Linear(256, 100), nn.ReLU(), nn.Linear(100, 48))
+
+
+@pytest.mark.parametrize("scheme,first_last,shape", [("bitnet", "same", (1, 100)), ("bitnet", "int8", (2, 5, 100)),
+                                                     ("ternary", "same", (2, 3, 100))])
+def test_linear_layers_equal_pytorch_exactly(scheme, first_last, shape):
+    """``bitnet`` (per-token activations, ternary weights at 2 bits in memory): the kernels
+    quantize each row themselves and multiply by its step first, the same float32 operations
+    as the PyTorch model, so the outputs are bit-identical; no quantizer or step function is
+    left for Relax to run. Inputs ``[batch, tokens, features]`` (which ``torch.export`` reshapes
+    to rows around each matmul) run as rows, for every scheme."""
+    torch.manual_seed(len(shape))
+    x = torch.randn(*shape) * 2
+    model = quantize(language_mlp(), scheme, x, first_last=first_last)
+    mod = from_torch(model, x)
+    got, want = run(build(mod, TARGET), x), expected(model, x)
+    assert np.array_equal(got, want), f"max |diff| {np.abs(got - want).max()}"
+    counted = calls(tvm_ternary.rewrite.rewrite_quantized(mod, tvm_ternary.target(TARGET)))
+    assert counted["relax.matmul"] == 0 and counted["tir:kernel"] == 3 and counted["tir:other"] == 0
+
+
+def test_per_token_layer_without_its_row_steps_is_an_error(monkeypatch):
+    """A graph whose per-token layer does not multiply by its rows' steps is not what the
+    kernel computes: a clear error, not a wrong model."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 100)
+    model = quantize(language_mlp(), "bitnet", x, first_last="same")
+    monkeypatch.setattr(QuantLinear, "forward", lambda self, x: self.integer_output(x) * self.alpha + self.beta)
+    with pytest.raises(ValueError, match=r"dense\[ternary_int8\(grow,a8,per_token\)\] at .*: a per-token layer's "
+                                         r"result must be multiplied by its rows' steps"):
+        build(from_torch(model, x), TARGET)

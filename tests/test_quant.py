@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from tvm_ternary import make_scheme
-from tvm_ternary.quant import (FGQ, QUANTIZE_SCHEMES, TNT, TWN, Bipolar, BipolarQuantizer, FatnnQuantizer,
-                               FatnnWeights, QuantConv2d, QuantLinear, UniformQuantizer, Unipolar, quantize)
+from tvm_ternary import reference
+from tvm_ternary.quant import (FGQ, LINEAR_ONLY_SCHEMES, QUANTIZE_SCHEMES, TNT, TWN, AbsMean, Bipolar,
+                               BipolarQuantizer, FatnnQuantizer, FatnnWeights, PerTokenQuantizer, QuantConv2d,
+                               QuantLinear, UniformQuantizer, Unipolar, quantize)
 from tvm_ternary.quant.layers import presets
 from tvm_ternary.quant.weights import FGQ_MULTIPLIER_MAX
 
@@ -27,7 +29,10 @@ def quantized_layers(model: nn.Module) -> list:
     return [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
 
-@pytest.mark.parametrize("scheme", QUANTIZE_SCHEMES)
+CNN_SCHEMES = [s for s in QUANTIZE_SCHEMES if s not in LINEAR_ONLY_SCHEMES]
+
+
+@pytest.mark.parametrize("scheme", CNN_SCHEMES)
 def test_value_sets_match_the_kernel_scheme(scheme):
     torch.manual_seed(0)
     x = torch.randn(4, 3, 6, 6)
@@ -50,7 +55,7 @@ def test_value_sets_match_the_kernel_scheme(scheme):
         assert levels.min() == lo and levels.max() == hi   # every level reachable
 
 
-@pytest.mark.parametrize("scheme", QUANTIZE_SCHEMES)
+@pytest.mark.parametrize("scheme", CNN_SCHEMES)
 def test_ste_gradients_reach_weights_inputs_and_scales(scheme):
     torch.manual_seed(1)
     x = torch.randn(4, 3, 6, 6)
@@ -280,3 +285,42 @@ def test_first_last_same_and_keep():
     q = quantize(small_net(), "w2a2", x, first_last="same", keep=["5"])
     kinds = [type(m).__name__ for m in q]
     assert kinds[0] == "QuantConv2d" and kinds[5] == "Conv2d" and kinds[-1] == "QuantLinear"
+
+
+def test_bitnet_quantizes_linear_layers_with_per_token_activations():
+    """``bitnet``: absmean ternary weights and 8-bit activations quantized per row at run time
+    on Linear layers; convolutions stay float (one warning naming them); the layer's eval
+    output is ``(linear(levels, w_int) * step) * alpha + beta`` with the rows' levels and
+    steps of ``reference.quantize_per_token``; gradients reach the weights and the input."""
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 6, 6)
+    with pytest.warns(UserWarning, match=r"'bitnet' quantizes Linear layers .* 2 convolution\(s\) stay float: 2, 5"):
+        q = quantize(small_net(), "bitnet", x)
+    layers = quantized_layers(q)
+    assert [json.loads(layer.scheme) for layer in layers][1] == {"scheme": "ternary_int8", "activations": "per_token"}
+    layer = layers[1]                                       # the first Linear (the last one is int8)
+    assert isinstance(layer.act, PerTokenQuantizer) and isinstance(layer.weight_quantizer, AbsMean)
+    assert set(np.unique(layer.w_int.numpy())) <= {-1.0, 0.0, 1.0}
+    rows = torch.randn(5, layer.weight.shape[1]) * 4
+    levels, step = reference.quantize_per_token(rows.numpy())
+    np.testing.assert_array_equal(layer.act.levels(rows).numpy(), levels)
+    with torch.no_grad():
+        expected = (torch.from_numpy(levels).float() @ layer.w_int.T * torch.from_numpy(step)[:, None]) \
+            * layer.alpha + layer.beta
+        np.testing.assert_array_equal(layer(rows).numpy(), expected.numpy())
+    layer.train()
+    rows.requires_grad_()
+    layer(rows).square().sum().backward()
+    assert layer.weight.grad.abs().sum() > 0 and rows.grad.abs().sum() > 0
+
+
+def test_per_token_activations_are_for_linear_layers():
+    with pytest.raises(ValueError, match=r"QuantConv2d: per-token activations are for Linear layers"):
+        QuantConv2d(nn.Conv2d(3, 4, 3), presets()["bitnet"])
+
+
+def test_absmean_weights_are_bitnets():
+    w = torch.tensor([[0.4, -2.0, 0.1, 1.4], [0.0, 0.2, -0.6, 3.3]])
+    w_int, scale = AbsMean().quantize(w)                   # mean |w| = 1.0
+    np.testing.assert_array_equal(w_int.numpy(), [[0, -1, 0, 1], [0, 0, -1, 1]])
+    np.testing.assert_allclose(scale.numpy(), [1.0, 1.0])

@@ -57,13 +57,14 @@ from tvm.target import Target
 
 from . import schedules
 from .diagnostics import SlowPathWarning
-from .frontend import QUANTIZE_ATTR
+from .frontend import PER_TOKEN_ATTR, QUANTIZE_ATTR, TOKEN_STEP_ATTR
 from . import layout
 from .packing import block_channels, taps_per_word
 from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
-from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_MULTIPLIER, FgqScheme,
+from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_MULTIPLIER, PER_TOKEN_LEVELS,
+                      FgqScheme,
                       Int8Scheme, PackedScheme, Scheme, TernaryInt8Scheme,
                       make_scheme)
 
@@ -108,6 +109,7 @@ class Layer:
     quantizer_var: relax.Var | None = None              # binding of the activation quantizer
     residual: relax.Var | None = None                   # a residual add's other operand, added in the epilogue
     residual_add: relax.Var | None = None               # ... and that add's binding
+    leading: tuple[int, ...] = ()                       # dense over [*leading, K] rows, reshaped to [N, K] around it
 
     @property
     def end(self) -> relax.Var:
@@ -201,22 +203,42 @@ class _Matcher:
         self.mod, self.graph, self.target = mod, graph, target
         self.residual_adds: set[relax.Var] = set()          # adds a layer's epilogue has taken
 
-    def quantizer(self, expr: relax.Expr) -> tuple | None:
-        """``(input, thresholds, info)`` if ``expr`` is a var bound to an activation quantizer."""
+    def _marked_call(self, expr: relax.Expr, attr: str) -> tuple[relax.Call, str] | None:
+        """``(call_tir, attribute value)`` if ``expr`` is a var bound to a call of a PrimFunc marked ``attr``."""
         value = self.graph.values.get(expr) if isinstance(expr, relax.Var) else None
         if not (isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR)):
             return None
         func = self.mod[value.args[0]]
-        if func.attrs is None or QUANTIZE_ATTR not in func.attrs:
+        if func.attrs is None or attr not in func.attrs:
             return None
-        x, thresholds = value.args[1].fields
-        return x, _const(thresholds), json.loads(str(func.attrs[QUANTIZE_ATTR]))
+        return value, str(func.attrs[attr])
+
+    def quantizer(self, expr: relax.Expr) -> tuple | None:
+        """``(input, thresholds, info)`` if ``expr`` is a var bound to an activation quantizer;
+        a per-token one has no thresholds (an empty array) and ``info["per_token"]``."""
+        found = self._marked_call(expr, QUANTIZE_ATTR)
+        if found is not None:
+            x, thresholds = found[0].args[1].fields
+            return x, _const(thresholds), json.loads(found[1])
+        found = self._marked_call(expr, PER_TOKEN_ATTR)
+        if found is None:
+            return None
+        levels = float(PER_TOKEN_LEVELS)
+        return found[0].args[1].fields[0], np.zeros(0, np.float32), dict(
+            lo=-levels, step=1.0, scheme=json.loads(found[1]), per_token=True)
 
     def layer(self, var: relax.Var, value: relax.Expr) -> Layer | None:
         name = _op_name(value)
         if name not in ("relax.nn.conv2d", "relax.matmul"):
             return None
-        found = self.quantizer(value.args[0])
+        quantized, leading = value.args[0], ()
+        found = self.quantizer(quantized)
+        if found is None and name == "relax.matmul":   # [*leading, K] rows, flattened for the matmul
+            reshaped = self.graph.values.get(quantized) if isinstance(quantized, relax.Var) else None
+            if _op_name(reshaped) == "relax.reshape" and self.quantizer(reshaped.args[0]) is not None:
+                quantized = reshaped.args[0]
+                leading = tuple(int(d) for d in quantized.ty.shape)[:-1]
+                found = self.quantizer(quantized)
         if found is None:
             return None
         x, thresholds, info = found
@@ -234,7 +256,10 @@ class _Matcher:
             return None
         data_shape = tuple(int(d) for d in value.args[0].ty.shape)
         layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]), scheme,
-                      weight, data_shape, quantizer_var=value.args[0])
+                      weight, data_shape, quantizer_var=quantized, leading=leading)
+        if info.get("per_token", False) != _per_token(scheme):
+            raise ValueError(f"{layer.where}: its activation quantizer is "
+                             f"{'per token' if info.get('per_token') else 'static'}, its scheme is not")
         if op == "conv2d":
             conv = _conv_attrs(value.attrs)
             if conv is None:
@@ -326,7 +351,7 @@ class _Matcher:
         enc = scheme.activation
         expected = quantizer_levels(enc)
         got = (layer.lo, layer.step, len(layer.thresholds))
-        if got != expected:
+        if got != expected and not _per_token(scheme):
             raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "
                              f"produce {enc.describe()} (expected {expected})")
         if integer is not None:             # checked as FGQ (the errors name it so), run as integers
@@ -337,6 +362,10 @@ class _Matcher:
         k = layer.weight.shape[0]
         rank = 4 if layer.op == "conv2d" else 2
         cur = layer.var
+        if layer.leading:                   # the reshape back to [*leading, M]
+            cur = self._reshape_back(layer)
+        if _per_token(layer.scheme):
+            cur = self._token_step_epilogue(layer, cur)
         for name in ("relax.multiply", "relax.add", "relax.nn.relu"):
             nxt = self.graph.sole_user(cur)
             value = self.graph.values.get(nxt) if nxt is not None else None
@@ -354,6 +383,34 @@ class _Matcher:
             cur = nxt
         if layer.op == "conv2d" and layer.groups == 1 and not layer.relu:
             self._residual_epilogue(layer, cur)
+
+    def _reshape_back(self, layer: Layer) -> relax.Var:
+        """Absorb the ``reshape`` of a dense layer's ``[N, M]`` result back to ``[*leading, M]``
+        (how ``torch.export`` writes a Linear over ``[batch, tokens, K]``); raises if the graph
+        uses the flat result otherwise."""
+        nxt = self.graph.sole_user(layer.var)
+        value = self.graph.values.get(nxt) if nxt is not None else None
+        want = (*layer.leading, layer.weight.shape[0])
+        if _op_name(value) != "relax.reshape" or tuple(int(d) for d in nxt.ty.shape) != want:
+            raise ValueError(f"{layer.where}: a dense layer over rows of shape {layer.leading} must reshape its "
+                             f"result back to {want}, as torch.export writes a Linear layer")
+        layer.chain.append(nxt)
+        return nxt
+
+    def _token_step_epilogue(self, layer: Layer, cur: relax.Var) -> relax.Var:
+        """Absorb the ``multiply`` by the rows' steps (``tvm_ternary::token_step`` of the layer's
+        own input) that a per-token layer's accumulator (``cur``) must meet first: the kernel
+        computes the steps itself. Returns the multiply's binding; raises if the graph has none."""
+        nxt = self.graph.sole_user(cur)
+        value = self.graph.values.get(nxt) if nxt is not None else None
+        if _op_name(value) == "relax.multiply":
+            other = [a for a in value.args if not (isinstance(a, relax.Var) and a.same_as(cur))]
+            step = self._marked_call(other[0], TOKEN_STEP_ATTR) if len(other) == 1 else None
+            if step is not None and step[0].args[1].fields[0].same_as(layer.quantizer_input):
+                layer.chain.append(nxt)
+                return nxt
+        raise ValueError(f"{layer.where}: a per-token layer's result must be multiplied by its rows' steps "
+                         f"(tvm_ternary::token_step of the same input) first, as tvm_ternary.quant.QuantLinear does")
 
     def _residual_epilogue(self, layer: Layer, cur: relax.Var) -> None:
         """Absorb a residual ``add`` of another tensor of the output's shape that alone
@@ -394,6 +451,11 @@ class _Matcher:
             return None                  # the two kernels' words differ: no direct hand-over
         layer.next_quantizer = quant
         return nxt
+
+
+def _per_token(scheme: Scheme) -> bool:
+    """Whether ``scheme`` quantizes its activations per token in the kernel."""
+    return isinstance(scheme, TernaryInt8Scheme) and scheme.per_token
 
 
 def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]:
@@ -580,6 +642,12 @@ class _Rewriter(PyExprMutator):
                 self.set_var_remap(v, self.builder_.emit(layout.unblock(blocked, b)))
                 self.unblocked.add(v)
 
+    def _rows(self, layer: Layer) -> relax.Expr:
+        """The layer's float input as its data stage reads it: NCHW, or a dense layer's rows
+        ``[N, K]`` (inputs ``[*leading, K]`` flattened)."""
+        x = self._visit_nchw(layer.quantizer_input)
+        return self.builder_.emit(relax.op.reshape(x, layer.data_shape)) if layer.leading else x
+
     def _visit_nchw(self, expr: relax.Expr) -> relax.Expr:
         self._unblock_used(expr)
         return self.visit_expr(expr)
@@ -638,6 +706,8 @@ class _Rewriter(PyExprMutator):
             return
         may_block = layer.op == "conv2d" and layer.next_layer is None and self._wants_blocked(layer.end)
         out, block = self._emit_kernel(layer, may_block)
+        if layer.leading and layer.next_layer is None:      # back to [*leading, M]
+            out = self.builder_.emit(relax.op.reshape(out, (*layer.leading, layer.weight.shape[0])))
         if layer.next_layer is not None:
             layer.next_layer.packed_input = out
         elif block:
@@ -679,7 +749,12 @@ class _Rewriter(PyExprMutator):
             spec = make_spec(*request, dilation=layer.dilation or 1, blocked_output=True)
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
-        if data is None:
+        if data is None and _per_token(spec.scheme):     # float rows: the kernel quantizes them
+            data = self._rows(layer)
+            if spec.kernel_input_shape()[0] != spec.data_shape:     # zero-padded to whole groups first
+                pad = self._add(spec.data_prim_func, name + "_data", spec.where + ":quantize", ("data", spec))
+                data = self.builder_.emit(relax.call_tir(pad, [data], relax.TensorType(*spec.kernel_input_shape())))
+        elif data is None:
             ascending = bool(np.all(np.diff(layer.thresholds) >= 0))
             uniform = uniform_thresholds(layer.thresholds)
             x = layer.quantizer_input
@@ -691,7 +766,7 @@ class _Rewriter(PyExprMutator):
                                uniform))
             shape, dtype = spec.kernel_input_shape()
             data = self.builder_.emit(relax.call_tir(
-                quant, [self.blocked[x][0] if block else self._visit_nchw(x), relax.const(layer.thresholds)],
+                quant, [self.blocked[x][0] if block else self._rows(layer), relax.const(layer.thresholds)],
                 relax.TensorType(shape, dtype)))
         elif spec.patch_taps > 1:        # the previous kernel wrote padded planes: gather them into patches
             gather = self._add(spec.gather_prim_func, name + "_gather", spec.where + ":gather", ("gather", spec))

@@ -449,31 +449,54 @@ def pad_features(x: te.Tensor, channels: int) -> te.Tensor:
                                                                     tirx.const(0.0, x.dtype)), name="layout")
 
 
-def quantize_per_token(x: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
-    """Per-token activations (BitNet's): float32 rows ``x`` ``[N, C]`` -> ``(absmax, tokens)``:
-    ``absmax`` ``[N]`` float32, ``max_k |x|``; ``tokens`` uint8 ``[N, C]``,
-    ``clip(rint(x * (127 / a)), -127, 127) + 128`` with ``a = max(absmax, 1e-5)`` (float32
-    operations, round half to even, as ``torch.round``). :func:`token_step` is the row's
-    dequantization step."""
-    n, c = (int(d) for d in x.shape)
+def _per_token_absmax_te(x: te.Tensor) -> te.Tensor:
+    """``absmax`` ``x.shape[:-1]`` float32: each row's ``max_k |x|`` (stage ``absmax``)."""
+    *rows, c = (int(d) for d in x.shape)
     k = te.reduce_axis((0, c), name="rk")
-    absmax = te.compute((n,), lambda i: te.max(tirx.abs(x[i, k]), axis=k), name="absmax")
+    return te.compute(tuple(rows), lambda *i: te.max(tirx.abs(x[(*i, k)]), axis=k), name="absmax")
+
+
+def _row_absmax(absmax: te.Tensor, row) -> PrimExpr:
+    return tirx.max(absmax[row], tirx.const(PER_TOKEN_MIN_ABSMAX, "float32"))
+
+
+def _per_token_level(x_value: PrimExpr, absmax: PrimExpr) -> PrimExpr:
+    """``clip(rint(x * (127 / absmax)), -127, 127)`` in float32 (round half to even, as ``torch.round``)."""
     top = tirx.const(PER_TOKEN_LEVELS, "float32")
+    return tirx.max(tirx.min(tirx.nearbyint(x_value * (top / absmax)), top), -top)
+
+
+def per_token_levels_te(x: te.Tensor) -> te.Tensor:
+    """Per-token levels of float32 rows (the last axis) of any rank, as float32 (stage
+    ``levels``): what ``tvm_ternary::quantize_per_token`` computes, for a graph that runs
+    without our kernels."""
+    absmax = _per_token_absmax_te(x)
+    return te.compute(x.shape, lambda *i: _per_token_level(x(*i), _row_absmax(absmax, i[:-1])), name="levels")
+
+
+def per_token_step_te(x: te.Tensor) -> te.Tensor:
+    """Each row's step ``max(absmax, 1e-5) / 127``, ``[..., 1]`` (stage ``step``)."""
+    absmax = _per_token_absmax_te(x)
+    return te.compute((*x.shape[:-1], 1), lambda *i: token_step(absmax)(i[:-1]), name="step")
+
+
+def quantize_per_token(x: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
+    """Per-token activations (BitNet's) for the kernel: float32 rows ``x`` ``[N, C]`` ->
+    ``(absmax, tokens)``: ``absmax`` ``[N]`` float32, ``max_k |x|``; ``tokens`` uint8 ``[N, C]``,
+    the level (``clip(rint(x * (127 / a)), -127, 127)`` with ``a = max(absmax, 1e-5)``, float32
+    operations) plus 128. :func:`token_step` is the row's dequantization step."""
+    absmax = _per_token_absmax_te(x)
 
     def token(i, j):
-        level = tirx.nearbyint(x[i, j] * (top / _row_absmax(absmax, i)))
-        return (tirx.max(tirx.min(level, top), -top).astype("int32") + 128).astype("uint8")
+        return (_per_token_level(x[i, j], _row_absmax(absmax, (i,))).astype("int32") + 128).astype("uint8")
 
-    return absmax, te.compute((n, c), token, name="tokens")
-
-
-def _row_absmax(absmax: te.Tensor, i: PrimExpr) -> PrimExpr:
-    return tirx.max(absmax[i], tirx.const(PER_TOKEN_MIN_ABSMAX, "float32"))
+    return absmax, te.compute(x.shape, token, name="tokens")
 
 
 def token_step(absmax: te.Tensor):
-    """``i -> max(absmax[i], 1e-5) / 127``: the float value of one level of row ``i`` (per-token activations)."""
-    return lambda i: _row_absmax(absmax, i) / tirx.const(PER_TOKEN_LEVELS, "float32")
+    """``row -> max(absmax[row], 1e-5) / 127``: the float value of one level of a row (per-token
+    activations); ``row`` an index or a tuple of them."""
+    return lambda row: _row_absmax(absmax, row) / tirx.const(PER_TOKEN_LEVELS, "float32")
 
 
 def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, out_channels: int,

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..schemes import PER_TOKEN_LEVELS, PER_TOKEN_MIN_ABSMAX
+
 
 def _sample(x: Tensor, size: int = 1 << 16) -> Tensor:
     """A deterministic subsample of ``x`` (flattened, float32) for calibration."""
@@ -198,3 +200,53 @@ class FatnnQuantizer(ActivationQuantizer):
                     best, best_err = (s1, s2), err
         with torch.no_grad():
             self.log_steps.copy_(torch.log(torch.stack(best)))
+
+
+def per_token_absmax(x: Tensor) -> Tensor:
+    """Each row's (last axis) largest magnitude, at least 1e-5, keeping the axis."""
+    return x.abs().amax(dim=-1, keepdim=True).clamp(min=PER_TOKEN_MIN_ABSMAX)
+
+
+def per_token_levels(x: Tensor) -> Tensor:
+    """``clip(round(x * (127 / absmax)), -127, 127)`` per row, in float32 (round half to even)."""
+    return torch.round(x * (PER_TOKEN_LEVELS / per_token_absmax(x))).clamp(-PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
+
+
+def per_token_step(x: Tensor) -> Tensor:
+    """Each row's level step ``absmax / 127`` (shape ``[..., 1]``)."""
+    return per_token_absmax(x) / PER_TOKEN_LEVELS
+
+
+class PerTokenQuantizer(nn.Module):
+    """BitNet b1.58's activations: each row (a token: the last axis) quantized to the 8-bit
+    levels ``-127..127`` with its own step ``absmax / 127``, computed at run time, so there
+    is nothing to calibrate or learn. Inference: :func:`per_token_levels` times
+    :func:`per_token_step`; training: the same with a straight-through rounding.
+    The ``ternary_int8`` kernel quantizes the float rows itself (``activations="per_token"``)."""
+
+    lo, step, hi = -PER_TOKEN_LEVELS, 1, PER_TOKEN_LEVELS
+    num_levels = 2 * PER_TOKEN_LEVELS + 1
+
+    def scale(self) -> Tensor:
+        """1: the step is per row (:func:`per_token_step`), not a static scale."""
+        return torch.ones(())
+
+    def thresholds(self) -> Tensor:
+        """None to speak of: the levels depend on each row's absmax (an empty tensor)."""
+        return torch.zeros(0)
+
+    def levels(self, x: Tensor) -> Tensor:
+        return per_token_levels(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        absmax = per_token_absmax(x)
+        if not self.training:
+            return per_token_levels(x) * per_token_step(x)
+        scaled = torch.clamp(x * (PER_TOKEN_LEVELS / absmax), -PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
+        return round_ste(scaled) * (absmax / PER_TOKEN_LEVELS)
+
+    def calibrate(self, x: Tensor) -> None:
+        """Nothing to fit: every row's step comes from that row at run time."""
+
+    def extra_repr(self) -> str:
+        return f"per token, levels={self.lo}..{self.hi}"

@@ -11,7 +11,7 @@ import torch.fx
 from torch import Tensor, nn
 
 from ..schemes import FGQ_ROW, is_group_size
-from .layers import QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, int8_preset, is_depthwise, presets
+from .layers import LINEAR_ONLY_SCHEMES, QUANTIZE_SCHEMES, QuantConv2d, QuantLayer, QuantLinear, int8_preset, is_depthwise, presets
 
 
 def _batches(calibration_data) -> list[Tensor]:
@@ -59,7 +59,10 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
         model: a float ``nn.Module`` (traceable by ``torch.fx`` to find BatchNorm layers
             that follow convolutions; those are folded into the quantized layer).
         scheme: one of ``"fatnn"``, ``"ternary"`` (TWN weights, ternary activations),
-            ``"tnt"``, ``"fgq_w2a4"``, ``"fgq_w2a8"``, ``"w1a1"``, ``"w2a2"``.
+            ``"tnt"``, ``"fgq_w2a4"``, ``"fgq_w2a8"``, ``"w1a1"``, ``"w2a2"``, or ``"bitnet"``
+            (BitNet b1.58: absmean ternary weights, 8-bit activations quantized per token at
+            run time, the ``ternary_int8`` kernel; Linear layers only, convolutions stay float
+            with a warning).
         calibration_data: a model input tensor, or an iterable of them; each quantized
             layer's activation quantizer is fit to what the float model feeds that layer.
         first_last: the first and the last Conv2d/Linear (in execution order). ``"int8"``
@@ -121,8 +124,14 @@ def quantize(model: nn.Module, scheme: str, calibration_data, first_last: str = 
     if depthwise:
         warnings.warn(f"quantize: {len(depthwise)} depthwise convolution(s) stay float (one input channel per "
                       f"group: nothing to pack): {', '.join(depthwise)}", stacklevel=2)
+    linear_only = scheme in LINEAR_ONLY_SCHEMES
+    convs = [name for name in order if name not in kept and name not in depthwise and linear_only
+             and isinstance(layers[name], nn.Conv2d) and not (first_last == "int8" and name in ends)]
+    if convs:
+        warnings.warn(f"quantize: {scheme!r} quantizes Linear layers (per-token activations); "
+                      f"{len(convs)} convolution(s) stay float: {', '.join(convs)}", stacklevel=2)
     for name in order:
-        if name in kept or name in depthwise:
+        if name in kept or name in depthwise or name in convs:
             continue
         layer = layers[name]
         sample = torch.cat([x.flatten() for x in inputs[name]])

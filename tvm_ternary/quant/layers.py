@@ -13,6 +13,10 @@ called through the custom op ``tvm_ternary::quantize(x, thresholds, lo, step, sc
 so it survives ``torch.export`` and tells the Relax rewrite which kernel scheme
 (:func:`tvm_ternary.make_scheme` arguments, as JSON) the layer runs. In training mode
 the layer is fake-quantized with straight-through gradients.
+
+With per-token activations (the ``bitnet`` preset) the quantizer is
+``tvm_ternary::quantize_per_token(x, scheme)`` and each row's step multiplies the
+accumulator first: ``out = (y * token_step(x)) * alpha + beta`` (``tvm_ternary::token_step``).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, UniformQuantizer
-from .weights import FGQ, TNT, TWN, Bipolar, FatnnWeights, Symmetric, WeightQuantizer
+from .activations import (ActivationQuantizer, BipolarQuantizer, FatnnQuantizer, PerTokenQuantizer, UniformQuantizer,
+                          per_token_levels, per_token_step)
+from .weights import FGQ, TNT, TWN, AbsMean, Bipolar, FatnnWeights, Symmetric, WeightQuantizer
 
 
 @torch.library.custom_op("tvm_ternary::quantize", mutates_args=())
@@ -39,6 +44,29 @@ def quantize_levels(x: Tensor, thresholds: Tensor, lo: float, step: float, schem
 @quantize_levels.register_fake
 def _(x, thresholds, lo, step, scheme):
     return torch.empty_like(x)
+
+
+@torch.library.custom_op("tvm_ternary::quantize_per_token", mutates_args=())
+def quantize_per_token(x: Tensor, scheme: str) -> Tensor:
+    """Per-token levels :func:`~.activations.per_token_levels` (float32); ``scheme`` as for
+    ``tvm_ternary::quantize``."""
+    return per_token_levels(x)
+
+
+@quantize_per_token.register_fake
+def _(x, scheme):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("tvm_ternary::token_step", mutates_args=())
+def token_step(x: Tensor) -> Tensor:
+    """Each row's step :func:`~.activations.per_token_step` (``[..., 1]``)."""
+    return per_token_step(x)
+
+
+@token_step.register_fake
+def _(x):
+    return x.new_empty((*x.shape[:-1], 1))
 
 
 @dataclass(frozen=True)
@@ -69,11 +97,15 @@ def presets(group_size: int | str = 4) -> dict[str, Preset]:
         "w2a2": Preset("bitserial", {"abits": 2, "wbits": 2, "activation_encoding": "unipolar",
                                      "weight_encoding": "bipolar"}, lambda: UniformQuantizer.unsigned(2),
                        lambda k: Bipolar(2)),
+        "bitnet": Preset("ternary_int8", {"activations": "per_token"}, PerTokenQuantizer, lambda k: AbsMean()),
     }
 
 
 QUANTIZE_SCHEMES = tuple(presets())
 """Scheme names accepted by :func:`tvm_ternary.quantize` (stable)."""
+LINEAR_ONLY_SCHEMES = ("bitnet",)
+"""Schemes that quantize Linear layers only (per-token activations, for language models):
+a CNN keeps its convolutions float under them."""
 
 
 def int8_preset(signed: bool) -> Preset:
@@ -97,13 +129,14 @@ class QuantLayer(nn.Module):
         self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
         self.bn = bn
         self.act = preset.activation()
+        self.per_token = isinstance(self.act, PerTokenQuantizer)
         self.weight_quantizer = preset.weight(self.weight.shape[0])
         k = self.weight.shape[0]
         view = (1, k) + (1,) * (self.weight.dim() - 2)
         self.register_buffer("w_int", torch.zeros_like(self.weight))
         self.register_buffer("alpha", torch.ones(view))
         self.register_buffer("beta", torch.zeros(view))
-        self.register_buffer("thresholds", torch.zeros(self.act.num_levels - 1))
+        self.register_buffer("thresholds", torch.zeros(len(self.act.thresholds())))
 
     def _linear(self, x: Tensor, w: Tensor) -> Tensor:
         raise NotImplementedError
@@ -131,13 +164,19 @@ class QuantLayer(nn.Module):
 
     def integer_output(self, x: Tensor) -> Tensor:
         """Eval semantics up to the accumulator: ``y = conv(quantize(x), w_int)``."""
-        q = torch.ops.tvm_ternary.quantize(x, self.thresholds, float(self.act.lo), float(self.act.step),
-                                           self.scheme)
+        if self.per_token:
+            q = torch.ops.tvm_ternary.quantize_per_token(x, self.scheme)
+        else:
+            q = torch.ops.tvm_ternary.quantize(x, self.thresholds, float(self.act.lo), float(self.act.step),
+                                               self.scheme)
         return self._linear(q, self.w_int)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return self.integer_output(x) * self.alpha + self.beta
+            y = self.integer_output(x)
+            if self.per_token:              # each row's step, then the channel's scale
+                y = y * torch.ops.tvm_ternary.token_step(x)
+            return y * self.alpha + self.beta
         y = self._linear(self.act(x), self.weight_quantizer(self.weight))
         if self.bias is not None:
             y = y + self.bias.reshape(self.alpha.shape)
@@ -160,6 +199,9 @@ class QuantConv2d(QuantLayer):
         if is_depthwise(conv):
             raise ValueError(f"QuantConv2d: a depthwise convolution has one input channel per group, nothing to "
                              f"pack; keep it float (quantize does), got {conv}")
+        if preset.activation is PerTokenQuantizer:
+            raise ValueError(f"QuantConv2d: per-token activations are for Linear layers (language models' "
+                             f"linears), got {conv}")
         super().__init__(conv, preset, bn)
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
 

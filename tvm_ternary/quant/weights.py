@@ -14,6 +14,8 @@ per output channel (axis 0). Statistics are per output channel.
 - :class:`Unipolar`: ``0 .. 2^bits - 1`` (negative weights clip to 0).
 - :class:`Symmetric`: ``-(2^(bits-1) - 1) .. 2^(bits-1) - 1``, rounded, scale ``max|w| / top``
   (8 bits: the int8 first and last layers, as PyTorch's per-channel symmetric int8 weights).
+- :class:`AbsMean`: BitNet b1.58's ternary weights, ``clip(round(w / mean|w|), -1, 1)`` with
+  the mean over the whole tensor as the scale of every channel.
 - :class:`FGQ`: ternary in groups of ``group_size`` input channels at each kernel tap,
   one scale per group; deployed as ``w_int = t * m`` with small integer multipliers
   ``m`` (``0..FGQ_MULTIPLIER_MAX``) of the channel scale, so inference stays integer.
@@ -61,6 +63,15 @@ class TWN(WeightQuantizer):
         absw = rows.abs()
         keep = (absw > 0.7 * absw.mean(1, keepdim=True)).float()
         return (torch.sign(rows) * keep).reshape(w.shape), _kept_mean(absw, keep)
+
+
+class AbsMean(WeightQuantizer):
+    """BitNet b1.58: ``gamma = mean|w|`` over the tensor, ``w_int = clip(round(w / gamma), -1, 1)``,
+    ``gamma`` the scale of every output channel."""
+
+    def quantize(self, w):
+        gamma = w.detach().abs().mean().clamp(min=1e-8)
+        return torch.clamp(torch.round(w.detach() / gamma), -1, 1), gamma.expand(w.shape[0]).clone()
 
 
 class TNT(WeightQuantizer):
