@@ -13,7 +13,8 @@
   (``impl`` ``hand``, the default of ``quantize``), kept in float (``first_last="float"``,
   ``hand-float-first-last``) and quantized by the scheme like every other layer
   (``first_last="same"``, ``hand-all-quantized``). ``w2a2`` (unsigned weights) is a layer kernel only: a model's
-  W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights). With tuning records
+  W2A2 is ``w2a2_bw`` (``quantize(model, "w2a2")``, bipolar weights); so is ``int8`` (the
+  first and last layers' kernel, in every precision's default model). With tuning records
   (``speedup.py --schedules hand,tuned``), the default model is built once more with them
   (``tuned``).
 
@@ -116,8 +117,9 @@ quantization error of the random ResNet-18 (observed 2.0e-2 to 2.1e-2) and ResNe
 QUANTIZE_SCHEME = {"w2a2_bw": "w2a2"}
 """Benchmark precision -> ``tvm_ternary.quantize`` scheme where the names differ."""
 
-LAYER_ONLY = {"w2a2"}
-"""Precisions that no quantized model uses (unsigned weights): no model rows."""
+LAYER_ONLY = {"w2a2", "int8"}
+"""Precisions that no ``tvm_ternary.quantize`` scheme is (w2a2: unsigned weights; int8: the
+kernel of every scheme's first and last layers): no model rows."""
 
 ALL_QUANTIZED_TOLERANCE = 1e-5
 """Relative error allowed with every layer quantized (by the scheme, or the first and last in

@@ -8,9 +8,10 @@ packed or quantized, inputs in the layout the kernel reads), and is timed by
 * ``torch_int8``: ``torch.ao.nn.quantized`` Conv2d/Linear with the x86 (fbgemm) engine,
   quint8 input and output, quantize/dequantize outside the timed call.
 * ``torch_int8_dynamic`` (dense only): ``torch.ao.nn.quantized.dynamic.Linear``, fp32 in and
-  out, each call quantizing its input per token (how PyTorch serves language models' linears).
+  out, each call quantizing its input with one scale per tensor (7-bit, ``reduce_range``; at
+  batch 1 the tensor is one token), how PyTorch serves language models' linears.
 * ``tvm_fp32``: the same layer through TVM's default Relax pipeline, untuned.
-* ours (``w1a1``, ``w2a2``, ``w2a2_bw``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``):
+* ours (``w1a1``, ``w2a2``, ``w2a2_bw``, ``ternary``, ``fatnn``, ``fgq_w2a4``, ``fgq_w2a8``, ``int8``):
   and ``ternary_int8`` (dense only: ternary weights at 2 bits in memory × 8-bit activations,
   BitNet b1.58's linears): the kernel of :func:`tvm_ternary.op` on already packed input with the fused requantize
   epilogue that writes the next layer's packed input (``impl="hand"``), the same kernel
@@ -52,6 +53,8 @@ class Layer:
     padding: int = 0
     cold: bool = False
     """Time with the weights out of cache: each call uses the next of enough weight copies."""
+    model: str = "resnet18"
+    """The network the layer comes from (the CSV's ``model`` column)."""
 
     @property
     def macs(self) -> int:
@@ -183,13 +186,16 @@ OURS = {
     "fgq_w2a4": ("fgq", dict(abits=4)),
     "fgq_w2a8": ("fgq", dict(abits=8)),
     "ternary_int8": ("ternary_int8", {}),
+    "int8": ("int8", {}),
 }
-DENSE_ONLY = {"ternary_int8"}
-"""Our precisions with a dense kernel only (no conv rows)."""
 """Our precisions: kernel scheme and parameters. ``w2a2`` is the conventional bit-serial
 kernel, unsigned 2-bit activations × unsigned 2-bit weights {0..3} (4 AND-popcounts per
 word); ``w2a2_bw`` has bipolar weights {-3,-1,1,3} (2 more popcounts per word), which is what
-``tvm_ternary.quantize(model, "w2a2")`` builds, so it is the W2A2 of the model rows."""
+``tvm_ternary.quantize(model, "w2a2")`` builds, so it is the W2A2 of the model rows.
+``int8`` is our own 8-bit kernel (7-bit activations × 8-bit weights, the first and last
+layers' kernel), the like-for-like int8 beside PyTorch's."""
+DENSE_ONLY = {"ternary_int8"}
+"""Our precisions with a dense kernel only (no conv rows)."""
 
 
 def thresholds_for(spec, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -245,6 +251,8 @@ def ours(precision: str, fgq_group: int, remote=None, tuned=None):
         if scheme == "ternary_int8":    # float out, as a language model's linear layer
             return [(scheme, params, "affine", "hand"), (scheme, params, "int32", "hand-int32"),
                     (scheme, dict(params, activations="per_token"), "affine", "per-token")]
+        if scheme == "int8":            # float out, as a model's first and last layers
+            return [(scheme, params, "affine", "hand"), (scheme, params, "int32", "hand-int32")]
         return [(scheme, params, "requantize", "hand"), (scheme, params, "int32", "hand-int32")]
 
     def make(layer: Layer, target, rng):

@@ -59,14 +59,15 @@ LAYERS = [
     Layer("conv3x3_256x14x14", "conv2d", (1, 256, 14, 14), (256, 256, 3, 3), 1, 1),
     Layer("conv3x3_512x7x7", "conv2d", (1, 512, 7, 7), (512, 512, 3, 3), 1, 1),
     Layer("dense_512x1000", "dense", (1, 512), (1000, 512)),
-    Layer("dense_4096x4096", "dense", (1, 4096), (4096, 4096)),
-    Layer("dense_4096x4096_cold", "dense", (1, 4096), (4096, 4096), cold=True),
-    Layer("dense_2560x6912_cold", "dense", (1, 2560), (6912, 2560), cold=True),
-    Layer("dense_6912x2560_cold", "dense", (1, 6912), (2560, 6912), cold=True),
-    Layer("dense_4096x11008_cold", "dense", (1, 4096), (11008, 4096), cold=True),
+    Layer("dense_4096x4096", "dense", (1, 4096), (4096, 4096), model="llama-7b"),
+    Layer("dense_4096x4096_cold", "dense", (1, 4096), (4096, 4096), cold=True, model="llama-7b"),
+    Layer("dense_2560x6912_cold", "dense", (1, 2560), (6912, 2560), cold=True, model="bitnet-b1.58-3b"),
+    Layer("dense_6912x2560_cold", "dense", (1, 6912), (2560, 6912), cold=True, model="bitnet-b1.58-3b"),
+    Layer("dense_4096x11008_cold", "dense", (1, 4096), (11008, 4096), cold=True, model="llama-7b"),
 ]
-"""The last three are language-model linears at batch 1 (one token): BitNet b1.58 3B's
-2560->6912 and 6912->2560, LLaMA-7B's 4096->11008."""
+"""The dense layers after ResNet-18's classifier are language-model linears at batch 1 (one
+token): LLaMA-7B's attention projections 4096->4096 and its MLP's 4096->11008, BitNet b1.58
+3B's 2560->6912 and 6912->2560 (the CSV's ``model`` column names them)."""
 BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "torch_int8_dynamic": torch_int8_dynamic,
              "tvm_fp32": tvm_fp32}
 DENSE_ONLY_PRECISIONS = {"torch_int8_dynamic", *DENSE_ONLY}
@@ -245,7 +246,7 @@ def measure(args) -> list[dict]:
                 runners[layer.name, name] = sum((as_tuple(ours(name, args.fgq_group, remote, t)(layer, target, rng))
                                                  for t in tuned), ())
             elif name in LAYER_ONLY:
-                tqdm.write(f"note: no {layer.name} row for {name}: a layer kernel only (unsigned weights)")
+                tqdm.write(f"note: no {layer.name} row for {name}: a layer kernel only (no quantize scheme)")
             else:
                 runners[layer.name, name] = sum((as_tuple(network_runner(name, args.fgq_group, target, layer.network,
                                                                          t)) for t in tuned), ())
@@ -259,7 +260,7 @@ def measure(args) -> list[dict]:
         made = runners[layer.name, name]
         for runner in as_tuple(made):
             median_ms = runner.time(args.repeat)
-            model = layer.network if layer.op == "model" else "resnet18"     # layer rows: as before
+            model = layer.network if layer.op == "model" else layer.model
             rows.append(dict(target=describe(target), device=device, threads=threads, model=model,
                              layer=layer.name, precision=name, impl=runner.impl,
                              median_ms=median_ms,

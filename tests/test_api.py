@@ -11,6 +11,7 @@ import tvm
 import torch
 import tvm_ternary
 from tvm_ternary import reference, schedules
+from tvm_ternary.schemes import MAX_CODE_REDUCTION
 from tvm_ternary.targets import host_cannot_run, resolve_target, target_arch
 
 from .asm import count
@@ -377,8 +378,10 @@ def test_ternary_int8_dense_exact(data_shape, weight_shape, group_size, abits, t
 def test_ternary_int8_per_token_activations_are_quantized_in_the_kernel(data_shape, weight_shape, group_size,
                                                                          epilogue, target, rng, request):
     """Float rows quantized per token in the kernel (BitNet's activations), exact against the
-    numpy quantizer: random rows, an all-zero row, and a row of ties (absmax 127, so every
-    ``x.5`` rounds half to even, as ``torch.round``)."""
+    numpy quantizer and PyTorch's: random rows, an all-zero row, a row of ties (absmax 127, so
+    every ``x.5`` rounds half to even, as ``torch.round``), and a row whose level depends on
+    computing ``127 / absmax`` as PyTorch does (a reciprocal times 127: a true division gives
+    -27 for its second value, PyTorch -28)."""
     f = runnable(tvm_ternary.op("dense", "ternary_int8", data_shape, weight_shape, group_size=group_size,
                                 activations="per_token", epilogue=epilogue, target=target), request)
     s = f.spec
@@ -386,20 +389,39 @@ def test_ternary_int8_per_token_activations_are_quantized_in_the_kernel(data_sha
     ties = np.arange(data_shape[1], dtype=np.float32) % 254 - 126.5
     ties[-1] = 127.0
     x[-1] = ties
-    if data_shape[0] > 2:
+    if data_shape[0] > 2:                      # rows 0 and 1 (row 2 holds the ties)
+        x[0, :2], x[0, 2:] = [-7.0734615, -1.531655], 0.0
         x[1] = 0.0
     w, m = s.scheme.weight.sample(rng, weight_shape), rng.integers(-127, 128, s.scales_shape)
     levels, step = reference.quantize_per_token(x)
     assert np.array_equal(levels[-1][:4], [-126, -126, -124, -124])          # -126.5, -125.5, ...: to even
     assert data_shape[0] < 3 or (np.all(levels[1] == 0) and step[1] > 0)
-    np.testing.assert_array_equal(levels, torch.round(torch.from_numpy(x) * (127 / torch.from_numpy(
-        np.maximum(np.abs(x).max(1), np.float32(1e-5))))[:, None]).clamp(-127, 127).numpy())
+    rows = torch.from_numpy(x)
+    torch_levels = torch.round(rows * (127 / rows.abs().amax(1, keepdim=True).clamp(min=1e-5))).clamp(-127, 127)
+    np.testing.assert_array_equal(levels, torch_levels.numpy())
+    assert data_shape[0] < 3 or levels[0, 1] == -28                          # the reciprocal's level
     if epilogue == "int32":
         np.testing.assert_array_equal(f(x, w, scales=m), f.reference(x, w, m))
         return
     scale, bias = rng.standard_normal(weight_shape[0]), rng.standard_normal(weight_shape[0])
     np.testing.assert_allclose(f(x, w, m, scale=scale, bias=bias), f.reference(x, w, m, scale=scale, bias=bias),
                                rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("activations", ["static", "per_token"])
+def test_ternary_int8_sums_stay_exact_up_to_the_reduction_bound(activations):
+    """At ``MAX_CODE_REDUCTION`` inputs, every activation at its top, every weight 1 and every
+    multiplier 127 (then -1 and -127), the int32 sums reach their largest magnitudes and stay
+    exact (AVX2, which this host runs)."""
+    k = MAX_CODE_REDUCTION
+    f = tvm_ternary.op("dense", "ternary_int8", (1, k), (8, k), target=AVX2, activations=activations)
+    x = np.full((1, k), 127.0 if activations == "per_token" else 255, np.float32 if activations == "per_token"
+                else np.int32)
+    for sign in (1, -1):
+        w, m = np.full((8, k), sign, np.int32), np.full(f.spec.scales_shape, 127 * sign)
+        out = f(x, w, scales=m)
+        np.testing.assert_array_equal(out, f.reference(x, w, m))
+        assert abs(int(out[0, 0])) == k * 127 * (127 if activations == "per_token" else 255) < 2**31
 
 
 def test_ternary_int8_inputs_are_checked():

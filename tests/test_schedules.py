@@ -237,7 +237,8 @@ def test_fgq_uses_byte_dot_product_instructions(group_size):
     ("conv2d", "ternary", "int32", {}), ("conv2d", "bitserial", "requantize", dict(abits=2, wbits=2)),
     ("dense", "fatnn", "requantize", {}), ("conv2d", "fgq", "int32", dict(group_size=4, abits=4)),
     ("conv2d", "int8", "int32", {}), ("dense", "ternary_int8", "affine", dict(group_size=32)),
-], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq", "int8", "ternary-int8"])
+    ("dense", "ternary_int8", "int32", dict(activations="per_token")),
+], ids=["conv-int32", "conv-requantize", "dense-requantize", "fgq", "int8", "ternary-int8", "per-token"])
 def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     """Every point of the search space computes the same thing: compile a few random samples."""
     shapes = ((2, 40, 7, 14), (24, 40, 3, 3)) if op == "conv2d" else ((4, 100), (64, 100))
@@ -245,6 +246,8 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
                        epilogue=epilogue, **params)
     s = f.spec
     x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    if params.get("activations") == "per_token":
+        x = rng.standard_normal(s.data_shape).astype(np.float32)
     scales = rng.random(s.scales_shape).astype(np.float32) if scheme == "fgq" else None
     if scheme == "ternary_int8":
         scales = rng.integers(-127, 128, s.scales_shape)

@@ -240,7 +240,11 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             ``weight_encoding`` ("unipolar"/"bipolar"); fgq ``group_size`` (a multiple of 4 for
             this float-scale kernel), ``abits`` (4/8); int8 ``activation_encoding`` ("unsigned":
             0..127, or "signed": -64..63, for 7 bits), ``abits``/``wbits`` (2..8, sum <= 15);
-            ternary_int8 ``group_size`` (a multiple of 16, or "row", the default), ``abits`` (1..8).
+            ternary_int8 ``group_size`` (a multiple of 16, or "row", the default), ``abits`` (1..8),
+            ``activations`` ("static": integer data 0..2^abits-1, the default; "per_token": float32
+            data, each row quantized to -127..127 with step ``absmax / 127`` in the kernel, BitNet's
+            activations; the "int32" epilogue then returns the level sums, the affine epilogues
+            multiply by each row's step first).
 
     Returns:
         A :class:`CompiledOperator`; ``f(x, w)`` (fgq: ``f(x, w, scales=s)``, float group scales;

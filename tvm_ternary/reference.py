@@ -87,11 +87,13 @@ def dense_fgq(x: np.ndarray, w: np.ndarray, scales: np.ndarray, group_size: int)
 
 def quantize_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-token 8-bit activations (BitNet's, the ``ternary_int8`` kernel's with
-    ``activations="per_token"``), in float32 as the kernel computes them: ``absmax`` per row
-    (at least 1e-5), ``levels = clip(rint(x * (127 / absmax)), -127, 127)`` (int32) and the
-    row's ``step = absmax / 127`` (float32 ``[N]``)."""
+    ``activations="per_token"``), in float32 as the kernel and PyTorch compute them:
+    ``absmax`` per row (at least 1e-5), ``levels = clip(rint(x * ((1 / absmax) * 127)), -127, 127)``
+    (int32; PyTorch's ``127 / absmax`` is that reciprocal times 127) and the row's
+    ``step = absmax / 127`` (float32 ``[N]``)."""
     x = np.asarray(x, np.float32)
     absmax = np.maximum(np.abs(x).max(axis=1), np.float32(1e-5)).astype(np.float32)
     top = np.float32(127)
-    levels = np.clip(np.rint(x * (top / absmax)[:, None]), -top, top).astype(np.int32)
+    scale = (np.float32(1) / absmax).astype(np.float32) * top
+    levels = np.clip(np.rint(x * scale[:, None]), -top, top).astype(np.int32)
     return levels, (absmax / top).astype(np.float32)

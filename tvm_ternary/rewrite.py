@@ -63,7 +63,8 @@ from .packing import block_channels, taps_per_word
 from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
-from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_MULTIPLIER, PER_TOKEN_LEVELS,
+from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_CODE_REDUCTION, MAX_MULTIPLIER,
+                      PER_TOKEN_LEVELS,
                       FgqScheme,
                       Int8Scheme, PackedScheme, Scheme, TernaryInt8Scheme,
                       make_scheme)
@@ -233,12 +234,17 @@ class _Matcher:
             return None
         quantized, leading = value.args[0], ()
         found = self.quantizer(quantized)
-        if found is None and name == "relax.matmul":   # [*leading, K] rows, flattened for the matmul
-            reshaped = self.graph.values.get(quantized) if isinstance(quantized, relax.Var) else None
-            if _op_name(reshaped) == "relax.reshape" and self.quantizer(reshaped.args[0]) is not None:
-                quantized = reshaped.args[0]
-                leading = tuple(int(d) for d in quantized.ty.shape)[:-1]
-                found = self.quantizer(quantized)
+        reshaped = self.graph.values.get(quantized) if isinstance(quantized, relax.Var) else None
+        if found is None and name == "relax.matmul" and _op_name(reshaped) == "relax.reshape" and \
+                self.quantizer(reshaped.args[0]) is not None:   # [*leading, K] rows, flattened for the matmul
+            leading = self._flattened_rows(var, value)
+            if not leading:
+                warnings.warn(f"rewrite: the quantized matmul at {var.name} reads a reshape of its quantizer's output "
+                              f"that is not [batch * tokens, K] rows, or its result is used other than reshaped back "
+                              f"to [batch, tokens, M]; it stays a float Relax matmul (right, but slow)", SlowPathWarning)
+                return None
+            quantized = reshaped.args[0]
+            found = self.quantizer(quantized)
         if found is None:
             return None
         x, thresholds, info = found
@@ -339,10 +345,12 @@ class _Matcher:
                 layer.weight, layer.fgq_scales = ternary, multipliers
             elif integer is None:
                 if scheme.group_size == FGQ_ROW or scheme.group_size % 4:
+                    codes = f"; the 2-bit-code kernel (dense layers) takes group multipliers up to {MAX_MULTIPLIER}" \
+                        if layer.op == "dense" else ""
                     raise ValueError(f"{layer.where}: weights of magnitude up to {int(np.abs(layer.weight).max())} "
                                      f"are too large for the int8 kernel with {scheme.abits}-bit activations "
                                      f"(abits + weight bits <= {INT8_MAX_BITS}), and the float-scale FGQ kernel "
-                                     f"needs a group size that is a multiple of 4, got {scheme.group_size!r}")
+                                     f"needs a group size that is a multiple of 4, got {scheme.group_size!r}{codes}")
                 layer.weight, layer.fgq_scales = ternary, multipliers
         try:
             scheme.check_values(layer.op, "weight", ternary if integer is not None else layer.weight)
@@ -384,16 +392,24 @@ class _Matcher:
         if layer.op == "conv2d" and layer.groups == 1 and not layer.relu:
             self._residual_epilogue(layer, cur)
 
+    def _flattened_rows(self, var: relax.Var, value: relax.Call) -> tuple[int, ...]:
+        """``leading`` when the matmul ``value``, which reads a reshape of a quantizer's output
+        ``[*leading, K]``, multiplies it flattened to rows ``[prod(leading), K]`` and only a
+        reshape back to ``[*leading, M]`` reads its result (how ``torch.export`` writes a Linear
+        over ``[batch, tokens, K]``), else ()."""
+        rows = value.args[0]
+        *leading, k = (int(d) for d in self.graph.values[rows].args[0].ty.shape)
+        back = self.graph.sole_user(var)
+        if len(leading) < 2 or tuple(int(d) for d in rows.ty.shape) != (int(np.prod(leading)), k) or \
+                _op_name(self.graph.values.get(back)) != "relax.reshape" or \
+                tuple(int(d) for d in back.ty.shape) != (*leading, int(var.ty.shape[-1])):
+            return ()
+        return tuple(leading)
+
     def _reshape_back(self, layer: Layer) -> relax.Var:
         """Absorb the ``reshape`` of a dense layer's ``[N, M]`` result back to ``[*leading, M]``
-        (how ``torch.export`` writes a Linear over ``[batch, tokens, K]``); raises if the graph
-        uses the flat result otherwise."""
+        (checked by :meth:`_flattened_rows`)."""
         nxt = self.graph.sole_user(layer.var)
-        value = self.graph.values.get(nxt) if nxt is not None else None
-        want = (*layer.leading, layer.weight.shape[0])
-        if _op_name(value) != "relax.reshape" or tuple(int(d) for d in nxt.ty.shape) != want:
-            raise ValueError(f"{layer.where}: a dense layer over rows of shape {layer.leading} must reshape its "
-                             f"result back to {want}, as torch.export writes a Linear layer")
         layer.chain.append(nxt)
         return nxt
 
@@ -436,8 +452,10 @@ class _Matcher:
         """The next layer whose quantizer alone consumes this layer's epilogue, if folding applies."""
         quant = self.graph.sole_user(layer.end)
         consumer = self.graph.sole_user(quant) if quant is not None else None
+        if consumer is not None and _op_name(self.graph.values.get(consumer)) == "relax.reshape":
+            consumer = self.graph.sole_user(consumer)        # the rows of a dense layer over [*leading, K]
         nxt = layers.get(consumer)
-        if nxt is None or not self.graph.values[consumer].args[0].same_as(quant):
+        if nxt is None or nxt.quantizer_var is None or not nxt.quantizer_var.same_as(quant):
             return None
         if not isinstance(layer.scheme, PackedScheme) or nxt.scheme != layer.scheme:
             return None
@@ -491,7 +509,8 @@ def _fgq_as_integer(layer: Layer, scheme: FgqScheme, multipliers: np.ndarray) ->
     ``abits``-bit activations. None (the float-scale FGQ kernel) when the weights need more
     bits than the int16 sums of AVX2's byte dot product allow with those activations."""
     codes = scheme.group_size == FGQ_ROW or scheme.group_size % CODE_GROUP == 0
-    if layer.op == "dense" and codes and multipliers.max(initial=0) <= MAX_MULTIPLIER:
+    if layer.op == "dense" and codes and multipliers.max(initial=0) <= MAX_MULTIPLIER and \
+            layer.weight.shape[1] <= MAX_CODE_REDUCTION:
         return TernaryInt8Scheme(group_size=scheme.group_size, abits=scheme.abits)
     wbits = max(2, int(np.abs(layer.weight).max()).bit_length() + 1)
     if wbits > 8 or scheme.abits + wbits > INT8_MAX_BITS:      # bytes hold 8 bits at most
@@ -752,7 +771,7 @@ class _Rewriter(PyExprMutator):
         if data is None and _per_token(spec.scheme):     # float rows: the kernel quantizes them
             data = self._rows(layer)
             if spec.kernel_input_shape()[0] != spec.data_shape:     # zero-padded to whole groups first
-                pad = self._add(spec.data_prim_func, name + "_data", spec.where + ":quantize", ("data", spec))
+                pad = self._add(spec.data_prim_func, name + "_data", spec.where + ":pad", ("data", spec))
                 data = self.builder_.emit(relax.call_tir(pad, [data], relax.TensorType(*spec.kernel_input_shape())))
         elif data is None:
             ascending = bool(np.all(np.diff(layer.thresholds) >= 0))

@@ -34,7 +34,7 @@ A scheme is chosen by name plus parameters (:func:`make_scheme`):
   per call, reads a quarter of int8's bytes. Each group's byte dot product runs on the codes
   ``w + 1`` (0..2) and subtracts the group's sum of activations. With
   ``activations="per_token"`` (BitNet's activations) the kernel takes float32 data and
-  quantizes each row itself: ``q = clip(rint(x * (127 / absmax_row)), -127, 127)`` (signed,
+  quantizes each row itself: ``q = clip(rint(x * ((1 / absmax_row) * 127)), -127, 127)`` (signed,
   stored as ``q + 128``), and the affine epilogue multiplies by the row's step
   ``absmax_row / 127`` (:data:`PER_TOKEN_LEVELS`).
 
@@ -81,6 +81,8 @@ FGQ_MULTIPLIER_MAX = 7
 """FGQ group scales are deployed as ``m * channel_scale`` with integer ``m <= 7`` (3 bits;
 :class:`tvm_ternary.quant.FGQ`), so a layer's weights times multipliers are integers -7..7."""
 FGQ_INTEGER_WEIGHT_BITS = 4
+"""Signed bits of an FGQ weight times its group multiplier (``-7..7``): the int8 scheme's
+``wbits`` for FGQ layers of models, which then take 8-bit activations."""
 CODE_GROUP = 16
 """Reduction elements per byte lane of the 2-bit weight codes (4 codes per byte × a quad of
 bytes per lane, :func:`tvm_ternary.packing.pack_ternary_codes`): ``ternary_int8`` group
@@ -92,14 +94,13 @@ TERNARY_INT8_ACTIVATIONS = ("static", "per_token")
 """``ternary_int8`` activations: integer values from a calibrated quantizer (``static``, the
 default) or float32 rows quantized per token inside the kernel (``per_token``)."""
 PER_TOKEN_LEVELS = 127
-"""Per-token quantization's top level: ``q = clip(rint(x * (127 / absmax)), -127, 127)`` per row."""
+"""Per-token quantization's top level: ``q = clip(rint(x * (127 / absmax)), -127, 127)`` per row
+(``127 / absmax`` computed as PyTorch does, ``(1 / absmax) * 127``)."""
 PER_TOKEN_MIN_ABSMAX = 1e-5
 """A row's absmax is at least this (an all-zero row quantizes to zeros, not NaNs)."""
 MAX_CODE_REDUCTION = (2**31 - 1) // (255 * MAX_MULTIPLIER)
 """Most reduction inputs of a ``ternary_int8`` dense layer: every output, a sum of 8-bit
 activations times ternary weights times multipliers, stays within int32."""
-"""Signed bits of an FGQ weight times its group multiplier (``-7..7``): the int8 scheme's
-``wbits`` for FGQ layers of models, which then take 8-bit activations."""
 
 WordOf = Callable[[int], PrimExpr]
 """``plane -> word`` accessor for one operand at the current reduction point."""

@@ -44,7 +44,7 @@ ternary_int8 (dense), bytes against 2-bit weight codes (``G`` = group width, ``G
 * stages ``xsum`` (each group's sum of activations), ``dot`` (a group's dot product with the
   codes), ``acc`` (``sum_g multiplier * (dot - xsum)``) and ``out`` (:func:`ternary_code_dot`);
   per token, the data is float32 ``[N, Gn*G]`` and the kernel starts with ``absmax`` and
-  ``tokens`` (:func:`quantize_per_token`), its affine epilogue multiplying by the row's step.
+  ``tokens`` (:func:`per_token_bytes`), its affine epilogue multiplying by the row's step.
 """
 
 from __future__ import annotations
@@ -461,9 +461,12 @@ def _row_absmax(absmax: te.Tensor, row) -> PrimExpr:
 
 
 def _per_token_level(x_value: PrimExpr, absmax: PrimExpr) -> PrimExpr:
-    """``clip(rint(x * (127 / absmax)), -127, 127)`` in float32 (round half to even, as ``torch.round``)."""
+    """``clip(rint(x * ((1 / absmax) * 127)), -127, 127)`` in float32: the scale as PyTorch
+    computes ``127 / absmax`` (a reciprocal, then a multiply; a true division differs in the
+    last bit for a quarter of the values), rounded half to even as ``torch.round``."""
     top = tirx.const(PER_TOKEN_LEVELS, "float32")
-    return tirx.max(tirx.min(tirx.nearbyint(x_value * (top / absmax)), top), -top)
+    scale = tirx.const(1.0, "float32") / absmax * top
+    return tirx.max(tirx.min(tirx.nearbyint(x_value * scale), top), -top)
 
 
 def per_token_levels_te(x: te.Tensor) -> te.Tensor:
@@ -480,11 +483,11 @@ def per_token_step_te(x: te.Tensor) -> te.Tensor:
     return te.compute((*x.shape[:-1], 1), lambda *i: token_step(absmax)(i[:-1]), name="step")
 
 
-def quantize_per_token(x: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
+def per_token_bytes(x: te.Tensor) -> tuple[te.Tensor, te.Tensor]:
     """Per-token activations (BitNet's) for the kernel: float32 rows ``x`` ``[N, C]`` ->
     ``(absmax, tokens)``: ``absmax`` ``[N]`` float32, ``max_k |x|``; ``tokens`` uint8 ``[N, C]``,
-    the level (``clip(rint(x * (127 / a)), -127, 127)`` with ``a = max(absmax, 1e-5)``, float32
-    operations) plus 128. :func:`token_step` is the row's dequantization step."""
+    the level (:func:`_per_token_level` with ``a = max(absmax, 1e-5)``) plus 128.
+    :func:`token_step` is the row's dequantization step."""
     absmax = _per_token_absmax_te(x)
 
     def token(i, j):

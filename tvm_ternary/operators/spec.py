@@ -22,7 +22,7 @@ from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_
 from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, FgqScheme, Int8Scheme, PackedScheme,
                        Scheme, TernaryInt8Scheme)
 from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
-                      pack_data, packed_correlation, pad_features, quantize_per_token, ternary_code_dot, token_step,
+                      pack_data, packed_correlation, pad_features, per_token_bytes, ternary_code_dot, token_step,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
@@ -308,7 +308,7 @@ class OperatorSpec:
         elif isinstance(self.scheme, TernaryInt8Scheme):
             levels = data
             if self._per_token:
-                absmax, levels = quantize_per_token(data)
+                absmax, levels = per_token_bytes(data)
                 row_scale = token_step(absmax)
             codes, multipliers, *correction = weight_args
             out = ternary_code_dot(levels, codes, multipliers, self.weight_shape[0],

@@ -207,9 +207,15 @@ def per_token_absmax(x: Tensor) -> Tensor:
     return x.abs().amax(dim=-1, keepdim=True).clamp(min=PER_TOKEN_MIN_ABSMAX)
 
 
+def per_token_scale(x: Tensor) -> Tensor:
+    """Each row's ``127 / absmax`` as PyTorch's scalar-by-tensor division computes it: the
+    reciprocal, then times 127 (written out, so the kernels can match it bit for bit)."""
+    return per_token_absmax(x).reciprocal() * PER_TOKEN_LEVELS
+
+
 def per_token_levels(x: Tensor) -> Tensor:
-    """``clip(round(x * (127 / absmax)), -127, 127)`` per row, in float32 (round half to even)."""
-    return torch.round(x * (PER_TOKEN_LEVELS / per_token_absmax(x))).clamp(-PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
+    """``clip(round(x * per_token_scale(x)), -127, 127)`` per row, in float32 (round half to even)."""
+    return torch.round(x * per_token_scale(x)).clamp(-PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
 
 
 def per_token_step(x: Tensor) -> Tensor:
@@ -236,14 +242,14 @@ class PerTokenQuantizer(nn.Module):
         return torch.zeros(0)
 
     def levels(self, x: Tensor) -> Tensor:
+        """Inference semantics: each row's integer levels (float32 tensor), :func:`per_token_levels`."""
         return per_token_levels(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        absmax = per_token_absmax(x)
         if not self.training:
             return per_token_levels(x) * per_token_step(x)
-        scaled = torch.clamp(x * (PER_TOKEN_LEVELS / absmax), -PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
-        return round_ste(scaled) * (absmax / PER_TOKEN_LEVELS)
+        scaled = torch.clamp(x * per_token_scale(x), -PER_TOKEN_LEVELS, PER_TOKEN_LEVELS)
+        return round_ste(scaled) * per_token_step(x)
 
     def calibrate(self, x: Tensor) -> None:
         """Nothing to fit: every row's step comes from that row at run time."""
