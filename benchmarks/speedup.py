@@ -5,10 +5,12 @@
         --precisions torch_fp32,torch_int8,tvm_fp32,w1a1,w2a2,ternary,fatnn,fgq_w2a4,fgq_w2a8 --csv out.csv
     python benchmarks/speedup.py --scope model --models resnet18,resnet50   # ResNet-50 too (longer run)
     python benchmarks/speedup.py --scope model --schedules hand,tuned       # hand against the shipped records
+    python benchmarks/speedup.py --scope layers --layers lm --threads 1     # language-model linears, cold weights
 
 Layers: the four ResNet-18 3x3 convolutions at batch 1 and dense 512->1000, 4096->4096
 (weights hot: they stay in cache between calls) and 4096->4096 cold (each call streams its
-weights from memory); ``--scope model``: the networks of ``--models`` end to end at 224x224,
+weights from memory); ``--layers lm`` (or ``all``) adds language-model linears at batch 1 with
+cold weights (:data:`LAYER_SETS`); ``--scope model``: the networks of ``--models`` end to end at 224x224,
 batch 1 (benchmarks/networks.py): ResNet-18 by default, ``--models resnet18,resnet50`` adds
 ResNet-50 (1x1 bottleneck convolutions, 2.3x ResNet-18's MACs). Each kernel is checked
 against its reference once, then timed by one harness for every contender
@@ -68,6 +70,13 @@ LAYERS = [
 """The dense layers after ResNet-18's classifier are language-model linears at batch 1 (one
 token): LLaMA-7B's attention projections 4096->4096 and its MLP's 4096->11008, BitNet b1.58
 3B's 2560->6912 and 6912->2560 (the CSV's ``model`` column names them)."""
+LAYER_SETS = {"default": [layer.name for layer in LAYERS[:7]],
+              "lm": [layer.name for layer in LAYERS if layer.model != "resnet18"],
+              "all": [layer.name for layer in LAYERS]}
+"""``--layers`` shortcuts: ``default`` (ResNet-18's four 3x3 convolutions and classifier, dense
+4096->4096 hot and cold), ``lm`` (the language-model linears, cold weights but 4096->4096 hot),
+``all``. The language-model layers are not in the default run: their cold weights cycle
+through ~1 GB of copies per contender, which tripled the default run's time."""
 BASELINES = {"torch_fp32": torch_fp32, "torch_int8": torch_int8, "torch_int8_dynamic": torch_int8_dynamic,
              "tvm_fp32": tvm_fp32}
 DENSE_ONLY_PRECISIONS = {"torch_int8_dynamic", *DENSE_ONLY}
@@ -99,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", default="1,all",
                    help="comma list of thread counts; 'all' = every CPU this process may run on")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {PRECISIONS}")
-    p.add_argument("--layers", default="all", help="comma list of layer names, or 'all'")
+    p.add_argument("--layers", default="default",
+                   help=f"comma list of layer names, or a set: {', '.join(LAYER_SETS)} (see LAYER_SETS)")
     p.add_argument("--target", default="host", help="'host', 'llvm', a preset ('x86', 'avx512') or a JSON target dict")
     p.add_argument("--torch-isa", choices=["native", *TORCH_ISA_LIMITS], default="native",
                    help="limit PyTorch's kernels to this ISA (baseline of an AVX2-only host); "
@@ -135,10 +145,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     if unknown:
         p.error(f"unknown models {unknown}; choose from {list(NETWORKS)}")
     names = [layer.name for layer in LAYERS]
-    default_layers = [layer for layer in LAYERS if not (args.rpc and layer.cold)]
-    args.layers = default_layers if args.layers == "all" else [
-        LAYERS[names.index(n)] for n in args.layers.split(",")
-        if n in names or p.error(f"unknown layer {n}; choose from {names}")]
+    if args.layers in LAYER_SETS:           # a set: without the cold layers on a board
+        args.layers = [LAYERS[names.index(n)] for n in LAYER_SETS[args.layers]
+                       if not (args.rpc and LAYERS[names.index(n)].cold)]
+    else:
+        args.layers = [LAYERS[names.index(n)] for n in args.layers.split(",")
+                       if n in names or p.error(f"unknown layer {n}; choose from {names} or {list(LAYER_SETS)}")]
     if args.rpc and any(layer.cold for layer in args.layers):
         p.error("--rpc: cold-weight layers rotate weight copies between calls, which the board's time "
                 "evaluator cannot; leave them out")
@@ -371,9 +383,11 @@ def plot(rows: list[dict], path: str) -> None:
         layers = list(dict.fromkeys(r["layer"] for r in main))
         bars = list(dict.fromkeys(bar_label(r) for r in main))
         width = 0.8 / max(len(bars), 1)
+        colors = plt.get_cmap("tab20").colors           # one color per bar up to 20 (tab10 repeated after 10)
         for i, label in enumerate(bars):
             values = {r["layer"]: r["speedup_vs_fp32"] for r in main if bar_label(r) == label}
-            ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, 0) for layer in layers], width, label=label)
+            ax.bar(np.arange(len(layers)) + i * width, [values.get(layer, 0) for layer in layers], width, label=label,
+                   color=colors[i % len(colors)])
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")                         # 0.01x (untuned TVM fp32) to ~200x
         ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2, layers, rotation=30, ha="right", fontsize=8)

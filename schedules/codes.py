@@ -9,7 +9,8 @@ of code bytes: each quad is one load of ``V x 4`` code bytes, widened by shift-a
 four vectors of byte codes, each multiplied with one broadcast activation quad
 (:mod:`.intrinsics`: ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` + ``vpmaddwd`` on AVX2;
 vector multiply-adds elsewhere). A batch-1 layer is a weight stream, and the codes are a
-quarter of int8's bytes.
+quarter of int8's bytes. With per-token activations the kernel first computes each row's
+``absmax`` and its quantized bytes (``tokens``, vectorized) before the tiles.
 """
 
 from __future__ import annotations
