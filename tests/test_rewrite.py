@@ -271,6 +271,41 @@ def test_a_quantized_layer_with_constant_parameters_gets_our_kernel_without_a_wa
     assert calls(rewritten)["relax.nn.conv2d"] == 0 and calls(rewritten)["tir:kernel"] == 1
 
 
+def reshaped_dense(flat_result_used: bool, reshape_rows: tuple[int, int] = (6, 16)) -> tvm.IRModule:
+    """A ternary dense layer over ``[2, 3, 16]`` rows as ``torch.export`` writes it (quantize,
+    reshape to rows, matmul, reshape back), with the flat result also returned if
+    ``flat_result_used``, or the rows reshaped to ``reshape_rows``."""
+    x = relax.Var("x", relax.TensorType((2, 3, 16), "float32"))
+    weight = relax.const(np.ones((reshape_rows[1], 4), np.float32))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            quantizer = bb.add_func(quantize_prim_func((2, 3, 16), "float32", 2, -1.0, 1.0,
+                                                       json.dumps({"scheme": "ternary"})), "tvm_ternary_quantize")
+            q = bb.emit(relax.call_tir(quantizer, [x, relax.const(np.array([-0.5, 0.5], np.float32))],
+                                       relax.TensorType((2, 3, 16), "float32")))
+            rows = bb.emit(relax.op.reshape(q, reshape_rows))
+            y = bb.emit(relax.op.matmul(rows, weight))
+            back = bb.emit(relax.op.reshape(y, (2, 3, 4)) if reshape_rows == (6, 16) else relax.op.sum(y))
+            out = bb.emit_output(relax.Tuple([back, y]) if flat_result_used else back)
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.mark.parametrize("flat_result_used,reshape_rows", [(True, (6, 16)), (False, (12, 8))],
+                         ids=["flat-result-used", "not-rows"])
+def test_a_dense_layer_over_reshaped_rows_runs_on_our_kernel_only_as_torch_export_writes_it(flat_result_used,
+                                                                                           reshape_rows):
+    """Quantize, flatten ``[2, 3, K]`` to rows, matmul, reshape back: our kernel. A graph that
+    also uses the flat result, or reshapes to something other than rows, stays in Relax with a
+    warning (the kernel computes rows and reshapes them back)."""
+    assert calls(rewrite_quantized(reshaped_dense(False), TARGET))["tir:kernel"] == 1
+    with pytest.warns(SlowPathWarning, match=r"rewrite: the quantized matmul at \w+ reads a reshape of its "
+                                             r"quantizer's output that is not \[batch \* tokens, K\] rows"):
+        rewritten = rewrite_quantized(reshaped_dense(flat_result_used, reshape_rows), TARGET)
+    assert calls(rewritten)["relax.matmul"] == 1 and calls(rewritten)["tir:kernel"] == 0
+
+
 def test_kernels_carry_their_multiply_accumulates():
     """Every conv2d/dense kernel the pass adds says how many MACs a call does (the model
     profile's G MAC/s); here each kernel is called once, so they add up to the model's."""
