@@ -20,7 +20,8 @@ from tvm.target import Target
 
 from .intrinsics import DOT_U8_CODES_8, DOT_U8_CODES_16
 from .isa import has_vnni, isa_of
-from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, register_tile, tile_budget, tile_output
+from .tiling import (KernelRule, REDUCE, TILE_SCOPE, group_stage_loop, loops_by_extent, register_tile, tile_budget,
+                     tile_output)
 
 STAGES = ("xsum", "dot", "acc", "out")
 """The kernel's blocks (in either order of the independent ``xsum`` and ``dot``), then ``affine``."""
@@ -63,11 +64,7 @@ class CodeDotKernel(KernelRule):
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_ROW, budget, tunable, reduction="acc")
         reduce = register_tile(sch, acc, tile, 1, lanes, groups, parallel, tunable, permute=False)
-        if reduce:                        # inside the loop over groups
-            at = reduce[-1]
-        else:                             # one group: at the tile's loop
-            at = sch.get_loops(acc)[-(1 + sum(e > 1 for _, e in tile) + (lanes > 1))]
-        sch.compute_at(dot, at)
+        sch.compute_at(dot, group_stage_loop(sch, acc, tile, lanes, reduce))
         loops = loops_by_extent(sch, dot, [*tile, ("lane", lanes), ("quad", quads), ("shift", 4), ("byte", 4)])
         inner = [loops[name] for name, _ in tile if name in loops]
         outer = [loops["quad"]] if "quad" in loops else []

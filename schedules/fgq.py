@@ -17,7 +17,8 @@ from tvm.target import Target
 
 from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
-from .tiling import KernelRule, REDUCE, TILE_SCOPE, loops_by_extent, register_tile, tile_budget, tile_output
+from .tiling import (KernelRule, REDUCE, TILE_SCOPE, group_stage_loop, loops_by_extent, register_tile, tile_budget,
+                     tile_output)
 
 ACCUMULATORS_PER_PIXEL = 2
 """Per pixel and lane vector: the float sum and the int32 group sum."""
@@ -53,11 +54,7 @@ class FgqKernel(KernelRule):
         tile, parallel = tile_output(sch, out, lanes, ACCUMULATORS_PER_PIXEL, budget, tunable)
         reduce = register_tile(sch, acc, tile, 1, lanes, reduce_extents, parallel, tunable,
                                permute=False)      # the group stage goes in the innermost reduction
-        if reduce:                        # inside the innermost reduction (over groups)
-            at = reduce[-1]
-        else:                             # 1x1 kernel, one group: at the tile's loop
-            at = sch.get_loops(acc)[-(1 + sum(e > 1 for _, e in tile) + (lanes > 1))]
-        sch.compute_at(group, at)
+        sch.compute_at(group, group_stage_loop(sch, acc, tile, lanes, reduce))
         loops = loops_by_extent(sch, group, [*tile, ("lane", lanes), ("quad", quads), ("byte", 4)])
         inner = [loops[name] for name, _ in tile if name in loops]
         outer = [loops["quad"]] if "quad" in loops else []

@@ -163,6 +163,24 @@ def _codes(packed, i: int, halves: int, dtype: str):
     return T.reinterpret(T.bitwise_and(shifted, T.broadcast(T.int16(0x0303), halves)), dtype=dtype)
 
 
+def _vnni_quads(c, a, packed):
+    """``c`` plus the four ``vpdpbusd`` of activation quads 0..3 with the codes at bits ``2i``."""
+    for i in range(4):
+        c = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, c, _quad(a, i, 16, "int8x64"),
+                                    _codes(packed, i, 32, "int8x64"))
+    return c
+
+
+def _avx2_quads(a, packed):
+    """The four ``vpmaddubsw`` of activation quads 0..3 with the codes at bits ``2i``, summed in int16."""
+    pairs = None
+    for i in range(4):
+        product = T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, i, 8, "int8x32"),
+                                          _codes(packed, i, 16, "int8x32"))
+        pairs = product if pairs is None else pairs + product
+    return pairs
+
+
 @T.prim_func(s_tir=True)
 def _codes_vnni(a: T.Buffer((16,), "uint8", offset_factor=1),
                 w: T.Buffer((16, 4), "uint8", offset_factor=1),
@@ -171,14 +189,7 @@ def _codes_vnni(a: T.Buffer((16,), "uint8", offset_factor=1),
         T.reads(c[0:16], a[0:16], w[0:16, 0:4])
         T.writes(c[0:16])
         packed = T.reinterpret(w.vload([0, 0], dtype="uint8x64"), dtype="int16x32")
-        first = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, c.vload([0], dtype="int32x16"),
-                                        _quad(a, 0, 16, "int8x64"), _codes(packed, 0, 32, "int8x64"))
-        second = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, first, _quad(a, 1, 16, "int8x64"),
-                                         _codes(packed, 1, 32, "int8x64"))
-        third = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, second, _quad(a, 2, 16, "int8x64"),
-                                        _codes(packed, 2, 32, "int8x64"))
-        c[T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin("int32x16", _VPDPBUSD, third, _quad(a, 3, 16, "int8x64"),
-                                                      _codes(packed, 3, 32, "int8x64"))
+        c[T.ramp(0, 1, 16)] = _vnni_quads(c.vload([0], dtype="int32x16"), a, packed)
 
 
 TensorIntrin.register(DOT_U8_CODES_16, _codes_desc(16), _codes_vnni, override=True)
@@ -197,12 +208,8 @@ def _codes_avx2(a: T.Buffer((16,), "uint8", offset_factor=1),
         T.reads(c[0:8], a[0:16], w[0:8, 0:4])
         T.writes(c[0:8])
         packed = T.reinterpret(w.vload([0, 0], dtype="uint8x32"), dtype="int16x16")
-        pairs = (T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 0, 8, "int8x32"), _codes(packed, 0, 16, "int8x32"))
-                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 1, 8, "int8x32"), _codes(packed, 1, 16, "int8x32"))
-                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 2, 8, "int8x32"), _codes(packed, 2, 16, "int8x32"))
-                 + T.call_llvm_pure_intrin("int16x16", _VPMADDUBSW, _quad(a, 3, 8, "int8x32"), _codes(packed, 3, 16, "int8x32")))
         c[T.ramp(0, 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-            "int32x8", "llvm.x86.avx2.pmadd.wd", pairs, T.broadcast(T.int16(1), 16))
+            "int32x8", "llvm.x86.avx2.pmadd.wd", _avx2_quads(a, packed), T.broadcast(T.int16(1), 16))
 
 
 TensorIntrin.register(DOT_U8_CODES_8, _codes_desc(8), _codes_avx2, override=True)

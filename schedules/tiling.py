@@ -118,6 +118,14 @@ def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel,
     return reduce
 
 
+def group_stage_loop(sch, acc, tile, lanes: int, reduce: list):
+    """Where a per-group stage goes inside ``acc`` after :func:`register_tile`: the innermost
+    reduction loop (over groups) or, with one group, the loop just outside the tile's."""
+    if reduce:
+        return reduce[-1]
+    return sch.get_loops(acc)[-(1 + sum(e > 1 for _, e in tile) + (lanes > 1))]
+
+
 UNROLL_STEPS = [0, 16, 64, 256]
 """The search's choices of LLVM unrolling (``pragma_auto_unroll_max_step``) over a tile's reduction."""
 

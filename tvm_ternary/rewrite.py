@@ -263,7 +263,7 @@ class _Matcher:
         data_shape = tuple(int(d) for d in value.args[0].ty.shape)
         layer = Layer(var, op, x, thresholds.astype(np.float32), float(info["lo"]), float(info["step"]), scheme,
                       weight, data_shape, quantizer_var=quantized, leading=leading)
-        if info.get("per_token", False) != _per_token(scheme):
+        if info.get("per_token", False) != scheme.per_token:
             raise ValueError(f"{layer.where}: its activation quantizer is "
                              f"{'per token' if info.get('per_token') else 'static'}, its scheme is not")
         if op == "conv2d":
@@ -359,7 +359,7 @@ class _Matcher:
         enc = scheme.activation
         expected = quantizer_levels(enc)
         got = (layer.lo, layer.step, len(layer.thresholds))
-        if got != expected and not _per_token(scheme):
+        if got != expected and not scheme.per_token:
             raise ValueError(f"{layer.where}: its activation quantizer (lo, step, thresholds) = {got} does not "
                              f"produce {enc.describe()} (expected {expected})")
         if integer is not None:             # checked as FGQ (the errors name it so), run as integers
@@ -372,7 +372,7 @@ class _Matcher:
         cur = layer.var
         if layer.leading:                   # the reshape back to [*leading, M]
             cur = self._reshape_back(layer)
-        if _per_token(layer.scheme):
+        if layer.scheme.per_token:
             cur = self._token_step_epilogue(layer, cur)
         for name in ("relax.multiply", "relax.add", "relax.nn.relu"):
             nxt = self.graph.sole_user(cur)
@@ -469,11 +469,6 @@ class _Matcher:
             return None                  # the two kernels' words differ: no direct hand-over
         layer.next_quantizer = quant
         return nxt
-
-
-def _per_token(scheme: Scheme) -> bool:
-    """Whether ``scheme`` quantizes its activations per token in the kernel."""
-    return isinstance(scheme, TernaryInt8Scheme) and scheme.per_token
 
 
 def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]:
@@ -768,7 +763,7 @@ class _Rewriter(PyExprMutator):
             spec = make_spec(*request, dilation=layer.dilation or 1, blocked_output=True)
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
         data = layer.packed_input
-        if data is None and _per_token(spec.scheme):     # float rows: the kernel quantizes them
+        if data is None and spec.scheme.per_token:     # float rows: the kernel quantizes them
             data = self._rows(layer)
             if spec.kernel_input_shape()[0] != spec.data_shape:     # zero-padded to whole groups first
                 pad = self._add(spec.data_prim_func, name + "_data", spec.where + ":pad", ("data", spec))

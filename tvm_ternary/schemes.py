@@ -117,6 +117,12 @@ class Scheme:
     out_dtype: ClassVar[str] = "int32"
 
     @property
+    def per_token(self) -> bool:
+        """Whether the kernel takes float32 rows and quantizes each itself (``ternary_int8``
+        with ``activations="per_token"``); every other scheme takes integer values."""
+        return False
+
+    @property
     def activation(self) -> Encoding:
         """Encoding of the activations (input data)."""
         raise NotImplementedError

@@ -535,9 +535,11 @@ def ternary_code_dot(xb: te.Tensor, codes: te.Tensor, multipliers: te.Tensor, ou
     rg = te.reduce_axis((0, groups), name="rg")
     acc = te.compute((n, blocks, v), lambda i, kb, vi: te.sum(
         multipliers[kb, rg, vi] * (summed[i, kb, rg, vi] - xsum[i, rg]), axis=rg), name="acc")
-    if correction is None:
-        return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v], name="out")
-    return te.compute((n, out_channels), lambda i, m: acc[i, m // v, m % v] + correction[m], name="out")
+    def out(i, m):
+        y = acc[i, m // v, m % v]
+        return y if correction is None else y + correction[m]
+
+    return te.compute((n, out_channels), out, name="out")
 
 
 def fgq_correlation(xb: te.Tensor, wb: te.Tensor, scales: te.Tensor, scheme: FgqScheme,

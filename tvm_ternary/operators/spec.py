@@ -192,16 +192,12 @@ class OperatorSpec:
                                  self.dilation)
 
     @property
-    def _per_token(self) -> bool:
-        return isinstance(self.scheme, TernaryInt8Scheme) and self.scheme.per_token
-
-    @property
     def data_dtype(self) -> str:
         """dtype of the values the data stage reads: int32, float32 for per-token activations."""
-        return "float32" if self._per_token else DATA_DTYPE
+        return "float32" if self.scheme.per_token else DATA_DTYPE
 
     def _data_stage(self, x: te.Tensor) -> te.Tensor:
-        if self._per_token:                 # float rows, quantized in the kernel
+        if self.scheme.per_token:                 # float rows, quantized in the kernel
             return pad_features(x, self._byte_channels)
         if isinstance(self.scheme, ByteScheme):
             return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset)
@@ -307,7 +303,7 @@ class OperatorSpec:
                                   self.dilation)
         elif isinstance(self.scheme, TernaryInt8Scheme):
             levels = data
-            if self._per_token:
+            if self.scheme.per_token:
                 absmax, levels = per_token_bytes(data)
                 row_scale = token_step(absmax)
             codes, multipliers, *correction = weight_args
@@ -330,7 +326,7 @@ class OperatorSpec:
             if self.epilogue in RESIDUAL_EPILOGUES:
                 residual = te.placeholder(self.kernel_output()[0], "float32", name="residual")
             out = affine(out, scale, bias, self.epilogue.endswith("_relu"), self.block if self.blocked_output else 0,
-                         residual, row_scale if self._per_token else None)
+                         residual, row_scale if self.scheme.per_token else None)
             weight_args += [scale, bias] + ([residual] if residual is not None else [])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
@@ -374,7 +370,7 @@ class OperatorSpec:
                          scales: np.ndarray | None = None) -> np.ndarray:
         """Reference of the affine epilogues (float64 math, float32 result)."""
         y = self.reference(x, w, scales).astype(np.float64)
-        if self._per_token:                 # the row's step first, as the kernel multiplies
+        if self.scheme.per_token:                 # the row's step first, as the kernel multiplies
             y = y * reference.quantize_per_token(x)[1].astype(np.float64)[:, None]
         index = (slice(None), slice(None)) + (None,) * (y.ndim - 2)
         v = y * np.asarray(scale, np.float64)[index[1:]] + np.asarray(bias, np.float64)[index[1:]]
@@ -450,16 +446,18 @@ class OperatorSpec:
                              f"got {int(np.abs(m).max())}")
         return m.astype(np.int32)
 
+    def _grouped_weights(self, w: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
+        """ternary_int8's integer weights: each ternary weight times its group's multiplier (int64 ``[M, K]``)."""
+        k = w.shape[1]
+        return np.asarray(w, np.int64) * np.repeat(multipliers, self.scheme.group_width(k), axis=1)[:, :k]
+
     def _weight_args(self, w: np.ndarray, scales: np.ndarray | None) -> list[np.ndarray]:
         if isinstance(self.scheme, TernaryInt8Scheme):
             codes = pack_ternary_codes(w, self._byte_channels, self.block)
             multipliers = self._multipliers(scales)
             args = [codes, block_channels(multipliers, self.block)]
-            if not self.scheme.activation_offset:
-                return args
-            weights = np.asarray(w, np.int64) * np.repeat(multipliers, self.scheme.group_width(w.shape[1]),
-                                                         axis=1)[:, :w.shape[1]]
-            return [*args, (-self.scheme.activation_offset * weights.sum(axis=1)).astype(np.int32)]
+            correction = self.scheme.weight_correction(self._grouped_weights(w, multipliers))   # the offset's
+            return args if correction is None else [*args, correction]
         if isinstance(self.scheme, ByteScheme):
             channels_last = np.moveaxis(w, 1, -1)                      # [K, *kernel, C]
             wb = np.zeros(channels_last.shape[:-1] + (self._byte_channels,), np.int8)
@@ -481,10 +479,8 @@ class OperatorSpec:
         """The numpy reference output for these values (see :mod:`tvm_ternary.reference`)."""
         fgq = isinstance(self.scheme, FgqScheme)
         if isinstance(self.scheme, TernaryInt8Scheme):      # the integer weights t * m
-            group = self.scheme.group_width(self.data_shape[1])
-            m = np.repeat(self._multipliers(scales), group, axis=1)[:, :self.data_shape[1]]
-            levels = reference.quantize_per_token(x)[0] if self._per_token else x
-            return reference.dense(levels, np.asarray(w, np.int64) * m)
+            levels = reference.quantize_per_token(x)[0] if self.scheme.per_token else x
+            return reference.dense(levels, self._grouped_weights(w, self._multipliers(scales)))
         if self.op == "dense":
             return reference.dense_fgq(x, w, scales, self.scheme.group_size) if fgq else reference.dense(x, w)
         if fgq:
