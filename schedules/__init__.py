@@ -15,13 +15,14 @@ from tvm import s_tir, tirx
 from tvm.s_tir.dlight import ScheduleRule
 from tvm.target import Target
 
+from .amx import AmxKernel
 from .data import ActivationPack
 from .codes import CodeDotKernel
 from .dot import DotKernel
 from .fgq import FgqKernel
 from .float_ops import FloatCPU
 from .generic import GenericCPU
-from .isa import Isa, isa_of, kernel_isa
+from .isa import Isa, has_amx, isa_of, kernel_isa
 from .popcount import PopcountKernel
 
 
@@ -29,7 +30,7 @@ def rules_for(target: Target) -> list[ScheduleRule]:
     """The schedule rules for ``target``, most specific first."""
     if target.kind.name != "llvm":
         raise ValueError(f"schedules: target kind {target.kind.name!r} is not supported; use an llvm CPU target")
-    return [PopcountKernel(), FgqKernel(), DotKernel(), CodeDotKernel(), ActivationPack(), GenericCPU()]
+    return [AmxKernel(), PopcountKernel(), FgqKernel(), DotKernel(), CodeDotKernel(), ActivationPack(), GenericCPU()]
 
 
 def weight_block(target: Target, scheme: str = "ternary", weight_shape: Sequence[int] = ()) -> int:
@@ -51,7 +52,7 @@ FLOAT_OP = "float op"
 operators a model keeps after the rewrite (pooling, means, residual adds, float layers
 Relax lowers): :class:`FloatCPU` schedules them."""
 
-TUNABLE_RULES = (PopcountKernel, FgqKernel, DotKernel, CodeDotKernel, ActivationPack)
+TUNABLE_RULES = (AmxKernel, PopcountKernel, FgqKernel, DotKernel, CodeDotKernel, ActivationPack)
 """Rules of our functions whose knobs MetaSchedule searches: the kernels and the data
 stages (quantize-and-pack, patch gathers); :class:`FloatCPU`'s too, for the float operators.
 :class:`GenericCPU` has none."""
@@ -83,4 +84,4 @@ def schedule(func: tirx.PrimFunc, target: Target, tunable: bool = False, role: s
     raise ValueError(f"schedules: no rule for {name} on target {target}")
 
 
-__all__ = ["FLOAT_OP", "ActivationPack", "CodeDotKernel", "DotKernel", "FgqKernel", "FloatCPU", "GenericCPU", "PopcountKernel", "Isa", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]
+__all__ = ["FLOAT_OP", "ActivationPack", "AmxKernel", "CodeDotKernel", "DotKernel", "FgqKernel", "FloatCPU", "GenericCPU", "PopcountKernel", "Isa", "has_amx", "isa_of", "kernel_isa", "rules_for", "schedule", "schedule_in_place", "weight_block", "word_bits"]

@@ -83,3 +83,9 @@ def isa_of(target: Target) -> Isa:
 def has_vnni(target: Target) -> bool:
     """True when the target has AVX-512 VNNI (``vpdpbusd``: u8 x s8 dot products of 4)."""
     return {"avx512f", "avx512vnni"} <= set(codegen.llvm_get_cpu_features(target))
+
+
+def has_amx(target: Target) -> bool:
+    """True when the target has AMX-INT8 (tile registers, ``tdpbusd``; Sapphire Rapids and
+    later Xeons): stride-1 int8 conv2d then runs on :mod:`tvm_ternary.operators.amx`."""
+    return {"amx-tile", "amx-int8"} <= set(codegen.llvm_get_cpu_features(target))

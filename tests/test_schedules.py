@@ -257,7 +257,8 @@ def test_tunable_samples_stay_exact(op, scheme, epilogue, params, rng):
     args = f.prepare(x, w, scales, thresholds, *affine)
     expected = f.reference(x, w, scales, thresholds, *affine)
     target = tvm.target.Target(AVX2)
-    rule = schedules.rules_for(target)[{"fgq": 1, "int8": 2, "ternary_int8": 3}.get(scheme, 0)]
+    rule = {"fgq": schedules.FgqKernel, "int8": schedules.DotKernel,
+            "ternary_int8": schedules.CodeDotKernel}.get(scheme, schedules.PopcountKernel)()
     for seed in [sample_seed(rng) for _ in range(5)]:
         sch = rule.apply(s.kernel_prim_func(), target, True, seed=seed)
         assert any(inst.kind.name.startswith("Sample") for inst in sch.trace.insts)

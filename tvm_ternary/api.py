@@ -55,6 +55,7 @@ def _compile_once(spec: OperatorSpec, target_json: str, tuned: str | None,
     kernel compiled before more tuning into ``tuned`` is not reused after it."""
     target = Target(target_json)
     data, kernel = spec.data_prim_func(), spec.kernel_prim_func()
+    tuned = None if spec.amx else tuned          # the AMX kernel has no knobs, hence no records
     tuned_kernel = tuning.tuned_schedule(kernel, target, tuned) if tuned else None
     if tuned and tuned_kernel is None:
         _LOG.warning("%s: no tuning record for this operator and target (%s) in %s; the hand schedule is used",
@@ -219,8 +220,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         scheme: "ternary", "fatnn", "bitserial", "fgq", "int8" or "ternary_int8" (dense: ternary
             weights at 2 bits in memory × 8-bit activations; see :mod:`tvm_ternary.schemes`).
         stride, padding, dilation: an int or one int per spatial axis (conv2d only).
-        target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``,
-            ``"rasp4"``, ...), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
+        target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``, ``"amx"``,
+            ``"rasp4"``, ...; on a target with AMX-INT8 the int8 scheme's stride-1 conv2d runs on
+            AMX tiles, :mod:`tvm_ternary.operators.amx`), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
             schedules; a :class:`~tvm_ternary.diagnostics.SlowPathWarning` on a CPU with AVX2
             or better, once per target), a dict or a ``tvm.target.Target``.
         epilogue: "int32" (the integer result); "affine" / "affine_relu" (float32
@@ -275,4 +277,5 @@ def make_spec(name: str, scheme: str | Scheme, data_shape: Sequence[int], weight
         scheme = make_scheme(name, scheme, **scheme_params)
     return OperatorSpec.create(name, scheme, data_shape, weight_shape, stride, padding,
                                schedules.weight_block(target, scheme.name, weight_shape), epilogue,
-                               next_padding, schedules.word_bits(target, weight_shape), dilation, blocked_output)
+                               next_padding, schedules.word_bits(target, weight_shape), dilation, blocked_output,
+                               schedules.has_amx(target))

@@ -29,12 +29,14 @@ PRESETS: dict[str, dict] = {
     "x86": {"kind": "llvm", "mcpu": "haswell"},
     "avx2": {"kind": "llvm", "mcpu": "haswell"},
     "avx512": {"kind": "llvm", "mcpu": "znver4"},
+    "amx": {"kind": "llvm", "mcpu": "sapphirerapids"},
     "rasp4": _RASP4,
     "rpi4": _RASP4,
     "rasp3": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], "mcpu": "cortex-a53"},
 }
 """Named targets: x86 with AVX2 (Haswell and later, AMD Zen), x86 with AVX-512 VPOPCNTDQ and
-VNNI (Zen 4; Ice Lake servers have both too), Raspberry Pi 4 (Cortex-A72) and 3 (Cortex-A53)
+VNNI (Zen 4; Ice Lake servers have both too), x86 with AMX-INT8 as well (Sapphire Rapids and
+later Xeons: stride-1 int8 conv2d on tiles), Raspberry Pi 4 (Cortex-A72) and 3 (Cortex-A53)
 running a 64-bit OS."""
 
 
@@ -55,9 +57,29 @@ def resolve_target(target: TargetLike) -> Target:
     raise TypeError(f"target must be a str, dict or tvm.target.Target, got {type(target).__name__}")
 
 
+CPUINFO_FEATURES = {"amx_tile": "amx-tile", "amx_int8": "amx-int8", "amx_bf16": "amx-bf16",
+                    "avx512_fp16": "avx512fp16", "avx512_bf16": "avx512bf16", "avx_vnni": "avxvnni"}
+"""Linux ``/proc/cpuinfo`` flags -> LLVM features that LLVM's host detection can miss (a
+virtualized Sapphire Rapids reads as Rocket Lake, without AMX); "host" adds those present."""
+
+
 @lru_cache(maxsize=None)
 def _host_target() -> Target:
-    return Target.from_device(tvm.cpu())
+    host = Target.from_device(tvm.cpu())
+    missing = [f"+{feature}" for flag, feature in CPUINFO_FEATURES.items()
+               if flag in _cpuinfo_flags() and feature not in codegen.llvm_get_cpu_features(host)]
+    if not missing:
+        return host
+    config = {k: v for k, v in host.export().items() if k in ("kind", "mtriple", "mcpu", "mattr")}
+    return Target({**config, "mattr": [*config.get("mattr", []), *missing]})
+
+
+def _cpuinfo_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
 
 
 def target_key(target: Target) -> str:

@@ -186,6 +186,21 @@ def packed_correlation(xp: te.Tensor, wp: te.Tensor, scheme: PackedScheme, out_c
     return te.compute((n, out_channels, *out_spatial), out, name="out")
 
 
+def _fence(v: PrimExpr) -> PrimExpr:
+    """``v`` behind an arithmetic fence: LLVM may not contract it into a neighbouring FMA."""
+    return tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", v)
+
+
+def affine_value(y: PrimExpr, scale: PrimExpr, bias: PrimExpr, relu: bool, residual: PrimExpr | None = None
+                 ) -> PrimExpr:
+    """One output of :func:`affine`: float32 ``y * scale + bias (+ residual)``, ReLU'd with
+    ``relu``, the product rounded before the sum (see :func:`affine`)."""
+    v = _fence(y * scale) + bias
+    if residual is not None:
+        v = v + residual
+    return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+
+
 def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: int = 0,
            residual: te.Tensor | None = None, row_scale=None) -> te.Tensor:
     """Epilogue to float: ``y * scale[k] + bias[k]`` per output channel (a folded BatchNorm,
@@ -198,17 +213,11 @@ def affine(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, block: i
     add do: an arithmetic fence keeps LLVM (which TVM lets contract freely) from fusing
     them into one FMA, whose single rounding would differ in the last bit. ``row_scale``
     (``i -> float32``, per-token activations) multiplies first: ``(y * row_scale[i]) * scale[k]``."""
-    fence = lambda v: tirx.call_llvm_pure_intrin("float32", "llvm.arithmetic.fence", v)  # noqa: E731
-
     def value(index, i, oc, *o):
         y_value = y[(i, oc, *o)].astype("float32")
         if row_scale is not None:
-            y_value = fence(y_value * row_scale(i))
-        product = y_value * scale[oc]
-        v = fence(product) + bias[oc]
-        if residual is not None:
-            v = v + residual[index]
-        return tirx.max(v, tirx.const(0.0, "float32")) if relu else v
+            y_value = _fence(y_value * row_scale(i))
+        return affine_value(y_value, scale[oc], bias[oc], relu, None if residual is None else residual[index])
 
     if not block:
         return te.compute(y.shape, lambda *index: value(index, *index), name="affine")

@@ -9,7 +9,7 @@ data, ``[M, K]`` weights), i.e. a 1x1 convolution without spatial axes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, Sequence
 
@@ -21,6 +21,7 @@ from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_
                        pack_planes_padded, pack_ternary_codes, taps_per_word, word_dtype)
 from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, FgqScheme, Int8Scheme, PackedScheme,
                        Scheme, TernaryInt8Scheme)
+from .amx import LANES, amx_channels, amx_fits, conv2d_amx
 from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
                       pack_data, packed_correlation, pad_features, per_token_bytes, ternary_code_dot, token_step,
                       UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
@@ -87,13 +88,15 @@ class OperatorSpec:
     word_bits: int = 32
     dilation: tuple[int, ...] = ()
     blocked_output: bool = False
+    amx: bool = False
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
                stride: int | Sequence[int] = 1, padding: int | Sequence[int] = 0,
                block: int = 1, epilogue: str = "int32",
                next_padding: int | Sequence[int] | None = None, word_bits: int = 32,
-               dilation: int | Sequence[int] = 1, blocked_output: bool = False) -> "OperatorSpec":
+               dilation: int | Sequence[int] = 1, blocked_output: bool = False,
+               amx: bool = False) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
@@ -106,7 +109,9 @@ class OperatorSpec:
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
         ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps). ``blocked_output``: an
         affine conv2d writes the channel-blocked ``[N, K/V, OH, OW, V]`` of
-        :mod:`tvm_ternary.layout` (``V`` = ``block``, a divisor of ``K``) instead of NCHW."""
+        :mod:`tvm_ternary.layout` (``V`` = ``block``, a divisor of ``K``) instead of NCHW.
+        ``amx``: the target has AMX-INT8; an int8 conv2d that the AMX kernel serves
+        (:func:`.amx.amx_fits`) then runs on it (the spec's :attr:`amx` says whether it does)."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -148,6 +153,9 @@ class OperatorSpec:
             dilated = f" and dilation {dilation}" if any(d > 1 for d in dilation) else ""
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
                              f"with padding {padding}{dilated}")
+        if amx and op == "conv2d" and type(scheme) is Int8Scheme and block == LANES and \
+                amx_fits(weight_shape, stride, spec.out_shape[2:], data_shape[3] + 2 * padding[1]) is None:
+            spec = replace(spec, amx=True)
         return spec
 
     @property
@@ -211,7 +219,7 @@ class OperatorSpec:
             return self.scheme.num_groups(c) * self.scheme.group_size
         if isinstance(self.scheme, TernaryInt8Scheme):
             return self.scheme.num_groups(c) * self.scheme.group_width(c)
-        return -(-c // 4) * 4
+        return amx_channels(c) if self.amx else -(-c // 4) * 4
 
     def data_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc ``(x values [data_shape] int32) -> kernel input`` (pack or byte layout)."""
@@ -294,9 +302,13 @@ class OperatorSpec:
     def kernel_prim_func(self) -> tirx.PrimFunc:
         """PrimFunc of the kernel: ``(data, *weight_args[, thresholds]) -> out``, see :mod:`.compute`."""
         shape, dtype = self.kernel_input_shape()
+        templates = self._weight_arg_templates()
+        if self.amx:
+            return conv2d_amx(self.symbol, shape, templates[0].shape, self.out_shape[2:], self.dilation,
+                              len(templates) > 1, self.epilogue, self.blocked_output)
         data = te.placeholder(shape, dtype, name="data")
         weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
-                       for name, a in zip(("weight", "extra", "correction"), self._weight_arg_templates())]
+                       for name, a in zip(("weight", "extra", "correction"), templates)]
         out_spatial = self.out_shape[2:]
         if isinstance(self.scheme, FgqScheme):
             out = fgq_correlation(data, *weight_args, self.scheme, self.weight_shape[0], out_spatial, self.stride,

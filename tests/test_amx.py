@@ -1,0 +1,138 @@
+"""The AMX int8 conv2d kernel (:mod:`tvm_ternary.operators.amx`): exact against numpy on
+awkward shapes, bit-identical to the VNNI kernel in the float epilogues, the layers it
+serves and those it leaves to VNNI, its instructions, and the host's AMX features.
+
+Running needs a CPU with AMX (Sapphire Rapids and later Xeons); elsewhere the running
+tests skip with that reason and the compile-only ones still check the asm and the choices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tvm_ternary
+from tvm_ternary import targets
+from tvm_ternary.api import CompiledOperator, make_spec
+from tvm_ternary.operators.amx import amx_fits
+
+from .asm import count
+from .conftest import AVX512
+
+AMX = {"kind": "llvm", "mcpu": "sapphirerapids"}
+VNNI = {"kind": "llvm", "mcpu": "icelake-server"}
+"""The same ISA as :data:`AMX` without tiles: the VNNI kernel to compare with."""
+
+NO_AMX = targets.host_cannot_run(targets.resolve_target(AMX))
+needs_amx = pytest.mark.skipif(NO_AMX is not None, reason=f"this CPU cannot run AMX code: {NO_AMX}")
+
+
+def amx_op(data_shape, weight_shape, padding=0, dilation=1, epilogue="int32", target=AMX, blocked=False,
+           **params) -> CompiledOperator:
+    t = targets.resolve_target(target)
+    spec = make_spec("conv2d", "int8", data_shape, weight_shape, 1, padding, t, epilogue, dilation=dilation,
+                     blocked_output=blocked, **params)
+    return CompiledOperator(spec, t)
+
+
+SHAPES = [  # data (N, C, H, W), weight (K, C, KH, KW), padding, dilation
+    ((2, 100, 9, 11), (32, 100, 3, 3), 1, 1),    # batch 2, C=100 (padded to 128), odd H/W
+    ((1, 3, 16, 16), (64, 3, 7, 7), 3, 1),       # stem-like C=3, 7x7
+    ((1, 32, 12, 10), (64, 32, 3, 3), 2, 2),     # dilation 2
+    ((1, 64, 4, 8), (32, 64, 1, 1), 0, 1),       # 1x1 over exactly one task's 32 positions
+    ((1, 64, 3, 11), (32, 64, 1, 1), 0, 1),      # 33 positions: the last task overlaps the first
+    ((1, 64, 5, 5), (64, 64, 3, 3), 1, 1),       # 33 positions with junk columns
+]
+SHAPE_IDS = ["n2-c100", "c3-7x7", "dilated", "1x1-one-task", "1x1-overlap", "5x5"]
+
+
+@needs_amx
+@pytest.mark.parametrize("data_shape,weight_shape,padding,dilation", SHAPES, ids=SHAPE_IDS)
+def test_exact_on_awkward_shapes(data_shape, weight_shape, padding, dilation, rng):
+    f = amx_op(data_shape, weight_shape, padding, dilation)
+    assert f.spec.amx
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, data_shape), s.scheme.weight.sample(rng, weight_shape)
+    np.testing.assert_array_equal(f(x, w), f.reference(x, w))
+
+
+@needs_amx
+def test_signed_activations_with_extreme_values(rng):
+    """Signed activations are stored with an offset (padding is not byte 0) and corrected
+    per channel; every activation and weight at an extreme."""
+    f = amx_op((1, 64, 7, 7), (32, 64, 3, 3), 1, activation_encoding="signed")
+    assert f.spec.amx
+    x = rng.choice([-64, 63], f.spec.data_shape)
+    w = rng.choice([-128, 127], f.spec.weight_shape)
+    np.testing.assert_array_equal(f(x, w), f.reference(x, w))
+
+
+@needs_amx
+@pytest.mark.parametrize("epilogue,blocked", [("affine", False), ("affine_relu", False), ("affine_relu", True)],
+                         ids=["affine", "relu", "relu-blocked"])
+def test_float_epilogues_equal_the_vnni_kernel_bit_for_bit(epilogue, blocked, rng):
+    """A model's logits stay bit-identical to PyTorch's only if AMX and VNNI layers round alike."""
+    shapes = ((2, 64, 6, 7), (64, 64, 3, 3))
+    amx, vnni = (amx_op(*shapes, 1, epilogue=epilogue, target=t, blocked=blocked) for t in (AMX, VNNI))
+    assert amx.spec.amx and not vnni.spec.amx
+    s = amx.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = rng.standard_normal(64).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    got = amx(x, w, scale=scale, bias=bias)
+    assert got.shape == s.kernel_output()[0]
+    np.testing.assert_array_equal(got, vnni(x, w, scale=scale, bias=bias))
+    want = amx.reference(x, w, scale=scale, bias=bias)
+    if blocked:
+        want = want.reshape(2, 4, 16, 6, 7).transpose(0, 1, 3, 4, 2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
+    if epilogue == "affine_relu":
+        assert (got == 0).any() and (got >= 0).all()
+
+
+@pytest.mark.parametrize("data_shape,weight_shape,stride,target,scheme,why", [
+    ((1, 64, 8, 8), (64, 64, 3, 3), 2, AMX, "int8", "stride"),
+    ((1, 64, 8, 8), (48, 64, 3, 3), 1, AMX, "int8", "output channels"),
+    ((1, 64, 4, 4), (64, 64, 3, 3), 1, AMX, "int8", "too small"),
+    ((1, 64, 8, 8), (64, 64, 3, 3), 1, AMX, "fgq", None),            # the float-scale kernel
+    ((1, 64, 8, 8), (64, 64, 3, 3), 1, AVX512, "int8", None),        # Zen 4: no AMX
+], ids=["stride-2", "k48", "4x4", "fgq-float-scales", "zen4"])
+def test_layers_the_amx_kernel_leaves_to_vnni(data_shape, weight_shape, stride, target, scheme, why):
+    params = {"group_size": 4} if scheme == "fgq" else {}
+    spec = make_spec("conv2d", scheme, data_shape, weight_shape, stride, 1, targets.resolve_target(target), **params)
+    assert not spec.amx
+    if why is not None:
+        assert why in amx_fits(weight_shape, spec.stride, spec.out_shape[2:], data_shape[3] + 2)
+    asm = tvm_ternary.op("conv2d", scheme, data_shape, weight_shape, stride, 1, target=target, **params).kernel_asm()
+    assert count(asm, "tdpbusd") == 0 and count(asm, "vpdpbusd") > 0
+
+
+def test_kernel_runs_on_tiles():
+    """Compile only: tile configuration, tile loads, ``tdpbusd`` on four C tiles, their stores; no VNNI."""
+    f = amx_op((1, 64, 14, 14), (64, 64, 3, 3), 1, epilogue="affine_relu")
+    asm = f.kernel_asm()
+    assert count(asm, "ldtilecfg") >= 1 and count(asm, "tileloadd") >= 4
+    dots = count(asm, "tdpbusd")             # LLVM may unroll the taps: four per tap and chunk
+    assert dots >= 4 and dots % 4 == 0 and count(asm, "tilestored") == 4
+    assert count(asm, "vpdpbusd") == 0
+
+
+def test_tuning_refuses_a_kernel_without_knobs(tmp_path):
+    with pytest.raises(ValueError, match=r"tune conv2d\[int8\(a7u\)\]: the kernel's schedule has no knobs .*AMX"):
+        tvm_ternary.tune("conv2d", "int8", (1, 64, 8, 8), (64, 64, 3, 3), 1, 1, target=AMX, trials=2,
+                         work_dir=tmp_path)
+
+
+def test_host_target_adds_the_amx_features_llvm_misses(monkeypatch):
+    """A virtualized Sapphire Rapids reads as an older core to LLVM; /proc/cpuinfo's flags add AMX."""
+    monkeypatch.setattr(targets, "_cpuinfo_flags", lambda: {"amx_tile", "amx_int8"})
+    targets._host_target.cache_clear()
+    try:
+        host = targets.resolve_target("host")
+        assert tvm_ternary.schedules.has_amx(host)
+    finally:
+        targets._host_target.cache_clear()
+    monkeypatch.setattr(targets, "_cpuinfo_flags", set)
+    try:
+        assert not tvm_ternary.schedules.has_amx(targets.resolve_target("host")) or \
+            "amx-int8" in targets.codegen.llvm_get_cpu_features(targets.Target.from_device(targets.tvm.cpu()))
+    finally:
+        targets._host_target.cache_clear()
