@@ -47,7 +47,8 @@ def run_prim_func(func, target, out: tuple, *arrays) -> np.ndarray:
     ("ternary", {}), ("fatnn", {}),                                                   # fatnn: pads with t = -1
     ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),  # validity
     ("bitserial", dict(abits=2, wbits=2)),
-], ids=["ternary", "fatnn", "w1a1", "w2a2"])
+    ("int8", dict(activation_encoding="signed")),                                     # bytes: pads with the offset
+], ids=["ternary", "fatnn", "w1a1", "w2a2", "int8-signed"])
 @pytest.mark.parametrize("channels,padding,direct", [(48, 1, True), (64, 0, True), (48, 2, False)],
                          ids=["c48-p1", "c64-p0", "c48-counted-levels"])
 @pytest.mark.parametrize("float_block", [False, True], ids=["kernel-block", "float-block"])
@@ -56,7 +57,9 @@ def test_quantize_stage_reading_blocked_input_writes_the_same_planes(target, sch
     """From a channel-blocked float input, the quantize+pack stage (compares, movemask per
     vector of channels) writes the planes the NCHW stage writes: padding in the value
     domain, the validity plane, zero word tails (48 channels: half a 32-bit word); with the
-    popcount kernels' block and with the float kernel's (8 lanes on AVX2's 64-bit words)."""
+    popcount kernels' block and with the float kernel's (8 lanes on AVX2's 64-bit words).
+    The int8 scheme's stage writes the same channels-last bytes (on an AMX host, 48
+    channels padded to 64)."""
     target = tvm_ternary.resolve_target(target)
     spec = make_spec("conv2d", scheme, (2, channels, 5, 7), (8, channels, 3, 3), 1, padding, target, **params)
     b = schedules.isa_of(target).int32_lanes if float_block else spec.block
@@ -107,11 +110,20 @@ def rewritten(scheme: str | None, first_last: str, width: int = 64, target=AVX2)
     return rewrite_quantized(tvm_ternary.from_torch(q, x), tvm_ternary.resolve_target(target))
 
 
-@pytest.mark.parametrize("scheme", [None, "fgq_w2a4"], ids=["float", "fgq"])
-def test_models_that_read_nothing_blocked_stay_nchw(scheme):
-    """Only a data stage that reads blocked input makes blocking worth it: a float model and
-    FGQ layers (whose data stages read NCHW) get no conversions at all."""
-    assert calls(rewritten(scheme, "same", target="host"))["relax.layout_transform"] == 0
+def test_models_that_read_nothing_blocked_stay_nchw():
+    """Only a data stage that reads blocked input makes blocking worth it: a float model gets
+    no conversions at all."""
+    assert calls(rewritten(None, "same", target="host"))["relax.layout_transform"] == 0
+
+
+@pytest.mark.parametrize("target", [AVX2, "host"], ids=["avx2", "host"])
+def test_fgq_models_run_blocked(target):
+    """A model's FGQ layers (the int8 kernel) write the blocked layout and their data stages
+    read it: the one conversion is before the classifier's pooling; the residual adds and
+    ReLUs run in kernel epilogues."""
+    counted = calls(rewritten("fgq_w2a4", "same", target=target))
+    assert counted["relax.layout_transform"] == 1
+    assert counted["relax.add"] == 0 and counted["relax.nn.relu"] == 0
 
 
 @pytest.mark.parametrize("first_last,transforms", [("same", 1), ("float", 3)], ids=["all-quantized", "float-stem"])

@@ -514,15 +514,16 @@ def _fgq_as_integer(layer: Layer, scheme: FgqScheme, multipliers: np.ndarray) ->
 
 
 def _quantizers_reading_blocked_input(graph: _Graph, layers: dict[relax.Var, Layer], target: Target) -> set[relax.Var]:
-    """Activation quantizers whose every user is a bit-packed, ungrouped conv2d in the
-    ordinary layout that quantizes its own input: their data stages can read a
-    channel-blocked input (:func:`~.operators.compute.pack_blocked_data`)."""
+    """Activation quantizers whose every user is an ungrouped conv2d that quantizes its own
+    input, bit-packed in the ordinary layout or int8: their data stages can read a
+    channel-blocked input (:func:`~.operators.compute.pack_blocked_data`,
+    :func:`~.operators.compute.layout_bytes`)."""
     handed_over = {id(layer.next_layer) for layer in layers.values() if layer.next_layer is not None}
     fits: dict[relax.Var, bool] = {}
     for layer in layers.values():
-        good = isinstance(layer.scheme, PackedScheme) and layer.op == "conv2d" and layer.groups == 1 \
-            and id(layer) not in handed_over and taps_per_word(
-                layer.weight.shape[1], layer.weight.shape[2:], schedules.word_bits(target, layer.weight.shape)) == 1
+        packed = isinstance(layer.scheme, PackedScheme) and id(layer) not in handed_over and taps_per_word(
+            layer.weight.shape[1], layer.weight.shape[2:], schedules.word_bits(target, layer.weight.shape)) == 1
+        good = layer.op == "conv2d" and layer.groups == 1 and (packed or type(layer.scheme) is Int8Scheme)
         fits[layer.quantizer_var] = fits.get(layer.quantizer_var, True) and good
     return {q for q, good in fits.items() if good and all(u in layers for u in graph.users.get(q, []))}
 

@@ -402,11 +402,14 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     return te.compute(shape, word, name="repad")
 
 
-def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0) -> te.Tensor:
+def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0, block: int = 0) -> te.Tensor:
     """Byte-scheme data: values ``[N, C, *spatial]`` -> uint8 ``[N, *(spatial + 2 pad), channels]``
     (stage ``layout``): each value plus ``offset``, padded taps ``offset`` (value 0), channels
-    beyond ``C`` (to ``channels``, a whole number of quads or groups) 0 (their weights are 0)."""
+    beyond ``C`` (to ``channels``, a whole number of quads or groups) 0 (their weights are 0).
+    With ``block`` ``B`` the values arrive channel-blocked, ``[N, C/B, *spatial, B]``."""
     n, c, *spatial = (int(d) for d in x.shape)
+    if block:
+        n, c, spatial = n, c * block, spatial[:-1]
     shape = (n, *(s + 2 * p for s, p in zip(spatial, padding)), channels)
 
     def byte(i, *rest):
@@ -414,7 +417,8 @@ def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: in
         src = [q - p for q, p in zip(pos, padding)]
         inside = tirx.all(ch < c, within_bounds(src, spatial)) if src else ch < c
         outside = tirx.if_then_else(ch < c, offset, 0)           # a padded tap, or a channel beyond C
-        return tirx.if_then_else(inside, x[(i, ch, *src)].astype("int32") + offset, outside).astype("uint8")
+        value = x[(i, ch // block, *src, ch % block)] if block else x[(i, ch, *src)]
+        return tirx.if_then_else(inside, value.astype("int32") + offset, outside).astype("uint8")
 
     return te.compute(shape, byte, name="layout")
 

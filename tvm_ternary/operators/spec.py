@@ -234,23 +234,28 @@ class OperatorSpec:
         data stage, for graphs whose activations arrive in float. When the thresholds are
         ``ascending`` and the quantizer's levels are the activation encoding's values, the
         planes come straight from the threshold compares (no level count in between: two
-        compares serve both ternary planes). With ``input_block`` ``B`` (bit-packed schemes),
-        ``x`` arrives channel-blocked, ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`).
+        compares serve both ternary planes). With ``input_block`` ``B`` (conv2d: bit-packed schemes
+        in the ordinary layout, or the int8 scheme), ``x`` arrives channel-blocked,
+        ``[N, C/B, H, W, B]`` (:mod:`tvm_ternary.layout`).
         ``uniform`` ``(first, scale)``: the thresholds are exactly ``float32((first + j) * scale)``
         (:func:`.compute.uniform_thresholds`), so levels are computed, not counted."""
         shape = self.data_shape
         if input_block:
             n, c, *spatial = self.data_shape
-            if not isinstance(self.scheme, PackedScheme) or c % input_block or self.word_bits % input_block \
-                    or self.patch_taps > 1:
-                raise ValueError(f"{self.where}: a channel-blocked input needs a bit-packed scheme in the ordinary "
-                                 f"layout, input channels a multiple of the block {input_block} and a block "
-                                 f"dividing the {self.word_bits}-bit word")
+            packed = isinstance(self.scheme, PackedScheme) and self.word_bits % input_block == 0 \
+                and self.patch_taps == 1
+            if self.op != "conv2d" or not (packed or type(self.scheme) is Int8Scheme) or c % input_block:
+                raise ValueError(f"{self.where}: a channel-blocked input needs conv2d, input channels a multiple of "
+                                 f"the block {input_block}, and the int8 scheme or a bit-packed one in the ordinary "
+                                 f"layout with a block dividing the {self.word_bits}-bit word")
             shape = (n, c // input_block, *spatial, input_block)
         x = te.placeholder(shape, "float32", name="x")
         thresholds = te.placeholder((num_thresholds,), "float32", name="thresholds")
         direct = ascending and self._levels_are_encoding_values(lo, step, num_thresholds)
-        if input_block:
+        if input_block and isinstance(self.scheme, ByteScheme):
+            staged = layout_bytes(quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform), self.padding,
+                                  self._byte_channels, self.scheme.activation_offset, input_block)
+        elif input_block:
             values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform)
             staged = pack_blocked_data(values, self.scheme, self.padding, self.word_bits, thresholds if direct else None)
         elif direct:
