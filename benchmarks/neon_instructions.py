@@ -19,8 +19,9 @@ kernel with 4-bit weights times group multipliers and 8-bit activations, affine 
 the same code as ``int8``), ``int8`` (our 8-bit NEON kernel, 7-bit activations x 8-bit
 weights, the reference) and ``ternary_int8`` (dense layers only: FGQ dense layers with
 groups of a multiple of 16 and BitNet's linears, 2-bit weight codes) are counted in the
-innermost loop with vector multiply-accumulates, whose MACs are their destination lanes
-(``mla v.4s``: 4; ``smlal v.8h``: 8). ``dense_4096x4096`` is a batch-1 dense layer.
+innermost loop with vector multiplies and multiply-accumulates, whose MACs are their
+destination lanes (``mla v.4s``: 4; ``smlal v.8h``: 8; ``smull v.4s``, a product the next
+``add`` accumulates: 4). ``dense_4096x4096`` is a batch-1 dense layer.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ BYTE_PRECISIONS = {"fgq", "int8", "ternary_int8"}
 DENSE_ONLY = {"ternary_int8"}
 """Precisions with a dense kernel only: FGQ dense layers with groups of a multiple of 16 (or a
 row) and BitNet's linears run on it (2-bit weight codes widened to bytes)."""
-MULTIPLY_ACCUMULATE = re.compile(r"^\s+(?:mla|smlal2?|umlal2?)\s+v\d+\.(\d+)[bhs]")
+MULTIPLY_ACCUMULATE = re.compile(r"^\s+(?:mla|smlal2?|umlal2?|smull2?|umull2?)\s+v\d+\.(\d+)[bhs]")
 LABEL = re.compile(r"^(\.?L\w+):")
 BRANCH = re.compile(r"^\s+(?:b\.\w+|b|cbn?z|tbn?z)\s+(?:[^,]+,\s*)*(\.?L\w+)\s*$")
 INSTRUCTION = re.compile(r"^\s+([a-z][\w.]*)")

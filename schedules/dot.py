@@ -8,7 +8,8 @@ and the 4 bytes of a quad) and ``out`` (the per-channel correction, then the opt
 rows and channel blocks), puts the taps and quads outside the tile, so each weight vector
 (``V`` x 4 bytes) is loaded once per tile, and turns each pixel's ``(lane, byte)`` loops
 into one dot-product instruction: ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` +
-``vpmaddwd`` on AVX2 (:mod:`.intrinsics`), vector multiply-adds elsewhere.
+``vpmaddwd`` on AVX2, four by-element ``smlal`` of 16-bit lanes on NEON (:mod:`.intrinsics`),
+vector multiply-adds elsewhere.
 """
 
 from __future__ import annotations

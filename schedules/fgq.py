@@ -6,7 +6,8 @@ the float accumulators in registers and the reductions over kernel taps and grou
 outside. Inside the innermost reduction (over groups), the ``group`` stage computes the
 exact int32 dot product of one group for the whole tile: each quad of activation bytes
 broadcast against ``V`` x 4 weight bytes, as one ``vpdpbusd`` on AVX-512 VNNI targets,
-``vpmaddubsw`` + ``vpmaddwd`` on AVX2, and vector multiply-adds elsewhere. What is left per group is one vector multiply-add with
+``vpmaddubsw`` + ``vpmaddwd`` on AVX2, by-element ``smlal`` of 16-bit lanes on NEON, and
+vector multiply-adds elsewhere. What is left per group is one vector multiply-add with
 the group's ``V`` scales.
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .intrinsics import DOT_U8I8_8X4, DOT_U8I8_16X4
+from .intrinsics import DOT_U8I8_4X4, DOT_U8I8_8X4, DOT_U8I8_16X4
 from .isa import has_vnni, isa_of
 from .tiling import (KernelRule, REDUCE, TILE_SCOPE, group_stage_loop, loops_by_extent, register_tile, tile_budget,
                      tile_output)
@@ -30,6 +31,8 @@ def dot_intrinsic(target: Target, lanes: int) -> str | None:
         return DOT_U8I8_16X4
     if lanes == 8 and isa_of(target).name == "avx2":
         return DOT_U8I8_8X4
+    if lanes == 4 and isa_of(target).name == "neon":
+        return DOT_U8I8_4X4
     return None
 
 

@@ -125,6 +125,40 @@ def _dot8_avx2(a: T.Buffer((4,), "uint8", offset_factor=1),
 TensorIntrin.register(DOT_U8I8_8X4, _dot_desc(8), _dot8_avx2, override=True)
 
 
+DOT_U8I8_4X4 = "tvm_ternary_dot_u8i8_4x4"
+"""``C[4] += A[4] . B[4, 4]`` on NEON (Cortex-A72 has no ``sdot``): the activation quad widened
+to 16 bits once (``ushll``), and per byte one ``smlal`` of the 4 lanes' weights, widened to
+16 bits, by that activation lane (by-element form): 4 multiply-adds of 16-bit operands into
+int32 lanes per instruction, exact for every u8 x s8 product. The weights' byte-major
+transpose and widening are the same expressions for every pixel of a tile, so LLVM computes
+them once per quad."""
+
+_BYTE_MAJOR = [4 * lane + byte for byte in range(4) for lane in range(4)]
+
+
+def _smull(weights, activations, byte: int):
+    """int32x4 products of the 4 lanes' weights of ``byte`` (16-bit) with that activation."""
+    lanes = T.Shuffle([weights], [4 * byte + lane for lane in range(4)])
+    return T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.smull.v4i32", lanes,
+                                   T.Shuffle([activations], [byte] * 4))
+
+
+@T.prim_func(s_tir=True)
+def _dot4_neon(a: T.Buffer((4,), "uint8", offset_factor=1),
+               b: T.Buffer((4, 4), "int8", offset_factor=1),
+               c: T.Buffer((4,), "int32", offset_factor=1, scope=TILE_SCOPE)):
+    with T.sblock("root"):
+        T.reads(c[0:4], a[0:4], b[0:4, 0:4])
+        T.writes(c[0:4])
+        weights = T.Cast("int16x16", T.Shuffle([b.vload([0, 0], dtype="int8x16")], _BYTE_MAJOR))
+        activations = T.Cast("int16x4", a.vload([0], "uint8x4"))
+        c[T.ramp(0, 1, 4)] = c.vload([0], dtype="int32x4") + _smull(weights, activations, 0) \
+            + _smull(weights, activations, 1) + _smull(weights, activations, 2) + _smull(weights, activations, 3)
+
+
+TensorIntrin.register(DOT_U8I8_4X4, _dot_desc(4), _dot4_neon, override=True)
+
+
 def _codes_desc(lanes: int):
     """``c[lanes] += sum_{i, b} a[4i + b] * ((w[lane, b] >> 2i) & 3)``: 16 activation bytes
     against the 16 codes a lane's quad of code bytes holds."""

@@ -223,6 +223,17 @@ def test_non_cpu_target_is_refused():
         schedules.rules_for(tvm.target.Target("c"))
 
 
+@pytest.mark.parametrize("scheme,params", [("int8", {}), ("int8", dict(abits=8, wbits=4)),
+                                           ("fgq", dict(group_size=4, abits=8))], ids=["int8", "a8w4", "fgq"])
+def test_neon_byte_kernels_multiply_16_bit_lanes_by_element(scheme, params):
+    """On NEON (no ``sdot`` on Cortex-A72) each byte of a quad is one ``smlal``/``smull`` of
+    the 4 lanes' 16-bit weights by an activation lane, not 32-bit ``mla`` of widened bytes."""
+    f = tvm_ternary.op("conv2d", scheme, (1, 40, 7, 9), (24, 40, 3, 3), padding=1, target=RASP4, **params)
+    asm = f.kernel_asm()
+    by_element = re.findall(r"^\s+(?:smlal2?|smull2?)\s+v\d+\.4s, v\d+\.[48]h, v\d+\.h\[\d\]", asm, re.M)
+    assert len(by_element) >= 4 and count(asm, "mla") == 0
+
+
 @pytest.mark.parametrize("group_size", [4, 64])
 def test_fgq_uses_byte_dot_product_instructions(group_size):
     shapes = ((1, 128, 14, 14), (128, 128, 3, 3))
