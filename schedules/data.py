@@ -116,7 +116,12 @@ def _byte_rows(sch: s_tir.Schedule, blocks: dict, lanes: int, tunable: bool) -> 
         vector = sample_choice(sch, [v for v in (lanes // 2, 2 * lanes, 4 * lanes) if v >= 4], lanes)
         sample_unroll(sch, row)
     sch.vectorize(sch.split(sch.get_loops(levels)[-1], [None, vector])[1])
-    sch.unroll(channel)
+    shape = sch.get(levels).writes[0].source.shape
+    block = int(shape[-1]) if len(shape) == 5 else 0       # [N, C/B, H, W, B]: a channel-blocked input
+    if block:                             # a pixel's bytes are runs of B contiguous levels
+        sch.vectorize(sch.split(channel, [None, block])[1])
+    else:
+        sch.unroll(channel)
     return sch
 
 
