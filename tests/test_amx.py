@@ -27,28 +27,33 @@ needs_amx = pytest.mark.skipif(NO_AMX is not None, reason=f"this CPU cannot run 
 
 
 def amx_op(data_shape, weight_shape, padding=0, dilation=1, epilogue="int32", target=AMX, blocked=False,
-           **params) -> CompiledOperator:
+           stride=1, **params) -> CompiledOperator:
     t = targets.resolve_target(target)
-    spec = make_spec("conv2d", "int8", data_shape, weight_shape, 1, padding, t, epilogue, dilation=dilation,
+    spec = make_spec("conv2d", "int8", data_shape, weight_shape, stride, padding, t, epilogue, dilation=dilation,
                      blocked_output=blocked, **params)
     return CompiledOperator(spec, t)
 
 
-SHAPES = [  # data (N, C, H, W), weight (K, C, KH, KW), padding, dilation
-    ((2, 100, 9, 11), (32, 100, 3, 3), 1, 1),    # batch 2, C=100 (padded to 128), odd H/W
-    ((1, 3, 16, 16), (64, 3, 7, 7), 3, 1),       # stem-like C=3, 7x7
-    ((1, 32, 12, 10), (64, 32, 3, 3), 2, 2),     # dilation 2
-    ((1, 64, 4, 8), (32, 64, 1, 1), 0, 1),       # 1x1 over exactly one task's 32 positions
-    ((1, 64, 3, 11), (32, 64, 1, 1), 0, 1),      # 33 positions: the last task overlaps the first
-    ((1, 64, 5, 5), (64, 64, 3, 3), 1, 1),       # 33 positions with junk columns
+SHAPES = [  # data (N, C, H, W), weight (K, C, KH, KW), stride, padding, dilation
+    ((2, 100, 9, 11), (32, 100, 3, 3), 1, 1, 1),        # batch 2, C=100 (padded to 128), odd H/W
+    ((1, 16, 16, 16), (64, 16, 7, 7), 1, 3, 1),         # 7x7, the fewest channels AMX takes
+    ((1, 32, 12, 10), (64, 32, 3, 3), 1, 2, 2),         # dilation 2
+    ((1, 64, 4, 8), (32, 64, 1, 1), 1, 0, 1),           # 1x1 over exactly one task's 32 positions
+    ((1, 64, 3, 11), (32, 64, 1, 1), 1, 0, 1),          # 33 positions: the last task overlaps the first
+    ((1, 64, 5, 5), (64, 64, 3, 3), 1, 1, 1),           # 33 positions with junk columns
+    ((2, 48, 15, 13), (32, 48, 3, 3), 2, 1, 1),         # stride 2, odd sizes: phases of unequal size
+    ((1, 64, 16, 15), (64, 64, 1, 1), 2, 0, 1),         # a ResNet downsample: one phase read
+    ((1, 32, 17, 19), (32, 32, 7, 7), 2, 3, 1),         # 7x7 stride 2 (a stem with many channels)
+    ((1, 32, 21, 14), (32, 32, 3, 3), (3, 2), 2, 2),    # strides 3 and 2, dilation 2
 ]
-SHAPE_IDS = ["n2-c100", "c3-7x7", "dilated", "1x1-one-task", "1x1-overlap", "5x5"]
+SHAPE_IDS = ["n2-c100", "c16-7x7", "dilated", "1x1-one-task", "1x1-overlap", "5x5", "s2-odd", "1x1-s2", "7x7-s2",
+             "s3x2-dilated"]
 
 
 @needs_amx
-@pytest.mark.parametrize("data_shape,weight_shape,padding,dilation", SHAPES, ids=SHAPE_IDS)
-def test_exact_on_awkward_shapes(data_shape, weight_shape, padding, dilation, rng):
-    f = amx_op(data_shape, weight_shape, padding, dilation)
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding,dilation", SHAPES, ids=SHAPE_IDS)
+def test_exact_on_awkward_shapes(data_shape, weight_shape, stride, padding, dilation, rng):
+    f = amx_op(data_shape, weight_shape, padding, dilation, stride=stride)
     assert f.spec.amx
     s = f.spec
     x, w = s.scheme.activation.sample(rng, data_shape), s.scheme.weight.sample(rng, weight_shape)
@@ -89,12 +94,12 @@ def test_float_epilogues_equal_the_vnni_kernel_bit_for_bit(epilogue, blocked, rn
 
 
 @pytest.mark.parametrize("data_shape,weight_shape,stride,target,scheme,why", [
-    ((1, 64, 8, 8), (64, 64, 3, 3), 2, AMX, "int8", "stride"),
+    ((1, 8, 8, 8), (64, 8, 3, 3), 1, AMX, "int8", "input channels"),
     ((1, 64, 8, 8), (48, 64, 3, 3), 1, AMX, "int8", "output channels"),
     ((1, 64, 4, 4), (64, 64, 3, 3), 1, AMX, "int8", "too small"),
     ((1, 64, 8, 8), (64, 64, 3, 3), 1, AMX, "fgq", None),            # the float-scale kernel
     ((1, 64, 8, 8), (64, 64, 3, 3), 1, AVX512, "int8", None),        # Zen 4: no AMX
-], ids=["stride-2", "k48", "4x4", "fgq-float-scales", "zen4"])
+], ids=["c8", "k48", "4x4", "fgq-float-scales", "zen4"])
 def test_layers_the_amx_kernel_leaves_to_vnni(data_shape, weight_shape, stride, target, scheme, why):
     params = {"group_size": 4} if scheme == "fgq" else {}
     spec = make_spec("conv2d", scheme, data_shape, weight_shape, stride, 1, targets.resolve_target(target), **params)
@@ -136,3 +141,50 @@ def test_host_target_adds_the_amx_features_llvm_misses(monkeypatch):
             "amx-int8" in targets.codegen.llvm_get_cpu_features(targets.Target.from_device(targets.tvm.cpu()))
     finally:
         targets._host_target.cache_clear()
+
+
+@needs_amx
+def test_phased_data_stage_reads_blocked_input_as_nchw(rng):
+    """A model's stride-2 AMX layer quantizes its channel-blocked float input into the same
+    phase-split bytes as from NCHW."""
+    from tvm_ternary.operators.compute import uniform_thresholds
+    from .test_layout import run_prim_func, to_blocked
+    target = targets.resolve_target(AMX)
+    spec = make_spec("conv2d", "int8", (1, 32, 13, 11), (32, 32, 3, 3), 2, 1, target, abits=8, wbits=4)
+    assert spec.amx
+    thresholds = ((0.5 + np.arange(255, dtype=np.float32)) * np.float32(0.04)).astype(np.float32)
+    uniform = uniform_thresholds(thresholds)
+    x = (rng.standard_normal(spec.data_shape) * 4).astype(np.float32)
+    out = spec.kernel_input_shape()
+    nchw = run_prim_func(spec.quantize_data_prim_func(0.0, 1.0, 255, True, 0, uniform), target, out, x, thresholds)
+    blocked = run_prim_func(spec.quantize_data_prim_func(0.0, 1.0, 255, True, 16, uniform), target, out,
+                            to_blocked(x, 16), thresholds)
+    np.testing.assert_array_equal(blocked, nchw)
+    assert len(np.unique(nchw)) > 100              # the levels span the 8-bit range
+
+
+@needs_amx
+@pytest.mark.parametrize("scheme", ["fgq_w2a8", "fgq_w2a4"])
+def test_fgq_resnet18_on_amx_equals_pytorch(scheme, monkeypatch):
+    """At 64x64 the layers of the first two stages run on AMX, the second's stride-2 conv and
+    downsample included (the stem has 3 channels, the later stages' outputs are too small:
+    VNNI); the logits equal the PyTorch quantized model's."""
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm_ternary.models import ResNet18, randomize_batchnorm
+    torch.manual_seed(0)
+    model = randomize_batchnorm(ResNet18(num_classes=10)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    q = tvm_ternary.quantize(model, scheme, x)
+    mod = tvm_ternary.from_torch(q, x)
+    specs = []
+    make = tvm_ternary.rewrite.make_spec
+    monkeypatch.setattr(tvm_ternary.rewrite, "make_spec", lambda *a, **k: specs.append(make(*a, **k)) or specs[-1])
+    ex = tvm_ternary.build(mod, AMX)
+    on_amx = [(s.stride, s.weight_shape[2:]) for s in specs if s.amx]
+    assert on_amx.count(((1, 1), (3, 3))) >= 7 and ((2, 2), (3, 3)) in on_amx and ((2, 2), (1, 1)) in on_amx
+    got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+    with torch.no_grad():
+        want = q(x).numpy()
+    np.testing.assert_array_equal(got, want)

@@ -2,23 +2,26 @@
 
 A TE schedule cannot keep AMX's tile registers live across a reduction, so this kernel is
 built directly (TVM's IR builder) and the schedules pass it through
-(:class:`tvm_ternary.schedules.AmxKernel`). It serves the int8 scheme's stride-1 conv2d
-(a model's FGQ layers run on that scheme) on targets with ``amx-int8``, with the same
-inputs, outputs and epilogues as the VNNI kernel of :func:`.compute.byte_dot_correlation`.
+(:class:`tvm_ternary.schedules.AmxKernel`). It serves the int8 scheme's conv2d (a model's
+FGQ layers run on that scheme) on targets with ``amx-int8``, with the same inputs, outputs
+and epilogues as the VNNI kernel of :func:`.compute.byte_dot_correlation`.
 
 Layouts (``C'`` = input channels padded to a multiple of :data:`TILE_BYTES`):
 
-* data uint8 ``[N, Hp, Wp, C']``: :func:`.compute.layout_bytes`, padded on the device
+* data uint8 ``[N, sh * sw * Hq, Wq, C']``: :func:`.compute.layout_bytes` with the stride's
+  phases (``[N, Hp, Wp, C']`` at stride 1), padded on the device
 * weight int8 ``[K/16, KH, KW, C'/4, 16, 4]``: the byte schemes' layout with ``V = 16``;
   the 16 quads of one tap and 64-channel chunk are one B tile (16 rows of 64 bytes)
 * output: as the VNNI kernel's (NCHW int32 or float32, or channel-blocked float32)
 
-**The padded grid.** The kernel computes output positions ``p = oh * Wp + ow`` of the
-padded image's grid, ``ow < Wp``, and drops the columns ``ow >= OW``. With stride 1 a tap
-``(kh, kw)`` then reads the flattened input at the constant offset ``kh*dh*Wp + kw*dw``
-from ``p``, so 16 consecutive positions are one A tile (16 rows of 64 channel bytes,
-stride ``C'``). Positions run to ``P = (OH - 1) * Wp + OW``; the last tile of a row of
-tasks starts at ``P - 32`` (recomputing a few positions) so no tile reads past the image.
+**The padded grid.** The kernel computes output positions ``p = oh * Wq + ow`` of a
+phase's grid, ``ow < Wq``, and drops the columns ``ow >= OW``. A tap ``(kh, kw)`` at
+dilation ``(dh, dw)`` reads the input pixel ``(sh*oh + kh*dh, sw*ow + kw*dw)``: in phase
+``(kh*dh % sh, kw*dw % sw)``, at the constant offset ``(kh*dh // sh) * Wq + kw*dw // sw``
+from ``p``. So 16 consecutive positions are one A tile (16 rows of 64 channel bytes,
+stride ``C'``) for any stride. Positions run to ``P = (OH - 1) * Wq + OW``; the last tile
+of a row of tasks starts at ``P - 32`` (recomputing a few positions) so no tile reads past
+the phase.
 
 **A task** (one parallel iteration) holds 32 positions x 32 output channels in four C
 tiles, fed by two A and two B tiles per tap and chunk (four ``tdpbusd`` per four tile
@@ -47,6 +50,9 @@ LANES = 16
 TASK_POSITIONS = 2 * TILE_ROWS
 TASK_CHANNELS = 2 * LANES
 
+MIN_CHANNELS = 16
+"""Input channels below this stay on VNNI: padded to 64, they would waste over 3/4 of each tile row."""
+
 _SYS_ARCH_PRCTL = 158
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
@@ -57,21 +63,22 @@ def amx_channels(channels: int) -> int:
     return -(-channels // TILE_BYTES) * TILE_BYTES
 
 
-def amx_positions(out_spatial: Sequence[int], padded_width: int) -> int:
-    """Positions ``P`` of the padded grid up to the last output pixel (see module doc)."""
+def amx_positions(out_spatial: Sequence[int], phase_width: int) -> int:
+    """Positions ``P`` of a phase's grid (``Wq`` wide) up to the last output pixel (see module doc)."""
     oh, ow = out_spatial
-    return (oh - 1) * padded_width + ow
+    return (oh - 1) * phase_width + ow
 
 
 def amx_fits(weight_shape: Sequence[int], stride: Sequence[int], out_spatial: Sequence[int],
              padded_width: int) -> str | None:
-    """Why the AMX kernel cannot run this conv2d (None when it can): stride 1, output
-    channels a multiple of :data:`TASK_CHANNELS`, at least one task's positions."""
-    if tuple(stride) != (1, 1):
-        return f"stride {tuple(stride)} (the padded grid needs stride 1)"
+    """Why the AMX kernel cannot run this conv2d (None when it can): at least
+    :data:`MIN_CHANNELS` input channels, output channels a multiple of :data:`TASK_CHANNELS`,
+    at least one task's positions."""
+    if weight_shape[1] < MIN_CHANNELS:
+        return f"{weight_shape[1]} input channels (at least {MIN_CHANNELS})"
     if weight_shape[0] % TASK_CHANNELS:
         return f"{weight_shape[0]} output channels (a multiple of {TASK_CHANNELS} needed)"
-    if amx_positions(out_spatial, padded_width) < TASK_POSITIONS:
+    if amx_positions(out_spatial, -(-padded_width // stride[1])) < TASK_POSITIONS:
         return f"output {tuple(out_spatial)} too small for a {TASK_POSITIONS}-position tile"
     return None
 
@@ -85,19 +92,22 @@ def _tile(index: int):
 
 
 def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[int], out_spatial: Sequence[int],
-               dilation: Sequence[int], correction: bool, epilogue: str, blocked: bool) -> tirx.PrimFunc:
+               stride: Sequence[int], dilation: Sequence[int], correction: bool, epilogue: str,
+               blocked: bool) -> tirx.PrimFunc:
     """The kernel PrimFunc ``(data, weight[, correction][, scale, bias[, residual]], out)``.
 
-    ``data_shape`` is the data stage's ``[N, Hp, Wp, C']``, ``weight_shape`` the weight
+    ``data_shape`` is the data stage's ``[N, sh * sw * Hq, Wq, C']``, ``weight_shape`` the weight
     layout's ``[K/16, KH, KW, C'/4, 16, 4]``; ``epilogue`` one of the spec's (``int32``,
     ``affine``, ``affine_relu``, ``affine_add``, ``affine_add_relu``); ``blocked`` writes
     ``[N, K/16, OH, OW, 16]`` (affine only)."""
-    n, hp, wp, c = (int(d) for d in data_shape)
+    n, rows, wq, c = (int(d) for d in data_shape)
     kb, kh, kw, quads = (int(d) for d in weight_shape[:4])
     oh, ow = (int(d) for d in out_spatial)
+    sh, sw = (int(d) for d in stride)
     dh, dw = (int(d) for d in dilation)
+    phase_size = rows // (sh * sw) * wq            # Hq * Wq
     k = kb * LANES
-    positions = amx_positions(out_spatial, wp)
+    positions = amx_positions(out_spatial, wq)
     tiles = -(-positions // TASK_POSITIONS)
     pairs = k // TASK_CHANNELS
     affine = epilogue.startswith("affine")
@@ -120,7 +130,7 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
             with T.Assert(granted == 0, f"{symbol}: Linux refused the AMX tile state (ARCH_REQ_XCOMP_PERM); "
                                         f"the AMX kernel needs Linux 5.16 or later on a CPU with AMX"):
                 pass
-            x = T.decl_buffer((n * hp * wp * c,), "uint8", data=data.data)
+            x = T.decl_buffer((n * rows * wq * c,), "uint8", data=data.data)
             w = T.decl_buffer((kb * kh * kw * quads * LANES * 4,), "int8", data=weight.data)
             with T.parallel(0, pairs * n * tiles) as task:
                 pair = task // (n * tiles)
@@ -137,7 +147,9 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                 with T.serial(0, kh) as r:
                     with T.serial(0, kw) as s:
                         with T.serial(0, c // TILE_BYTES) as chunk:
-                            row = image * hp * wp + start + r * dh * wp + s * dw
+                            dy, dx = r * dh, s * dw
+                            phase = (dy % sh) * sw + dx % sw
+                            row = (image * sh * sw + phase) * phase_size + start + dy // sh * wq + dx // sw
                             for a in range(2):
                                 _intrin("tileloadd64", _tile(4 + a),
                                         tirx.address_of(x[(row + a * TILE_ROWS) * c + chunk * TILE_BYTES]),
@@ -159,7 +171,7 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                 _intrin("tilerelease")
                 with T.serial(0, TASK_POSITIONS) as i:
                     position = start + i
-                    y, xo = position // wp, position % wp
+                    y, xo = position // wq, position % wq
                     with T.If(xo < ow):
                         with T.Then():
                             for b in range(2):

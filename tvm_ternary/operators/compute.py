@@ -402,18 +402,35 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     return te.compute(shape, word, name="repad")
 
 
-def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0, block: int = 0) -> te.Tensor:
+def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0, block: int = 0,
+                 phases: Sequence[int] = ()) -> te.Tensor:
     """Byte-scheme data: values ``[N, C, *spatial]`` -> uint8 ``[N, *(spatial + 2 pad), channels]``
     (stage ``layout``): each value plus ``offset``, padded taps ``offset`` (value 0), channels
     beyond ``C`` (to ``channels``, a whole number of quads or groups) 0 (their weights are 0).
-    With ``block`` ``B`` the values arrive channel-blocked, ``[N, C/B, *spatial, B]``."""
+    With ``block`` ``B`` the values arrive channel-blocked, ``[N, C/B, *spatial, B]``.
+
+    ``phases`` ``(sh, sw)`` (conv2d) splits the padded image ``[Hp, Wp]`` by row and column
+    phase: ``[N, sh * sw * Hq, Wq, channels]`` with ``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``,
+    padded pixel ``(y, x)`` at row ``((y % sh) * sw + x % sw) * Hq + y // sh``, column ``x // sw``
+    (positions beyond the padded image hold padding). A stride-``s`` conv2d reads each phase
+    as a stride-1 one (:mod:`.amx`); ``(1, 1)`` is the plain layout."""
     n, c, *spatial = (int(d) for d in x.shape)
     if block:
         n, c, spatial = n, c * block, spatial[:-1]
-    shape = (n, *(s + 2 * p for s, p in zip(spatial, padding)), channels)
+    padded = [s + 2 * p for s, p in zip(spatial, padding)]
+    shape = (n, *padded, channels)
+    phased = any(s > 1 for s in phases)
+    if phased:
+        (sh, sw), (hp, wp) = phases, padded
+        hq, wq = -(-hp // sh), -(-wp // sw)
+        shape = (n, sh * sw * hq, wq, channels)
 
     def byte(i, *rest):
         *pos, ch = rest
+        if phased:                                 # back to the padded image's (y, x)
+            row, col = pos
+            phase = row // hq
+            pos = [(row % hq) * sh + phase // sw, col * sw + phase % sw]
         src = [q - p for q, p in zip(pos, padding)]
         inside = tirx.all(ch < c, within_bounds(src, spatial)) if src else ch < c
         outside = tirx.if_then_else(ch < c, offset, 0)           # a padded tap, or a channel beyond C

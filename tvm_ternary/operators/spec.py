@@ -208,7 +208,8 @@ class OperatorSpec:
         if self.scheme.per_token:                 # float rows, quantized in the kernel
             return pad_features(x, self._byte_channels)
         if isinstance(self.scheme, ByteScheme):
-            return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset)
+            return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset,
+                                phases=self.stride if self.amx else ())
         return self._pack(x)
 
     @property
@@ -254,7 +255,8 @@ class OperatorSpec:
         direct = ascending and self._levels_are_encoding_values(lo, step, num_thresholds)
         if input_block and isinstance(self.scheme, ByteScheme):
             staged = layout_bytes(quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform), self.padding,
-                                  self._byte_channels, self.scheme.activation_offset, input_block)
+                                  self._byte_channels, self.scheme.activation_offset, input_block,
+                                  self.stride if self.amx else ())
         elif input_block:
             values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform)
             staged = pack_blocked_data(values, self.scheme, self.padding, self.word_bits, thresholds if direct else None)
@@ -309,7 +311,7 @@ class OperatorSpec:
         shape, dtype = self.kernel_input_shape()
         templates = self._weight_arg_templates()
         if self.amx:
-            return conv2d_amx(self.symbol, shape, templates[0].shape, self.out_shape[2:], self.dilation,
+            return conv2d_amx(self.symbol, shape, templates[0].shape, self.out_shape[2:], self.stride, self.dilation,
                               len(templates) > 1, self.epilogue, self.blocked_output)
         data = te.placeholder(shape, dtype, name="data")
         weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
