@@ -16,7 +16,9 @@ ResNet-50 (1x1 bottleneck convolutions, 2.3x ResNet-18's MACs). Each kernel is c
 against its reference once, then timed by one harness for every contender
 (benchmarks/harness.py: a Python loop around one call, median of --repeat batches, threads
 pinned by nobody). fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8)
-measured in the same process. Timings on a shared machine are noisy; compare ratios from
+measured in the same process, and built, checked and timed before any of our kernels runs:
+once our AMX kernels have run in a process, PyTorch's AMX int8 ResNet-18 there ran 16-37%
+slower (2026-11-26), so timing it afterwards would flatter us. Timings on a shared machine are noisy; compare ratios from
 one run. ``--schedules hand,tuned`` times our kernels and models with the hand schedules
 and with tuning records (``--tuned``: a tuning directory, by default the records that
 ship for the target's ISA) side by side, ``impl`` ``hand`` or ``tuned`` in the CSV.
@@ -246,9 +248,26 @@ def measure(args) -> list[dict]:
         except ValueError as err:
             raise SystemExit(f"speedup.py: --schedules tuned: {err}") from None
     tuned = [args.tuned if s == "tuned" else None for s in args.schedules]
+    rows = []          # PyTorch's baselines first, before any of our kernels runs (module doc)
+    for names in ([n for n in args.precisions if n in BASELINES], [n for n in args.precisions if n not in BASELINES]):
+        runners = build_runners(args, names, target, remote, tuned, rng)
+        rows += time_runners(args, runners, names, target, device, remote)
+    layers = [layer.name for layer in args.layers]
+    rows.sort(key=lambda r: (args.threads.index(r["threads"]), layers.index(r["layer"]),
+                             args.precisions.index(r["precision"])))          # stable: impls keep their order
+    pinned = harness.pinned_threads()
+    if pinned:
+        raise SystemExit(f"speedup.py: threads were pinned during the run, so the contenders did not run alike: "
+                         f"{pinned}")
+    add_speedups(rows)
+    return rows
+
+
+def build_runners(args, names: list[str], target, remote, tuned: list, rng) -> dict:
+    """Compile and check precisions ``names`` for every layer of ``args``: ``(layer, precision) -> runner(s)``."""
     runners = {}
     for layer in tqdm(args.layers, desc="compile+check", unit="layer"):
-        for name in args.precisions:
+        for name in names:
             if name in DENSE_ONLY_PRECISIONS and layer.op != "dense":
                 continue
             if name in BASELINES:
@@ -262,15 +281,19 @@ def measure(args) -> list[dict]:
             else:
                 runners[layer.name, name] = sum((as_tuple(network_runner(name, args.fgq_group, target, layer.network,
                                                                          t)) for t in tuned), ())
+    return runners
+
+
+def time_runners(args, runners: dict, names: list[str], target, device: str, remote) -> list[dict]:
+    """Time ``runners`` (:func:`build_runners`) at each thread count: one row per runner."""
     rows = []
-    jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in args.precisions
+    jobs = [(t, layer, name) for t in args.threads for layer in args.layers for name in names
             if (layer.name, name) in runners]
     timing = "board-time-evaluator" if remote else "python-call"
     for threads, layer, name in tqdm(jobs, desc="timing", unit="run"):
         if remote is None:
             harness.set_threads(threads)
-        made = runners[layer.name, name]
-        for runner in as_tuple(made):
+        for runner in as_tuple(runners[layer.name, name]):
             median_ms = runner.time(args.repeat)
             model = layer.network if layer.op == "model" else layer.model
             rows.append(dict(target=describe(target), device=device, threads=threads, model=model,
@@ -278,11 +301,6 @@ def measure(args) -> list[dict]:
                              median_ms=median_ms,
                              gops=2 * layer.macs / median_ms / 1e6 if runner.impl != "pack" else "",
                              tuned=runner.impl.startswith("tuned"), emulated=args.emulated, timing=timing))
-    pinned = harness.pinned_threads()
-    if pinned:
-        raise SystemExit(f"speedup.py: threads were pinned during the run, so the contenders did not run alike: "
-                         f"{pinned}")
-    add_speedups(rows)
     return rows
 
 

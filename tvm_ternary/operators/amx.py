@@ -25,8 +25,9 @@ the phase.
 
 **A task** (one parallel iteration) holds 32 positions x 32 output channels in four C
 tiles, fed by two A and two B tiles per tap and chunk (four ``tdpbusd`` per four tile
-loads), loads its own tile configuration (``ldtilecfg`` is per thread), stores the C tiles
-to a stack buffer and runs the epilogue from there, vectorized along the 32 channels.
+loads), loads its own tile configuration (``ldtilecfg`` is per thread, and each task
+reloads it, so no task releases the tiles), stores the C tiles to a stack buffer and runs
+the epilogue from there, vectorized along the 32 channels.
 Every call first asks Linux for the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``,
 needed once per process, also in RPC servers and tuning workers).
 """
@@ -168,7 +169,6 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                         _intrin("tilestored64", _tile(2 * a + b),
                                 tirx.address_of(acc[a * TILE_ROWS * TASK_CHANNELS + b * LANES]),
                                 tirx.const(TASK_CHANNELS * 4, "int64"))
-                _intrin("tilerelease")
                 with T.serial(0, TASK_POSITIONS) as i:
                     position = start + i
                     y, xo = position // wq, position % wq
