@@ -6,10 +6,9 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from .tiling import KernelRule
+from tvm_ternary.operators.amx import AMX_ATTR
 
-AMX_ATTR = "tvm_ternary.amx"
-"""PrimFunc attribute that marks the AMX kernel."""
+from .tiling import KernelRule
 
 
 class AmxKernel(KernelRule):

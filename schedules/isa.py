@@ -87,5 +87,5 @@ def has_vnni(target: Target) -> bool:
 
 def has_amx(target: Target) -> bool:
     """True when the target has AMX-INT8 (tile registers, ``tdpbusd``; Sapphire Rapids and
-    later Xeons): stride-1 int8 conv2d then runs on :mod:`tvm_ternary.operators.amx`."""
+    later Xeons): int8 conv2d then runs on :mod:`tvm_ternary.operators.amx` where it fits."""
     return {"amx-tile", "amx-int8"} <= set(codegen.llvm_get_cpu_features(target))

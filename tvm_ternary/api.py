@@ -221,7 +221,7 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
             weights at 2 bits in memory × 8-bit activations; see :mod:`tvm_ternary.schemes`).
         stride, padding, dilation: an int or one int per spatial axis (conv2d only).
         target: "host" (this CPU, the default), a preset name (``"avx2"``, ``"avx512"``, ``"amx"``,
-            ``"rasp4"``, ...; on a target with AMX-INT8 the int8 scheme's stride-1 conv2d runs on
+            ``"rasp4"``, ...; on a target with AMX-INT8 the int8 scheme's conv2d runs on
             AMX tiles, :mod:`tvm_ternary.operators.amx`), a kind string (``"llvm"``: generic x86-64, the SSE2 baseline
             schedules; a :class:`~tvm_ternary.diagnostics.SlowPathWarning` on a CPU with AVX2
             or better, once per target), a dict or a ``tvm.target.Target``.

@@ -36,7 +36,7 @@ PRESETS: dict[str, dict] = {
 }
 """Named targets: x86 with AVX2 (Haswell and later, AMD Zen), x86 with AVX-512 VPOPCNTDQ and
 VNNI (Zen 4; Ice Lake servers have both too), x86 with AMX-INT8 as well (Sapphire Rapids and
-later Xeons: stride-1 int8 conv2d on tiles), Raspberry Pi 4 (Cortex-A72) and 3 (Cortex-A53)
+later Xeons: int8 conv2d on tiles), Raspberry Pi 4 (Cortex-A72) and 3 (Cortex-A53)
 running a 64-bit OS."""
 
 
@@ -57,29 +57,25 @@ def resolve_target(target: TargetLike) -> Target:
     raise TypeError(f"target must be a str, dict or tvm.target.Target, got {type(target).__name__}")
 
 
-CPUINFO_FEATURES = {"amx_tile": "amx-tile", "amx_int8": "amx-int8", "amx_bf16": "amx-bf16",
-                    "avx512_fp16": "avx512fp16", "avx512_bf16": "avx512bf16", "avx_vnni": "avxvnni"}
-"""Linux ``/proc/cpuinfo`` flags -> LLVM features that LLVM's host detection can miss (a
-virtualized Sapphire Rapids reads as Rocket Lake, without AMX); "host" adds those present."""
-
-
 @lru_cache(maxsize=None)
 def _host_target() -> Target:
+    """``Target.from_device(tvm.cpu())`` plus the instruction set features LLVM detects on this
+    host (which checks that the OS enabled them) but the CPU name alone does not imply:
+    ``from_device`` keeps only the name, and a virtualized Sapphire Rapids reads as Rocket
+    Lake, without AMX."""
     host = Target.from_device(tvm.cpu())
-    missing = [f"+{feature}" for flag, feature in CPUINFO_FEATURES.items()
-               if flag in _cpuinfo_flags() and feature not in codegen.llvm_get_cpu_features(host)]
+    missing = sorted(f"+{f}" for f in _host_cpu_features() - set(codegen.llvm_get_cpu_features(host))
+                     if _ISA_FEATURE.match(f))
     if not missing:
         return host
     config = {k: v for k, v in host.export().items() if k in ("kind", "mtriple", "mcpu", "mattr")}
     return Target({**config, "mattr": [*config.get("mattr", []), *missing]})
 
 
-def _cpuinfo_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
+def _host_cpu_features() -> set[str]:
+    """The CPU features LLVM detects on this host (those it reports as present)."""
+    detected = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()
+    return {str(name) for name, present in detected.items() if present}
 
 
 def target_key(target: Target) -> str:
@@ -124,7 +120,9 @@ def _host_cannot_run(key: str) -> str | None:
 
 
 def describe(target: Any) -> str:
-    """Short description of a target for messages."""
+    """Short description of a target for messages: kind, ``mcpu``, ``mattr``, architecture."""
     t = resolve_target(target)
     mcpu = t.attrs.get("mcpu", "")
-    return f"{t.kind.name}" + (f" mcpu={mcpu}" if mcpu else "") + f" ({target_arch(t)})"
+    mattr = ",".join(str(a) for a in t.attrs.get("mattr", []) or [])
+    return f"{t.kind.name}" + (f" mcpu={mcpu}" if mcpu else "") + (f" mattr={mattr}" if mattr else "") + \
+        f" ({target_arch(t)})"

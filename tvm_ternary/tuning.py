@@ -353,12 +353,11 @@ def tune(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequen
     target = resolve_target(target)
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
-    kernel = spec.kernel_prim_func()
-    if not _has_knobs(kernel, target):
-        raise ValueError(f"tune {spec.where}: the kernel's schedule has no knobs on {describe(target)}"
-                         + (" (the AMX kernel is written as TIR)" if spec.amx else "") + "; there is nothing to tune")
+    if spec.amx:
+        raise ValueError(f"tune {spec.where}: on {describe(target)} the kernel is the AMX one, written as TIR "
+                         f"without knobs; there is nothing to tune")
     session = _Session(f"tune {spec.where}", target, work_dir, remote)
-    session.tune({"main": kernel}, trials, seed, search=search)
+    session.tune({"main": spec.kernel_prim_func()}, trials, seed, search=search)
     return session.work_dir
 
 

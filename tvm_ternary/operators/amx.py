@@ -48,11 +48,15 @@ TILE_BYTES = 64
 """Bytes of a tile row: 64 input channels of an A tile, 16 output channels x 4 of a B tile."""
 LANES = 16
 """Output channels of a B/C tile: the weight layout's block ``V``."""
+AMX_ATTR = "tvm_ternary.amx"
+"""PrimFunc attribute that marks the AMX kernel (:class:`tvm_ternary.schedules.AmxKernel` looks for it)."""
 TASK_POSITIONS = 2 * TILE_ROWS
 TASK_CHANNELS = 2 * LANES
 
 MIN_CHANNELS = 16
-"""Input channels below this stay on VNNI: padded to 64, they would waste over 3/4 of each tile row."""
+"""Input channels below this stay on VNNI: channels are padded to 64, so at 16 three quarters
+of each tile row is padding, and more below (the stem's 3 channels: 95%). A judgement of the
+waste, not a measured crossover."""
 
 _SYS_ARCH_PRCTL = 158
 _ARCH_REQ_XCOMP_PERM = 0x1023
@@ -74,7 +78,7 @@ def amx_fits(weight_shape: Sequence[int], stride: Sequence[int], out_spatial: Se
              padded_width: int) -> str | None:
     """Why the AMX kernel cannot run this conv2d (None when it can): at least
     :data:`MIN_CHANNELS` input channels, output channels a multiple of :data:`TASK_CHANNELS`,
-    at least one task's positions."""
+    and at least one task's positions ``P`` (:func:`amx_positions`, on a phase's grid)."""
     if weight_shape[1] < MIN_CHANNELS:
         return f"{weight_shape[1]} input channels (at least {MIN_CHANNELS})"
     if weight_shape[0] % TASK_CHANNELS:
@@ -117,7 +121,7 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
     with IRBuilder() as ib:
         with T.prim_func():
             T.func_name(symbol)
-            T.func_attr({"global_symbol": symbol, "tirx.noalias": True, "tvm_ternary.amx": True})
+            T.func_attr({"global_symbol": symbol, "tirx.noalias": True, AMX_ATTR: True})
             data = T.arg("data", T.buffer(tuple(data_shape), "uint8"))
             weight = T.arg("weight", T.buffer(tuple(weight_shape), "int8"))
             corr = T.arg("correction", T.buffer((k,), "int32")) if correction else None

@@ -89,6 +89,7 @@ class OperatorSpec:
     dilation: tuple[int, ...] = ()
     blocked_output: bool = False
     amx: bool = False
+    """Whether the kernel is the AMX one (:mod:`.amx`); :meth:`create` decides."""
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
@@ -96,7 +97,7 @@ class OperatorSpec:
                block: int = 1, epilogue: str = "int32",
                next_padding: int | Sequence[int] | None = None, word_bits: int = 32,
                dilation: int | Sequence[int] = 1, blocked_output: bool = False,
-               amx: bool = False) -> "OperatorSpec":
+               target_has_amx: bool = False) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
@@ -110,8 +111,8 @@ class OperatorSpec:
         ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps). ``blocked_output``: an
         affine conv2d writes the channel-blocked ``[N, K/V, OH, OW, V]`` of
         :mod:`tvm_ternary.layout` (``V`` = ``block``, a divisor of ``K``) instead of NCHW.
-        ``amx``: the target has AMX-INT8; an int8 conv2d that the AMX kernel serves
-        (:func:`.amx.amx_fits`) then runs on it (the spec's :attr:`amx` says whether it does)."""
+        ``target_has_amx``: an int8 conv2d that the AMX kernel serves (:func:`.amx.amx_fits`)
+        then runs on it; the spec's :attr:`amx` says whether it does."""
         if op not in OPERATORS:
             raise ValueError(f"unknown operator {op!r}; expected one of {tuple(OPERATORS)}")
         rank = OPERATORS[op]
@@ -153,7 +154,7 @@ class OperatorSpec:
             dilated = f" and dilation {dilation}" if any(d > 1 for d in dilation) else ""
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
                              f"with padding {padding}{dilated}")
-        if amx and op == "conv2d" and type(scheme) is Int8Scheme and block == LANES and \
+        if target_has_amx and op == "conv2d" and type(scheme) is Int8Scheme and block == LANES and \
                 amx_fits(weight_shape, stride, spec.out_shape[2:], data_shape[3] + 2 * padding[1]) is None:
             spec = replace(spec, amx=True)
         return spec
