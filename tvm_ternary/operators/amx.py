@@ -26,8 +26,9 @@ the phase.
 **A task** (one parallel iteration) holds 32 positions x 32 output channels in four C
 tiles, fed by two A and two B tiles per tap and chunk (four ``tdpbusd`` per four tile
 loads), loads its own tile configuration (``ldtilecfg`` is per thread, and each task
-reloads it, so no task releases the tiles), stores the C tiles to a stack buffer and runs
-the epilogue from there, vectorized along the 32 channels.
+reloads it, so no task releases the tiles), stores the C tiles to a 4 KB per-task buffer
+(TVM's workspace allocator: over its stack limit) and runs the epilogue from there,
+vectorized along the 32 channels.
 Every call first asks Linux for the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``,
 needed once per process, also in RPC servers and tuning workers).
 """
