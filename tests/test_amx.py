@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tvm
 
 import tvm_ternary
 from tvm_ternary import targets
@@ -182,3 +183,37 @@ def test_fgq_resnet18_on_amx_equals_pytorch(scheme, monkeypatch):
     with torch.no_grad():
         want = q(x).numpy()
     np.testing.assert_array_equal(got, want)
+
+
+@needs_amx
+@pytest.mark.parametrize("epilogue,blocked,stride,params", [
+    ("affine_add_relu", False, 1, {}),
+    ("affine_add_relu", True, 2, dict(activation_encoding="signed")),
+    ("affine_add", True, 2, {}),
+], ids=["add-relu-nchw", "add-relu-blocked-s2-signed", "add-blocked-s2"])
+def test_residual_epilogues_equal_the_vnni_kernel_bit_for_bit(epilogue, blocked, stride, params, rng):
+    """The residual epilogues a model fuses (``op`` does not offer them): the AMX kernel adds
+    the residual tensor, in its output layout, exactly as the VNNI kernel does."""
+    shapes = ((2, 48, 9, 11), (32, 48, 3, 3))
+    amx, vnni = (amx_op(*shapes, 1, epilogue=epilogue, target=t, blocked=blocked, stride=stride, **params)
+                 for t in (AMX, VNNI))
+    assert amx.spec.amx and not vnni.spec.amx
+    s = amx.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = rng.standard_normal(32).astype(np.float32), rng.standard_normal(32).astype(np.float32)
+    residual = rng.standard_normal(s.kernel_output()[0]).astype(np.float32) * 1000
+    outputs = []
+    for f in (amx, vnni):
+        args = f.prepare(x, w, scale=scale, bias=bias)
+        args.insert(-1, tvm.runtime.tensor(residual))
+        f.run(args)
+        outputs.append(args[-1].numpy())
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    y = s.reference(x, w).astype(np.float64) * scale[:, None, None] + bias[:, None, None]     # NCHW
+    if blocked:
+        y = y.reshape(2, 2, 16, *y.shape[2:]).transpose(0, 1, 3, 4, 2)
+    want = y + residual
+    if epilogue.endswith("_relu"):
+        want = np.maximum(want, 0)
+        assert (outputs[0] == 0).any()
+    np.testing.assert_allclose(outputs[0], want, rtol=1e-5, atol=1e-2)
