@@ -23,12 +23,13 @@ stride ``C'``) for any stride. Positions run to ``P = (OH - 1) * Wq + OW``; the 
 of a row of tasks starts at ``P - 32`` (recomputing a few positions) so no tile reads past
 the phase.
 
-**A task** (one parallel iteration) holds 32 positions x 32 output channels in four C
-tiles, fed by two A and two B tiles per tap and chunk (four ``tdpbusd`` per four tile
-loads), loads its own tile configuration (``ldtilecfg`` is per thread, and each task
-reloads it, so no task releases the tiles), stores the C tiles to a 4 KB per-task buffer
-(TVM's workspace allocator: over its stack limit) and runs the epilogue from there,
-vectorized along the 32 channels.
+**A task** (one parallel iteration) loads its own tile configuration (``ldtilecfg`` is per
+thread, and each task reloads it, so no task releases the tiles) and takes up to
+:data:`TILES_PER_TASK` runs of 32 positions in turn for 32 output channels: each holds
+32 x 32 int32 sums in four C tiles, fed by two A and two B tiles per tap and chunk (four
+``tdpbusd`` per four tile loads), stores them to the task's 4 KB buffer (TVM's workspace
+allocator: over its stack limit) and runs the epilogue from there, vectorized along the
+32 channels.
 Every call first asks Linux for the AMX tile state (``arch_prctl(ARCH_REQ_XCOMP_PERM)``,
 needed once per process, also in RPC servers and tuning workers).
 """
@@ -53,6 +54,9 @@ AMX_ATTR = "tvm_ternary.amx"
 """PrimFunc attribute that marks the AMX kernel (:class:`tvm_ternary.schedules.AmxKernel` looks for it)."""
 TASK_POSITIONS = 2 * TILE_ROWS
 TASK_CHANNELS = 2 * LANES
+TILES_PER_TASK = 4
+"""Runs of :data:`TASK_POSITIONS` positions one parallel task computes in turn: the tile
+configuration and the C tiles' buffer serve them all."""
 
 MIN_CHANNELS = 16
 """Input channels below this stay on VNNI: channels are padded to 64, so at 16 three quarters
@@ -138,57 +142,59 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                 pass
             x = T.decl_buffer((n * rows * wq * c,), "uint8", data=data.data)
             w = T.decl_buffer((kb * kh * kw * quads * LANES * 4,), "int8", data=weight.data)
-            with T.parallel(0, pairs * n * tiles) as task:
-                pair = task // (n * tiles)
-                image = task % (n * tiles) // tiles
-                start = tirx.min((task % tiles) * TASK_POSITIONS, positions - TASK_POSITIONS)
+            groups = -(-tiles // TILES_PER_TASK)
+            with T.parallel(0, pairs * n * groups) as task:
+                pair = task // (n * groups)
+                image = task % (n * groups) // groups
                 config = T.decl_buffer((64,), "uint8", scope="local")
                 with T.serial(0, 64) as i:      # palette 1; tiles 0-7: 16 rows of 64 bytes
                     byte = tirx.Select(i == 0, 1, tirx.Select(tirx.all(i >= 16, i < 32, i % 2 == 0), TILE_BYTES,
                                                               tirx.Select(tirx.all(i >= 48, i < 56), TILE_ROWS, 0)))
                     T.buffer_store(config, tirx.Cast("uint8", byte), [i])
                 _intrin("ldtilecfg", tirx.address_of(config[0]))
-                for t in range(4):
-                    _intrin("tilezero", _tile(t))
-                with T.serial(0, kh) as r:
-                    with T.serial(0, kw) as s:
-                        with T.serial(0, c // TILE_BYTES) as chunk:
-                            dy, dx = r * dh, s * dw
-                            phase = (dy % sh) * sw + dx % sw
-                            row = (image * sh * sw + phase) * phase_size + start + dy // sh * wq + dx // sw
-                            for a in range(2):
-                                _intrin("tileloadd64", _tile(4 + a),
-                                        tirx.address_of(x[(row + a * TILE_ROWS) * c + chunk * TILE_BYTES]),
-                                        tirx.const(c, "int64"))
-                            for b in range(2):
-                                tap = ((pair * 2 + b) * kh + r) * kw + s
-                                _intrin("tileloadd64", _tile(6 + b),
-                                        tirx.address_of(w[(tap * quads + chunk * TILE_ROWS) * LANES * 4]),
-                                        tirx.const(TILE_BYTES, "int64"))
-                            for a in range(2):
-                                for b in range(2):
-                                    _intrin("tdpbusd", _tile(2 * a + b), _tile(4 + a), _tile(6 + b))
                 acc = T.decl_buffer((TASK_POSITIONS * TASK_CHANNELS,), "int32", scope="local")
-                for a in range(2):
-                    for b in range(2):
-                        _intrin("tilestored64", _tile(2 * a + b),
-                                tirx.address_of(acc[a * TILE_ROWS * TASK_CHANNELS + b * LANES]),
-                                tirx.const(TASK_CHANNELS * 4, "int64"))
-                with T.serial(0, TASK_POSITIONS) as i:
-                    position = start + i
-                    y, xo = position // wq, position % wq
-                    with T.If(xo < ow):
-                        with T.Then():
-                            for b in range(2):
-                                with T.vectorized(0, LANES) as j:
-                                    channel = (pair * 2 + b) * LANES + j
-                                    value = acc[i * TASK_CHANNELS + b * LANES + j]
-                                    if corr is not None:
-                                        value = value + corr[channel]
-                                    index = (image, pair * 2 + b, y, xo, j) if blocked else (image, channel, y, xo)
-                                    if affine:
-                                        value = affine_value(value.astype("float32"), scale[channel], bias[channel],
-                                                             epilogue.endswith("_relu"),
-                                                             residual[index] if residual is not None else None)
-                                    T.buffer_store(out, value, list(index))
+                with T.serial(0, tirx.min(TILES_PER_TASK, tiles - task % groups * TILES_PER_TASK)) as g:
+                    start = tirx.min((task % groups * TILES_PER_TASK + g) * TASK_POSITIONS, positions - TASK_POSITIONS)
+                    for t in range(4):
+                        _intrin("tilezero", _tile(t))
+                    with T.serial(0, kh) as r:
+                        with T.serial(0, kw) as s:
+                            with T.serial(0, c // TILE_BYTES) as chunk:
+                                dy, dx = r * dh, s * dw
+                                phase = (dy % sh) * sw + dx % sw
+                                row = (image * sh * sw + phase) * phase_size + start + dy // sh * wq + dx // sw
+                                for a in range(2):
+                                    _intrin("tileloadd64", _tile(4 + a),
+                                            tirx.address_of(x[(row + a * TILE_ROWS) * c + chunk * TILE_BYTES]),
+                                            tirx.const(c, "int64"))
+                                for b in range(2):
+                                    tap = ((pair * 2 + b) * kh + r) * kw + s
+                                    _intrin("tileloadd64", _tile(6 + b),
+                                            tirx.address_of(w[(tap * quads + chunk * TILE_ROWS) * LANES * 4]),
+                                            tirx.const(TILE_BYTES, "int64"))
+                                for a in range(2):
+                                    for b in range(2):
+                                        _intrin("tdpbusd", _tile(2 * a + b), _tile(4 + a), _tile(6 + b))
+                    for a in range(2):
+                        for b in range(2):
+                            _intrin("tilestored64", _tile(2 * a + b),
+                                    tirx.address_of(acc[a * TILE_ROWS * TASK_CHANNELS + b * LANES]),
+                                    tirx.const(TASK_CHANNELS * 4, "int64"))
+                    with T.serial(0, TASK_POSITIONS) as i:
+                        position = start + i
+                        y, xo = position // wq, position % wq
+                        with T.If(xo < ow):
+                            with T.Then():
+                                for b in range(2):
+                                    with T.vectorized(0, LANES) as j:
+                                        channel = (pair * 2 + b) * LANES + j
+                                        value = acc[i * TASK_CHANNELS + b * LANES + j]
+                                        if corr is not None:
+                                            value = value + corr[channel]
+                                        index = (image, pair * 2 + b, y, xo, j) if blocked else (image, channel, y, xo)
+                                        if affine:
+                                            value = affine_value(value.astype("float32"), scale[channel], bias[channel],
+                                                                 epilogue.endswith("_relu"),
+                                                                 residual[index] if residual is not None else None)
+                                        T.buffer_store(out, value, list(index))
     return ib.get()
