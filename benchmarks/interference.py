@@ -5,7 +5,7 @@
 
 Times PyTorch's int8 ResNet-18 (224x224, batch 1, 1 thread) alone, then builds, checks and
 times our model of ``--precision`` in the same process, then times PyTorch again. On the
-AMX development host (2026-11-26) PyTorch ran 16-37% slower after our AMX kernels and
+AMX development host (2026-11-26) PyTorch ran 13-24% slower after our AMX kernels (one run) and
 unchanged after the ternary model; ``speedup.py`` therefore times its PyTorch baselines
 before any of our kernels runs. Timings: benchmarks/harness.py (median of --repeat batches).
 """

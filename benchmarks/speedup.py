@@ -17,8 +17,9 @@ against its reference once, then timed by one harness for every contender
 (benchmarks/harness.py: a Python loop around one call, median of --repeat batches, threads
 pinned by nobody). fp32/int8 speedups are against PyTorch (oneDNN fp32, fbgemm int8)
 measured in the same process, and built, checked and timed before any of our kernels runs:
-once our AMX kernels have run in a process, PyTorch's AMX int8 ResNet-18 there ran 16-37%
-slower (2026-11-26), so timing it afterwards would flatter us. Timings on a shared machine are noisy; compare ratios from
+once our AMX kernels have run in a process, PyTorch's AMX int8 ResNet-18 there runs slower
+(+13-24% in one run of benchmarks/interference.py, 2026-11-26), so timing it afterwards would
+flatter us. Timings on a shared machine are noisy; compare ratios from
 one run. ``--schedules hand,tuned`` times our kernels and models with the hand schedules
 and with tuning records (``--tuned``: a tuning directory, by default the records that
 ship for the target's ISA) side by side, ``impl`` ``hand`` or ``tuned`` in the CSV.

@@ -55,7 +55,8 @@ Relax lowers): :class:`FloatCPU` schedules them."""
 TUNABLE_RULES = (AmxKernel, PopcountKernel, FgqKernel, DotKernel, CodeDotKernel, ActivationPack)
 """Rules of our functions whose knobs MetaSchedule searches: the kernels and the data
 stages (quantize-and-pack, patch gathers); :class:`FloatCPU`'s too, for the float operators.
-:class:`GenericCPU` has none."""
+:class:`GenericCPU` has none, and neither has :class:`AmxKernel`, which is here so the search
+space recognises the AMX kernel (a space without decisions: not a tuning task)."""
 
 
 def schedule_in_place(sch: s_tir.Schedule, target: Target, tunable: bool = True) -> None:

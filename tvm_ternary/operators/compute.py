@@ -416,7 +416,7 @@ def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: in
     as a stride-1 one (:mod:`.amx`); ``(1, 1)`` is the plain layout."""
     n, c, *spatial = (int(d) for d in x.shape)
     if block:
-        n, c, spatial = n, c * block, spatial[:-1]
+        c, spatial = c * block, spatial[:-1]
     padded = [s + 2 * p for s, p in zip(spatial, padding)]
     shape = (n, *padded, channels)
     phased = any(s > 1 for s in phases)
