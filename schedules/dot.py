@@ -10,6 +10,11 @@ rows and channel blocks), puts the taps and quads outside the tile, so each weig
 into one dot-product instruction: ``vpdpbusd`` on AVX-512 VNNI, ``vpmaddubsw`` +
 ``vpmaddwd`` on AVX2, four by-element ``smlal`` of 16-bit lanes on NEON (:mod:`.intrinsics`),
 vector multiply-adds elsewhere.
+
+With the byte requantize epilogue (blocks ``requant``, the tile's bytes for the next layer
+in the output's blocked layout, and ``layout``, those bytes copied into the next layer's
+padded channels-last input), ``requant`` takes ``out``'s place in the tile and ``layout``
+runs afterwards, rows in parallel and channels in vectors.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ class DotKernel(KernelRule):
     def schedule(self, sch: s_tir.Schedule, target: Target, tunable: bool) -> s_tir.Schedule | None:
         """Schedule ``sch`` in place (MetaSchedule's form); None, untouched, if it does not apply."""
         names = [sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))]
-        if names not in (["dot", "out"], ["dot", "out", "affine"]):
+        if names not in (["dot", "out"], ["dot", "out", "affine"], ["dot", "out", "requant", "layout"]):
             return None
         dot, out = sch.get_sblock("dot"), sch.get_sblock("out")
-        if "affine" in names:           # float epilogue: computed where out was
+        if len(names) > 2:              # float or byte epilogue: computed where out was
             sch.compute_inline(out)
-            out = sch.get_sblock("affine")
+            out = sch.get_sblock(names[2])
+        if "layout" in names:
+            _schedule_layout(sch, sch.get_sblock("layout"))
         iters = sch.get(dot).iter_vars
         lanes = [int(iv.dom.extent) for iv in iters if int(iv.iter_type) != REDUCE][-1]
         *taps, quads, _ = [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
@@ -67,3 +74,18 @@ class DotKernel(KernelRule):
         if blocked:
             sch.vectorize(sch.get_loops(out)[-1])
         return sch
+
+
+LAYOUT_VECTOR_BYTES = 16
+"""Bytes of the requantize epilogue's layout stage stored as one vector."""
+
+
+def _schedule_layout(sch: s_tir.Schedule, layout) -> None:
+    """The byte requantize epilogue's last stage, ``[N, rows, cols, channels]`` bytes (the next
+    layer's padded layout, copied from the kernel's blocked bytes): rows in parallel, the
+    channels in vectors."""
+    n, rows, _, channels = sch.get_loops(layout)
+    sch.parallel(sch.fuse(n, rows))
+    extent = int(sch.get(channels).extent)
+    if extent % LAYOUT_VECTOR_BYTES == 0:
+        sch.vectorize(sch.split(channels, [None, LAYOUT_VECTOR_BYTES])[1])

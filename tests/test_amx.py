@@ -179,6 +179,9 @@ def test_fgq_resnet18_on_amx_equals_pytorch(scheme, monkeypatch):
     ex = tvm_ternary.build(mod, AMX)
     on_amx = [(s.stride, s.weight_shape[2:]) for s in specs if s.amx]
     assert on_amx.count(((1, 1), (3, 3))) >= 7 and ((2, 2), (3, 3)) in on_amx and ((2, 2), (1, 1)) in on_amx
+    # each block's first conv writes the second's bytes, on AMX in the first two stages
+    handing_over = [s for s in specs if s.requantizer is not None]
+    assert len(handing_over) == 8 and sum(s.amx for s in handing_over) >= 3
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
     with torch.no_grad():
         want = q(x).numpy()
@@ -217,3 +220,60 @@ def test_residual_epilogues_equal_the_vnni_kernel_bit_for_bit(epilogue, blocked,
         want = np.maximum(want, 0)
         assert (outputs[0] == 0).any()
     np.testing.assert_allclose(outputs[0], want, rtol=1e-5, atol=1e-2)
+
+
+REQUANTIZE_CASES = [  # data, weight, stride, padding, next layer (stride, padding, K), epilogue, params, next on AMX
+    ((1, 64, 14, 14), (32, 64, 3, 3), 1, 1, (2, 1, 64), "affine_relu_requantize", dict(abits=8, wbits=4), True),
+    ((2, 48, 15, 13), (32, 48, 3, 3), 2, 1, (1, 1, 32), "affine_requantize", dict(activation_encoding="signed"), True),
+    ((1, 32, 12, 10), (64, 32, 3, 3), 2, 1, (2, 0, 32), "affine_relu_requantize", dict(abits=4, wbits=4), False),
+]
+REQUANTIZE_IDS = ["next-amx-s2-phases-c32of64", "n2-signed-next-amx", "next-vnni-a4"]
+
+
+@needs_amx
+@pytest.mark.parametrize("data_shape,weight_shape,stride,padding,next_layer,epilogue,params,next_amx",
+                         REQUANTIZE_CASES, ids=REQUANTIZE_IDS)
+def test_requantize_epilogue_writes_the_next_layers_bytes(data_shape, weight_shape, stride, padding, next_layer,
+                                                          epilogue, params, next_amx, rng):
+    """The AMX kernel's byte requantize epilogue stores each pixel at its place in the next
+    layer's layout, which it also pads: phase-split for a stride-2 AMX layer, with input
+    channels padded to 64 (32 outputs: the rest zero); plain for a stride-1 one; quads for a
+    VNNI one. Every byte written (the output starts as junk), exact against numpy, and, where
+    the next layer reads the same layout from both (a VNNI next layer), bit-identical to the
+    VNNI kernel."""
+    from .test_api import byte_requantize_op, spread_affine
+    f, nxt = byte_requantize_op(AMX, data_shape, weight_shape, stride, padding, next_layer, epilogue, params)
+    vnni, _ = byte_requantize_op(VNNI, data_shape, weight_shape, stride, padding, next_layer, epilogue, params)
+    s = f.spec
+    assert s.amx and not vnni.spec.amx and nxt.amx == next_amx
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = spread_affine(f, x, w, rng)
+    args = f.prepare(x, w, scale=scale, bias=bias)
+    args[-1].copyfrom(np.full(args[-1].shape, 0xA5, np.uint8))    # the kernel must write every byte
+    f.run(args)
+    out = args[-1].numpy()
+    assert (out.shape, str(out.dtype)) == nxt.kernel_input_shape()
+    np.testing.assert_array_equal(out, f.reference(x, w, scale=scale, bias=bias))
+    if vnni.spec.requantizer == s.requantizer:        # the same next layer's layout
+        np.testing.assert_array_equal(vnni(x, w, scale=scale, bias=bias), out)
+
+
+@needs_amx
+def test_requantize_epilogue_equals_the_float_path(rng):
+    """What the epilogue replaces in a model: the blocked float output of the affine epilogue,
+    then the next layer's quantize stage reading it. Same bytes."""
+    from tvm_ternary.operators.compute import uniform_thresholds
+    from .test_api import byte_requantize_op, spread_affine
+    from .test_layout import run_prim_func
+    data_shape, weight_shape, stride, padding, next_layer, epilogue, params, _ = REQUANTIZE_CASES[0]
+    f, nxt = byte_requantize_op(AMX, data_shape, weight_shape, stride, padding, next_layer, epilogue, params)
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = spread_affine(f, x, w, rng)
+    fused = f(x, w, scale=scale, bias=bias)
+    float_out = amx_op(data_shape, weight_shape, padding, epilogue="affine_relu", blocked=True, stride=stride, **params)
+    v = float_out(x, w, scale=scale, bias=bias)
+    thresholds = ((0.5 + np.arange(255, dtype=np.float32)) * np.float32(0.05)).astype(np.float32)
+    quantize = nxt.quantize_data_prim_func(0.0, 1.0, 255, True, 16, uniform_thresholds(thresholds))
+    np.testing.assert_array_equal(run_prim_func(quantize, targets.resolve_target(AMX), nxt.kernel_input_shape(), v,
+                                                thresholds), fused)

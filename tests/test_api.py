@@ -12,6 +12,7 @@ import torch
 import tvm_ternary
 from tvm_ternary import reference, schedules
 from tvm_ternary.schemes import MAX_CODE_REDUCTION
+from tvm_ternary.api import make_spec
 from tvm_ternary.targets import host_cannot_run, resolve_target, target_arch
 
 from .asm import count
@@ -516,6 +517,87 @@ def test_requantize_errors():
         f(x, w, thresholds=np.tile([1, 0], (8, 1)))
     with pytest.raises(TypeError, match=r"thresholds must be integers"):
         f(x, w, thresholds=np.zeros((8, 2)))
+
+
+def byte_requantize_op(target, data_shape, weight_shape, stride, padding, next_layer, epilogue, params,
+                       quantum=0.05):
+    """An int8 conv2d whose epilogue writes the data bytes of the next int8 conv2d
+    ``next_layer`` ``(stride, padding, output channels)``, a 3x3 layer quantizing its input
+    uniformly (levels of its activation encoding, thresholds ``(lo + 0.5 + j) * quantum``);
+    returns the operator and the next layer's spec."""
+    t = resolve_target(target)
+    n, _, *spatial = data_shape
+    out = [(size + 2 * padding - k) // stride + 1 for size, k in zip(spatial, weight_shape[2:])]
+    next_stride, next_padding, next_k = next_layer
+    nxt = make_spec("conv2d", "int8", (n, weight_shape[0], *out), (next_k, weight_shape[0], 3, 3), next_stride,
+                    next_padding, t, **params)
+    lo, hi = nxt.scheme.activation.value_range
+    thresholds = ((lo + 0.5 + np.arange(hi - lo, dtype=np.float32)) * np.float32(quantum)).astype(np.float32)
+    requantizer = nxt.byte_requantizer(float(lo), 1.0, thresholds)
+    spec = make_spec("conv2d", "int8", data_shape, weight_shape, stride, padding, t, epilogue,
+                     requantizer=requantizer, **params)
+    return tvm_ternary.CompiledOperator(spec, t), nxt
+
+
+def spread_affine(f, x, w, rng, quantum=0.05):
+    """Per-channel scale and bias that spread ``f``'s affine values over its requantizer's
+    levels and a little past both ends."""
+    y = f.spec.reference(x, w).astype(np.float64)
+    r = f.spec.requantizer
+    std = y.std(axis=(0, 2, 3)) + 1
+    scale = (r.count * quantum / (5 * std)).astype(np.float32)
+    bias = ((r.lo + r.count / 2 + rng.standard_normal(len(std)) * r.count / 8) * quantum).astype(np.float32)
+    return scale, bias
+
+
+@pytest.mark.parametrize("target,data_shape,weight_shape,stride,padding,next_layer,epilogue,params", [
+    (AVX2, (2, 20, 9, 7), (16, 20, 3, 3), 1, 1, (1, 1, 24), "affine_requantize", dict(abits=8, wbits=4)),
+    (AVX512, (1, 33, 11, 10), (32, 33, 3, 3), 2, 1, (2, 2, 16), "affine_relu_requantize",
+     dict(activation_encoding="signed")),
+    (RASP4, (1, 20, 7, 9), (16, 20, 1, 1), 1, 0, (1, 0, 8), "affine_relu_requantize", dict(abits=4, wbits=4)),
+], ids=["avx2-n2-a8", "avx512-signed-relu-s2-pad2", "rasp4-1x1-a4-pad0"])
+def test_byte_requantize_epilogue_writes_the_next_layers_bytes(target, data_shape, weight_shape, stride, padding,
+                                                               next_layer, epilogue, params, rng, request):
+    """The int8 kernel's requantize epilogue (what a model fuses between two int8 layers, e.g.
+    FGQ): the affine value through the next layer's uniform quantizer, written as that layer's
+    padded channels-last bytes; exact against numpy, padding bytes included (the signed
+    encoding's are 128; a ReLU shows only there, as unsigned levels start above 0), output
+    channels fewer than the next layer's quads (C=33 -> 36)."""
+    f, nxt = byte_requantize_op(target, data_shape, weight_shape, stride, padding, next_layer, epilogue, params)
+    f = runnable(f, request)
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = spread_affine(f, x, w, rng)
+    out = f(x, w, scale=scale, bias=bias)
+    assert (out.shape, str(out.dtype)) == nxt.kernel_input_shape() == s.kernel_output()
+    want = f.reference(x, w, scale=scale, bias=bias)
+    np.testing.assert_array_equal(out, want)
+    assert len(np.unique(want)) > s.requantizer.count // 3          # the values span the levels (ReLU: half)
+
+
+def test_byte_requantize_errors():
+    t = resolve_target(AVX2)
+    nxt = make_spec("conv2d", "int8", (1, 16, 4, 4), (8, 16, 3, 3), 1, 1, t)          # 7-bit activations
+    uniform = ((0.5 + np.arange(127, dtype=np.float32)) * np.float32(0.1)).astype(np.float32)
+    with pytest.raises(ValueError, match=r"conv2d\[int8\(a7u\)\]: a requantize epilogue needs a uniform quantizer"):
+        nxt.byte_requantizer(0.0, 1.0, np.sort(np.random.default_rng(0).random(127).astype(np.float32)))
+    with pytest.raises(ValueError, match=r"conv2d\[int8\(a7u\)\]: the quantizer's levels 1..128 exceed the "
+                                         r"activations' range 0..127"):
+        nxt.byte_requantizer(1.0, 1.0, uniform)
+    with pytest.raises(ValueError, match=r"conv2d\[ternary\]: a requantize epilogue writes bytes for an int8 conv2d"):
+        make_spec("conv2d", "ternary", (1, 16, 4, 4), (8, 16, 3, 3), 1, 1, t).byte_requantizer(0.0, 1.0, uniform)
+    requantizer = nxt.byte_requantizer(0.0, 1.0, uniform)
+    with pytest.raises(ValueError, match=r"a requantizer goes with the epilogues .* and they need one"):
+        make_spec("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), 1, 1, t, "affine_requantize")
+    with pytest.raises(ValueError, match=r"a requantizer goes with the epilogues"):
+        make_spec("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), 1, 1, t, "affine", requantizer=requantizer)
+    with pytest.raises(ValueError, match=r"conv2d\[int8\(a7u\)\]: the affine_requantize epilogue needs an int8 "
+                                         r"conv2d with output channels a multiple of the block 8"):
+        make_spec("conv2d", "int8", (1, 16, 6, 6), (12, 16, 3, 3), 1, 1, t, "affine_requantize",
+                  requantizer=requantizer)
+    with pytest.raises(ValueError, match=r"conv2d\[int8\]: the 'affine_requantize' epilogue writes the next layer's "
+                                         r"input inside a built model"):
+        tvm_ternary.op("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), epilogue="affine_requantize", target=AVX2)
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -64,13 +64,29 @@ def test_every_quantized_layer_is_replaced_and_the_rest_left(scheme):
         assert after["tir:quantize"] == 2
         assert after["relax.nn.relu"] == 1                 # only the float first layer's
     else:
-        assert after["tir:quantize"] == 3                  # FGQ has no packed next layer to hand over to
+        assert after["tir:quantize"] == 3                  # 12 channels: not a multiple of the int8 block 8, no hand-over
         assert after["relax.multiply"] == 0 and after["relax.nn.relu"] == 1   # epilogues fused
 
 
 def run(mod: tvm.IRModule, x: torch.Tensor) -> np.ndarray:
     ex = tvm.compile(mod, target=TARGET)
     return relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x.numpy())).numpy()
+
+
+def test_fgq_blocks_hand_bytes_to_their_second_conv_and_stay_exact():
+    """In an FGQ ResNet-18 (int8 stem and classifier) each block's first conv writes its second
+    conv's input bytes (the byte requantize epilogue): 8 data stages fewer than kernels plus
+    the classifier's, and the logits still equal the PyTorch quantized model's."""
+    from tvm_ternary.models import ResNet18, randomize_batchnorm
+    torch.manual_seed(0)
+    model = randomize_batchnorm(ResNet18(num_classes=10, width=16)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    q = quantize(model, "fgq_w2a8", x)
+    rewritten = rewrite_quantized(from_torch(q, x), TARGET)
+    counted = calls(rewritten)
+    assert counted["tir:kernel"] == 21 and counted["tir:quantize"] == 21 - 8
+    with torch.no_grad():
+        np.testing.assert_array_equal(run(rewritten, x), q(x).numpy())
 
 
 def test_negative_channel_scales_keep_the_float_epilogue_and_stay_exact():

@@ -30,7 +30,8 @@ from tvm.target import Target
 
 from . import schedules, tuning
 from .diagnostics import warn_if_generic_target
-from .operators.spec import RESIDUAL_EPILOGUES, OperatorSpec
+from .operators.compute import ByteRequantizer
+from .operators.spec import BYTE_REQUANTIZE_EPILOGUES, RESIDUAL_EPILOGUES, OperatorSpec
 from .schemes import Scheme, make_scheme
 from .remote import RemoteLike, RemoteModule, last_line
 from .targets import TargetLike, describe, host_cannot_run, resolve_target, target_key
@@ -196,6 +197,8 @@ class CompiledOperator:
         """The numpy reference result for the same inputs."""
         if self.spec.epilogue == "requantize":
             return self.spec.reference_requantized(x, w, thresholds)
+        if self.spec.requantizer is not None:
+            return self.spec.reference_requantized_bytes(x, w, scale, bias)
         if self.spec.epilogue.startswith("affine"):
             return self.spec.reference_affine(x, w, scale, bias, scales)
         return self.spec.reference(x, w, scales)
@@ -257,6 +260,9 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
         ValueError / TypeError naming the operator and the violated constraint.
     """
     target = resolve_target(target)
+    if epilogue in BYTE_REQUANTIZE_EPILOGUES:
+        raise ValueError(f"{name}[{scheme}]: the {epilogue!r} epilogue writes the next layer's input inside a built "
+                         f"model; op() offers 'int32', 'affine', 'affine_relu' and 'requantize'")
     spec = make_spec(name, scheme, data_shape, weight_shape, stride, padding, target, epilogue, next_padding,
                      dilation=dilation, **scheme_params)
     if epilogue in RESIDUAL_EPILOGUES:
@@ -270,12 +276,14 @@ def op(name: str, scheme: str, data_shape: Sequence[int], weight_shape: Sequence
 def make_spec(name: str, scheme: str | Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
               stride: int | Sequence[int], padding: int | Sequence[int], target: Target, epilogue: str = "int32",
               next_padding: int | Sequence[int] | None = None, dilation: int | Sequence[int] = 1,
-              blocked_output: bool = False, **scheme_params) -> OperatorSpec:
+              blocked_output: bool = False, requantizer: ByteRequantizer | None = None,
+              **scheme_params) -> OperatorSpec:
     """The validated :class:`OperatorSpec` of :func:`op`'s arguments (``scheme`` a name with
-    ``scheme_params``, or a built :class:`Scheme`), with ``target``'s weight block and word size."""
+    ``scheme_params``, or a built :class:`Scheme`), with ``target``'s weight block and word size
+    (``requantizer``: with a byte requantize epilogue, see :meth:`OperatorSpec.create`)."""
     if isinstance(scheme, str):
         scheme = make_scheme(name, scheme, **scheme_params)
     return OperatorSpec.create(name, scheme, data_shape, weight_shape, stride, padding,
                                schedules.weight_block(target, scheme.name, weight_shape), epilogue,
                                next_padding, schedules.word_bits(target, weight_shape), dilation, blocked_output,
-                               schedules.has_amx(target))
+                               schedules.has_amx(target), requantizer)

@@ -97,3 +97,26 @@ def quantize_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = (np.float32(1) / absmax).astype(np.float32) * top
     levels = np.clip(np.rint(x * scale[:, None]), -top, top).astype(np.int32)
     return levels, (absmax / top).astype(np.float32)
+
+
+def layout_bytes(x: np.ndarray, padding: Pair, channels: int, offset: int = 0, phases: Pair = 1) -> np.ndarray:
+    """The byte schemes' conv2d data layout of NCHW values ``x`` (uint8, see
+    :func:`tvm_ternary.operators.compute.layout_bytes`): channels last, each value plus
+    ``offset``, ``padding`` pixels of ``offset`` around the image, channels ``C..channels``
+    zero; with ``phases`` ``(sh, sw)`` the padded image split by row and column phase."""
+    n, c, h, w = x.shape
+    (ph, pw), (sh, sw) = _pair(padding), _pair(phases)
+    padded = np.zeros((n, h + 2 * ph, w + 2 * pw, channels), np.int64)
+    padded[..., :c] = offset
+    padded[:, ph:ph + h, pw:pw + w, :c] = np.moveaxis(np.asarray(x, np.int64), 1, -1) + offset
+    if (sh, sw) == (1, 1):
+        return padded.astype(np.uint8)
+    hq, wq = -(-padded.shape[1] // sh), -(-padded.shape[2] // sw)
+    phased = np.zeros((n, sh * sw * hq, wq, channels), np.int64)
+    phased[..., :c] = offset
+    for a in range(sh):
+        for b in range(sw):
+            part = padded[:, a::sh, b::sw]
+            first = (a * sw + b) * hq
+            phased[:, first:first + part.shape[1], :part.shape[2]] = part
+    return phased.astype(np.uint8)

@@ -23,7 +23,10 @@ function serves all groups) and a concat, with the float epilogue; a dilated one
 its dilation to the kernel. An FGQ layer runs as an int8-scheme kernel: its weights times
 their group multipliers (integers -7..7 in models) as 4-bit signed bytes times its 8- or
 4-bit activations, one exact int32 dot product (``vpdpbusd``, ``vpmaddubsw``), with the
-float scale per channel in the same float epilogue; it has no packed next layer. An FGQ
+float scale per channel in the same float epilogue. When that epilogue feeds only the
+uniform activation quantizer of another such conv2d, the kernel quantizes for it and writes
+its padded input bytes (:class:`~.operators.compute.ByteRequantizer`: the same float32
+operations as that layer's quantize stage, so the same bytes). An FGQ
 dense layer with groups of a multiple of 16 inputs or a whole row runs as ``ternary_int8``
 instead: its ternary weights stay at 2 bits in memory with the group multipliers beside
 them (a batch-1 linear layer streams its weights). Only weights too large for that (more bits than AVX2's int16 sums allow) take the float-scale
@@ -457,6 +460,11 @@ class _Matcher:
         nxt = layers.get(consumer)
         if nxt is None or nxt.quantizer_var is None or not nxt.quantizer_var.same_as(quant):
             return None
+        if type(layer.scheme) is Int8Scheme:
+            if not self._hands_bytes_over(layer, nxt):
+                return None
+            layer.next_quantizer = quant
+            return nxt
         if not isinstance(layer.scheme, PackedScheme) or nxt.scheme != layer.scheme:
             return None
         if layer.groups > 1 or nxt.groups > 1:
@@ -469,6 +477,28 @@ class _Matcher:
             return None                  # the two kernels' words differ: no direct hand-over
         layer.next_quantizer = quant
         return nxt
+
+    def _hands_bytes_over(self, layer: Layer, nxt: Layer) -> bool:
+        """Whether int8 conv2d ``layer``'s epilogue can write int8 conv2d ``nxt``'s data bytes
+        (:meth:`~.operators.spec.OperatorSpec.byte_requantizer`): both ungrouped, no residual,
+        ``nxt``'s quantizer uniform, output channels a multiple of the kernel's block."""
+        if type(nxt.scheme) is not Int8Scheme or layer.op != "conv2d" or nxt.op != "conv2d" or \
+                layer.groups > 1 or nxt.groups > 1 or layer.residual is not None:
+            return False
+        if layer.weight.shape[0] % schedules.weight_block(self.target, layer.scheme.name, layer.weight.shape):
+            return False
+        try:
+            _input_spec(nxt, self.target).byte_requantizer(nxt.lo, nxt.step, nxt.thresholds)
+        except ValueError:
+            return False                 # not a uniform quantizer: the data stage counts its thresholds
+        return True
+
+
+def _input_spec(layer: Layer, target: Target):
+    """The spec of ``layer``'s kernel as far as its input goes (its data layout does not
+    depend on the epilogue)."""
+    return make_spec(layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
+                     layer.padding or 0, target, dilation=layer.dilation or 1)
 
 
 def _split_fgq(layer: Layer, scheme: FgqScheme) -> tuple[np.ndarray, np.ndarray]:
@@ -752,14 +782,19 @@ class _Rewriter(PyExprMutator):
         """The layer's data stage (unless a previous kernel handed over its packed input) and
         kernel; returns the kernel's output and, if it writes the blocked layout (allowed by
         ``may_block``, for output channels a multiple of the kernel's block), the block, else 0."""
-        if layer.next_layer is not None:
+        requantizer = None
+        if layer.next_layer is not None and isinstance(layer.scheme, PackedScheme):
             epilogue = "requantize"
+        elif layer.next_layer is not None:        # the int8 scheme: the next layer's bytes
+            nxt = layer.next_layer
+            epilogue = "affine_relu_requantize" if layer.relu else "affine_requantize"
+            requantizer = _input_spec(nxt, self.target).byte_requantizer(nxt.lo, nxt.step, nxt.thresholds)
         else:
             epilogue = ("affine_add" if layer.residual is not None else "affine") + ("_relu" if layer.relu else "")
         request = (layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,
                    layer.padding or 0, self.target, epilogue,
-                   None if layer.next_layer is None else (layer.next_layer.padding or 0))
-        spec = make_spec(*request, dilation=layer.dilation or 1)
+                   None if epilogue != "requantize" else (layer.next_layer.padding or 0))
+        spec = make_spec(*request, dilation=layer.dilation or 1, requantizer=requantizer)
         if may_block and layer.weight.shape[0] % spec.block == 0:
             spec = make_spec(*request, dilation=layer.dilation or 1, blocked_output=True)
         name = f"tvm_ternary_{spec.op}_{spec.scheme.name}"
@@ -788,7 +823,7 @@ class _Rewriter(PyExprMutator):
             data = self.builder_.emit(relax.call_tir(gather, [data], relax.TensorType(*spec.kernel_input_shape())))
         k = layer.weight.shape[0]
         affine = None
-        if epilogue.startswith("affine"):
+        if epilogue.startswith("affine"):              # the byte requantize epilogues too
             affine = (np.ones(k, np.float32) if layer.scale is None else layer.scale,
                       np.zeros(k, np.float32) if layer.bias is None else layer.bias)
         args = spec.weight_args(layer.weight, layer.fgq_scales, layer.int_thresholds, affine)
@@ -841,7 +876,8 @@ def rewrite_with_sources(mod: tvm.IRModule, target: Target, schedule: Scheduler 
         nxt = matcher.requantize_target(layer, layers)
         if nxt is not None:
             layer.next_layer = nxt
-            layer.int_thresholds = fold_thresholds(layer, nxt)
+            if isinstance(layer.scheme, PackedScheme):
+                layer.int_thresholds = fold_thresholds(layer, nxt)
     float_convs = {var: conv for var, value in graph.values.items() if var not in layers
                    and (conv := matcher.float_conv(var, value)) is not None}
     rewriter = _Rewriter(mod, target, graph, layers, float_convs, schedule)

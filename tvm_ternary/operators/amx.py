@@ -12,7 +12,10 @@ Layouts (``C'`` = input channels padded to a multiple of :data:`TILE_BYTES`):
   phases (``[N, Hp, Wp, C']`` at stride 1), padded on the device
 * weight int8 ``[K/16, KH, KW, C'/4, 16, 4]``: the byte schemes' layout with ``V = 16``;
   the 16 quads of one tap and 64-channel chunk are one B tile (16 rows of 64 bytes)
-* output: as the VNNI kernel's (NCHW int32 or float32, or channel-blocked float32)
+* output: as the VNNI kernel's (NCHW int32 or float32, or channel-blocked float32), or with
+  a byte requantize epilogue the next layer's data bytes (:class:`.compute.ByteRequantizer`):
+  the tasks store each output pixel's bytes at its place in the next layer's padded
+  (phase-split) layout, then one more parallel loop writes that layout's padding
 
 **The padded grid.** The kernel computes output positions ``p = oh * Wq + ow`` of a
 phase's grid, ``ow < Wq``, and drops the columns ``ow >= OW``. A tap ``(kh, kw)`` at
@@ -42,7 +45,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .compute import affine_value
+from .compute import ByteRequantizer, affine_value, padded_pixel, phase_grid, phased_position
 
 TILE_ROWS = 16
 """Rows of an AMX tile: output positions of an A/C tile, channel quads of a B tile."""
@@ -103,12 +106,13 @@ def _tile(index: int):
 
 def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[int], out_spatial: Sequence[int],
                stride: Sequence[int], dilation: Sequence[int], correction: bool, epilogue: str,
-               blocked: bool) -> tirx.PrimFunc:
+               blocked: bool, requantizer: ByteRequantizer | None = None) -> tirx.PrimFunc:
     """The kernel PrimFunc ``(data, weight[, correction][, scale, bias[, residual]], out)``.
 
     ``data_shape`` is the data stage's ``[N, sh * sw * Hq, Wq, C']``, ``weight_shape`` the weight
     layout's ``[K/16, KH, KW, C'/4, 16, 4]``; ``epilogue`` one of the spec's (``int32``,
-    ``affine``, ``affine_relu``, ``affine_add``, ``affine_add_relu``); ``blocked`` writes
+    ``affine``, ``affine_relu``, ``affine_add``, ``affine_add_relu``, and with ``requantizer``
+    ``affine_requantize``, ``affine_relu_requantize``); ``blocked`` writes
     ``[N, K/16, OH, OW, 16]`` (affine only)."""
     n, rows, wq, c = (int(d) for d in data_shape)
     kb, kh, kw, quads = (int(d) for d in weight_shape[:4])
@@ -122,6 +126,9 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
     pairs = k // TASK_CHANNELS
     affine = epilogue.startswith("affine")
     out_shape = (n, kb, oh, ow, LANES) if blocked else (n, k, oh, ow)
+    out_dtype = "float32" if affine else "int32"
+    if requantizer is not None:
+        out_shape, out_dtype = requantizer.layout_shape(n, out_spatial), "uint8"
 
     with IRBuilder() as ib:
         with T.prim_func():
@@ -133,7 +140,7 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
             scale = T.arg("scale", T.buffer((k,), "float32")) if affine else None
             bias = T.arg("bias", T.buffer((k,), "float32")) if affine else None
             residual = T.arg("residual", T.buffer(out_shape, "float32")) if epilogue.startswith("affine_add") else None
-            out = T.arg("out", T.buffer(out_shape, "float32" if affine else "int32"))
+            out = T.arg("out", T.buffer(out_shape, out_dtype))
             granted = tirx.call_extern("int64", "syscall", tirx.const(_SYS_ARCH_PRCTL, "int64"),
                                        tirx.const(_ARCH_REQ_XCOMP_PERM, "int64"),
                                        tirx.const(_XFEATURE_XTILEDATA, "int64"))
@@ -194,7 +201,49 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                                         index = (image, pair * 2 + b, y, xo, j) if blocked else (image, channel, y, xo)
                                         if affine:
                                             value = affine_value(value.astype("float32"), scale[channel], bias[channel],
-                                                                 epilogue.endswith("_relu"),
+                                                                 "_relu" in epilogue,
                                                                  residual[index] if residual is not None else None)
+                                        if requantizer is not None:
+                                            value = requantizer.byte(value)
+                                            index = (image, *_next_position(requantizer, (y, xo), out_spatial), channel)
                                         T.buffer_store(out, value, list(index))
+            if requantizer is not None:
+                _store_padding(out, requantizer, out_spatial, k)
     return ib.get()
+
+
+def _next_position(requantizer: ByteRequantizer, pixel, out_spatial: Sequence[int]) -> tuple:
+    """Where output pixel ``(y, x)`` lies in the next layer's padded (phase-split) data layout."""
+    y, x = (q + p for q, p in zip(pixel, requantizer.padding))
+    if not any(s > 1 for s in requantizer.phases):
+        return y, x
+    return phased_position(y, x, requantizer.phases, phase_grid(requantizer.padded(out_spatial), requantizer.phases)[0])
+
+
+def _store_padding(out, requantizer: ByteRequantizer, out_spatial: Sequence[int], channels: int) -> None:
+    """Write what the kernel's tasks leave out of the next layer's data layout ``out``: the
+    padding pixels (``offset``, and 0 past the ``channels`` outputs) and, in the image, the
+    channels past ``channels`` (0)."""
+    n, rows, cols, padded_channels = (int(d) for d in out.shape)
+    (oh, ow), (ph, pw) = out_spatial, requantizer.padding
+    phased = any(s > 1 for s in requantizer.phases)
+    grid_rows = phase_grid(requantizer.padded(out_spatial), requantizer.phases)[0] if phased else 0
+    assert padded_channels % LANES == 0 and channels % LANES == 0
+
+    def store(image, row, col, first_chunk, value):
+        with T.serial(first_chunk, padded_channels // LANES) as chunk:
+            with T.vectorized(0, LANES) as j:
+                channel = chunk * LANES + j
+                T.buffer_store(out, tirx.Cast("uint8", value(channel)), [image, row, col, channel])
+
+    with T.parallel(0, n * rows) as task:
+        image, row = task // rows, task % rows
+        with T.serial(0, cols) as col:
+            y, x = padded_pixel(row, col, requantizer.phases, grid_rows) if phased else (row, col)
+            outside = tirx.any(y < ph, y >= ph + oh, x < pw, x >= pw + ow)
+            with T.If(outside):
+                with T.Then():
+                    store(image, row, col, 0, lambda channel: tirx.Select(channel < channels, requantizer.offset, 0))
+                if padded_channels > channels:
+                    with T.Else():
+                        store(image, row, col, channels // LANES, lambda channel: 0)

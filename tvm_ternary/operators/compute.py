@@ -34,7 +34,8 @@ FGQ, bytes rather than planes (``G`` = group size, ``Cg = ceil(C / G)``):
 
 int8, bytes in the same layouts (channels padded to a whole quad, activations stored with
 the scheme's offset): one int32 reduction ``dot`` over taps and quads, and ``out`` with the
-per-channel correction (:func:`byte_dot_correlation`).
+per-channel correction (:func:`byte_dot_correlation`); a model's byte requantize epilogue
+adds ``requant`` and ``layout``, the next int8 layer's input bytes (:func:`requantize_bytes`).
 
 ternary_int8 (dense), bytes against 2-bit weight codes (``G`` = group width, ``Gn`` groups):
 
@@ -251,20 +252,8 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
     gives the top one, as PyTorch's ``bucketize`` does; counting gives the bottom one)."""
     count_thresholds = int(thresholds.shape[0])
     if uniform is not None:
-        first, scale = uniform
-        n = count_thresholds
-
-        def threshold(j: PrimExpr) -> PrimExpr:          # thresholds[j], bit for bit
-            return (j.astype("float32") + tirx.const(first, "float32")) * tirx.const(scale, "float32")
-
         def count(*i):
-            v = x(*i)
-            position = tirx.max(tirx.min(v * tirx.const(1.0 / scale, "float32") - tirx.const(first - 1, "float32"),
-                                         tirx.const(n, "float32")), tirx.const(0.0, "float32"))
-            guess = position.astype("int32")            # 0..n thresholds reached, estimated (truncation: floor)
-            above = tirx.all(guess < n, v >= threshold(guess))                 # reaches the next one too
-            below = tirx.all(guess > 0, v < threshold(guess - 1))              # misses the last one counted
-            return tirx.Cast(dtype, guess + above.astype("int32") - below.astype("int32"))
+            return tirx.Cast(dtype, uniform_count(x(*i), *uniform, count_thresholds))
     elif count_thresholds <= UNROLLED_THRESHOLDS:
         def count(*i):
             return sum((tirx.Cast(dtype, x(*i) >= thresholds[j]) for j in range(1, count_thresholds)),
@@ -275,6 +264,21 @@ def quantize_levels(x: te.Tensor, thresholds: te.Tensor, lo: float, step: float,
                            name="count")
     return te.compute(x.shape, lambda *i: tirx.const(lo, dtype) + tirx.const(step, dtype) * count(*i),
                       name="levels")
+
+
+def uniform_count(v: PrimExpr, first: float, scale: float, count: int) -> PrimExpr:
+    """int32 ``#{j < count : v >= float32((first + j) * scale)}`` for float32 ``v``: the
+    computed count of :func:`quantize_levels` (an estimate from ``v / scale``, then one compare
+    on each side of it against thresholds recomputed by the same float32 multiply)."""
+    def threshold(j: PrimExpr) -> PrimExpr:          # thresholds[j], bit for bit
+        return (j.astype("float32") + tirx.const(first, "float32")) * tirx.const(scale, "float32")
+
+    position = tirx.max(tirx.min(v * tirx.const(1.0 / scale, "float32") - tirx.const(first - 1, "float32"),
+                                 tirx.const(count, "float32")), tirx.const(0.0, "float32"))
+    guess = position.astype("int32")            # 0..count thresholds reached, estimated (truncation: floor)
+    above = tirx.all(guess < count, v >= threshold(guess))                 # reaches the next one too
+    below = tirx.all(guess > 0, v < threshold(guess - 1))                  # misses the last one counted
+    return guess + above.astype("int32") - below.astype("int32")
 
 
 def uniform_thresholds(thresholds: np.ndarray) -> tuple[float, float] | None:
@@ -402,12 +406,43 @@ def requantize_pack(y: te.Tensor, thresholds: te.Tensor, encoding: Encoding,
     return te.compute(shape, word, name="repad")
 
 
+def phase_grid(padded: Sequence[int], phases: Sequence[int]) -> tuple[int, int]:
+    """``(Hq, Wq)``: the rows and columns of one phase of a padded image ``[Hp, Wp]`` split by
+    ``phases`` ``(sh, sw)`` (see :func:`layout_bytes`)."""
+    (hp, wp), (sh, sw) = padded, phases
+    return -(-hp // sh), -(-wp // sw)
+
+
+def phased_position(y: PrimExpr, x: PrimExpr, phases: Sequence[int], rows: int) -> tuple[PrimExpr, PrimExpr]:
+    """Where padded pixel ``(y, x)`` lies in the phase-split layout of :func:`layout_bytes`
+    (``rows`` = ``Hq``): row ``((y % sh) * sw + x % sw) * Hq + y // sh``, column ``x // sw``."""
+    sh, sw = phases
+    return ((y % sh) * sw + x % sw) * rows + y // sh, x // sw
+
+
+def padded_pixel(row: PrimExpr, col: PrimExpr, phases: Sequence[int], rows: int) -> tuple[PrimExpr, PrimExpr]:
+    """The padded pixel ``(y, x)`` at ``(row, col)`` of the phase-split layout: the inverse of
+    :func:`phased_position` (positions past the padded image map past it too)."""
+    sh, sw = phases
+    phase = row // rows
+    return (row % rows) * sh + phase // sw, col * sw + phase % sw
+
+
+def byte_layout_shape(n: int, padded: Sequence[int], channels: int, phases: Sequence[int] = ()) -> tuple[int, ...]:
+    """Shape of :func:`layout_bytes`' result for a padded image of sizes ``padded``."""
+    if any(s > 1 for s in phases):
+        hq, wq = phase_grid(padded, phases)
+        return (n, phases[0] * phases[1] * hq, wq, channels)
+    return (n, *padded, channels)
+
+
 def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: int = 0, block: int = 0,
-                 phases: Sequence[int] = ()) -> te.Tensor:
+                 phases: Sequence[int] = (), stored: bool = False) -> te.Tensor:
     """Byte-scheme data: values ``[N, C, *spatial]`` -> uint8 ``[N, *(spatial + 2 pad), channels]``
     (stage ``layout``): each value plus ``offset``, padded taps ``offset`` (value 0), channels
     beyond ``C`` (to ``channels``, a whole number of quads or groups) 0 (their weights are 0).
-    With ``block`` ``B`` the values arrive channel-blocked, ``[N, C/B, *spatial, B]``.
+    With ``block`` ``B`` the values arrive channel-blocked, ``[N, C/B, *spatial, B]``; with
+    ``stored``, they are the bytes already (value plus ``offset``, :func:`requantize_bytes`).
 
     ``phases`` ``(sh, sw)`` (conv2d) splits the padded image ``[Hp, Wp]`` by row and column
     phase: ``[N, sh * sw * Hq, Wq, channels]`` with ``Hq = ceil(Hp / sh)``, ``Wq = ceil(Wp / sw)``,
@@ -418,26 +453,79 @@ def layout_bytes(x: te.Tensor, padding: Sequence[int], channels: int, offset: in
     if block:
         c, spatial = c * block, spatial[:-1]
     padded = [s + 2 * p for s, p in zip(spatial, padding)]
-    shape = (n, *padded, channels)
     phased = any(s > 1 for s in phases)
-    if phased:
-        (sh, sw), (hp, wp) = phases, padded
-        hq, wq = -(-hp // sh), -(-wp // sw)
-        shape = (n, sh * sw * hq, wq, channels)
+    shape = byte_layout_shape(n, padded, channels, phases)
+    rows = phase_grid(padded, phases)[0] if phased else 0
 
     def byte(i, *rest):
         *pos, ch = rest
         if phased:                                 # back to the padded image's (y, x)
-            row, col = pos
-            phase = row // hq
-            pos = [(row % hq) * sh + phase // sw, col * sw + phase % sw]
+            pos = padded_pixel(*pos, phases, rows)
         src = [q - p for q, p in zip(pos, padding)]
         inside = tirx.all(ch < c, within_bounds(src, spatial)) if src else ch < c
         outside = tirx.if_then_else(ch < c, offset, 0)           # a padded tap, or a channel beyond C
         value = x[(i, ch // block, *src, ch % block)] if block else x[(i, ch, *src)]
-        return tirx.if_then_else(inside, value.astype("int32") + offset, outside).astype("uint8")
+        return tirx.if_then_else(inside, value.astype("int32") + (0 if stored else offset), outside).astype("uint8")
 
     return te.compute(shape, byte, name="layout")
+
+
+@dataclass(frozen=True)
+class ByteRequantizer:
+    """What the int8 scheme's requantize epilogues write: the affine epilogue's float32 value
+    ``v`` through the next layer's uniform activation quantizer, level
+    ``lo + step * uniform_count(v, first, scale, count)`` (:func:`uniform_count`), stored as
+    ``level + offset`` in the next layer's data layout (:func:`layout_bytes` with ``padding``,
+    ``channels`` and ``phases``). These are the float32 operations the next layer's quantize
+    stage runs on ``v``, so the bytes are the ones it would write, with no float tensor between
+    the two kernels."""
+
+    lo: int
+    step: int
+    count: int
+    first: float
+    scale: float
+    offset: int
+    padding: tuple[int, ...]
+    channels: int
+    phases: tuple[int, ...] = ()
+
+    def byte(self, v: PrimExpr) -> PrimExpr:
+        """The stored uint8 byte of float32 ``v``."""
+        count = uniform_count(v, self.first, self.scale, self.count)
+        return (tirx.const(self.lo + self.offset, "int32") + tirx.const(self.step, "int32") * count).astype("uint8")
+
+    def padded(self, spatial: Sequence[int]) -> list[int]:
+        """The next layer's padded image sizes for this layer's output sizes ``spatial``."""
+        return [s + 2 * p for s, p in zip(spatial, self.padding)]
+
+    def layout_shape(self, n: int, spatial: Sequence[int]) -> tuple[int, ...]:
+        """Shape of the bytes written for an output ``[n, K, *spatial]``."""
+        return byte_layout_shape(n, self.padded(spatial), self.channels, self.phases)
+
+    def levels(self, v: np.ndarray) -> np.ndarray:
+        """Reference: the quantizer's levels of float32 ``v``, counted against its thresholds."""
+        thresholds = (np.float32(self.first) + np.arange(self.count, dtype=np.float32)) * np.float32(self.scale)
+        return self.lo + self.step * np.searchsorted(thresholds, np.asarray(v, np.float32), side="right")
+
+
+def requantize_bytes(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, requantizer: ByteRequantizer,
+                     block: int) -> te.Tensor:
+    """The int8 scheme's requantize epilogue over int32 ``y`` ``[N, K, *o]`` (``K`` a multiple
+    of ``block`` ``B``): ``requant`` ``[N, K/B, *o, B]`` uint8, each output's byte
+    (:meth:`ByteRequantizer.byte` of :func:`affine_value`, what the affine epilogue computes),
+    then ``layout``, the next layer's padded (phase-split) bytes from it
+    (:func:`layout_bytes` with ``stored``)."""
+    n, k, *o = (int(d) for d in y.shape)
+
+    def byte(i, kb, *rest):
+        channel = kb * block + rest[-1]
+        v = affine_value(y[(i, channel, *rest[:-1])].astype("float32"), scale[channel], bias[channel], relu)
+        return requantizer.byte(v)
+
+    stored = te.compute((n, k // block, *o, block), byte, name="requant")
+    return layout_bytes(stored, requantizer.padding, requantizer.channels, requantizer.offset, block,
+                        requantizer.phases, stored=True)
 
 
 def byte_dot_correlation(xb: te.Tensor, wb: te.Tensor, out_channels: int, out_spatial: Sequence[int],

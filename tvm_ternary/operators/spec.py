@@ -22,9 +22,10 @@ from ..packing import (block_channels, gather_patches_te, num_words, pack_patch_
 from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, FgqScheme, Int8Scheme, PackedScheme,
                        Scheme, TernaryInt8Scheme)
 from .amx import LANES, amx_channels, amx_fits, conv2d_amx
-from .compute import (ConvGeometry, affine, byte_dot_correlation, fgq_correlation, layout_bytes, pack_blocked_data,
-                      pack_data, packed_correlation, pad_features, per_token_bytes, ternary_code_dot, token_step,
-                      UNROLLED_THRESHOLDS, quantize_levels, quantizer_levels, requantize_pack, threshold_count)
+from .compute import (ByteRequantizer, ConvGeometry, affine, byte_dot_correlation, fgq_correlation,
+                      layout_bytes, pack_blocked_data, pack_data, packed_correlation, pad_features, per_token_bytes,
+                      requantize_bytes, ternary_code_dot, token_step, UNROLLED_THRESHOLDS, quantize_levels,
+                      quantizer_levels, requantize_pack, threshold_count, uniform_thresholds)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -32,7 +33,12 @@ OPERATORS = {"conv2d": 2, "dense": 0}
 DATA_DTYPE = "int32"
 """dtype of the value tensors the data stage reads."""
 
-EPILOGUES = ("int32", "affine", "affine_relu", "affine_add", "affine_add_relu", "requantize")
+BYTE_REQUANTIZE_EPILOGUES = ("affine_requantize", "affine_relu_requantize")
+"""The int8 scheme's requantize epilogues: the affine (then ReLU) value through the next
+layer's activation quantizer, written as that layer's data bytes (:class:`.compute.ByteRequantizer`);
+what a built model fuses between two int8 conv2d layers."""
+EPILOGUES = ("int32", "affine", "affine_relu", "affine_add", "affine_add_relu", "requantize",
+             *BYTE_REQUANTIZE_EPILOGUES)
 RESIDUAL_EPILOGUES = ("affine_add", "affine_add_relu")
 """Epilogues that add a residual tensor (the kernel's last input, in its output's layout)
 before the optional ReLU: what a built model fuses; :func:`tvm_ternary.op` does not offer them."""
@@ -90,6 +96,8 @@ class OperatorSpec:
     blocked_output: bool = False
     amx: bool = False
     """Whether the kernel is the AMX one (:mod:`.amx`); :meth:`create` decides."""
+    requantizer: ByteRequantizer | None = None
+    """The next layer's quantizer and data layout, with a byte requantize epilogue."""
 
     @classmethod
     def create(cls, op: str, scheme: Scheme, data_shape: Sequence[int], weight_shape: Sequence[int],
@@ -97,7 +105,7 @@ class OperatorSpec:
                block: int = 1, epilogue: str = "int32",
                next_padding: int | Sequence[int] | None = None, word_bits: int = 32,
                dilation: int | Sequence[int] = 1, blocked_output: bool = False,
-               target_has_amx: bool = False) -> "OperatorSpec":
+               target_has_amx: bool = False, requantizer: ByteRequantizer | None = None) -> "OperatorSpec":
         """Validate the request; raises ``ValueError``/``TypeError`` naming op and constraint.
 
         ``block`` is the output-channel block ``V`` of the kernel's weight layout (packed
@@ -106,7 +114,9 @@ class OperatorSpec:
         (float32 ``y * scale[k] + bias[k]``, then ReLU), ``"affine_add"``/``"affine_add_relu"``
         (the same plus a residual tensor, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
-        layer's padding; bit-packed schemes only). ``word_bits`` is the kernel's word size (32, or
+        layer's padding; bit-packed schemes only), or, for an int8 conv2d, ``"affine_requantize"``/
+        ``"affine_relu_requantize"`` (the affine value, then ReLU, through ``requantizer``, the next
+        layer's quantizer: the next layer's data bytes, see :meth:`byte_requantizer`). ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
         ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps). ``blocked_output``: an
         affine conv2d writes the channel-blocked ``[N, K/V, OH, OW, V]`` of
@@ -135,6 +145,13 @@ class OperatorSpec:
         if epilogue == "requantize" and not isinstance(scheme, PackedScheme):
             raise ValueError(f"{where}: the {epilogue} epilogue needs a bit-packed scheme "
                              f"(ternary, fatnn, bitserial), not {scheme.name}")
+        if (epilogue in BYTE_REQUANTIZE_EPILOGUES) != (requantizer is not None):
+            raise ValueError(f"{where}: a requantizer goes with the epilogues {BYTE_REQUANTIZE_EPILOGUES}, and they "
+                             f"need one (got epilogue {epilogue!r}, requantizer {requantizer!r})")
+        if requantizer is not None and (type(scheme) is not Int8Scheme or op != "conv2d" or weight_shape[0] % block
+                                        or scheme.per_token):
+            raise ValueError(f"{where}: the {epilogue} epilogue needs an int8 conv2d with output channels a multiple "
+                             f"of the block {block}")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
         if isinstance(scheme, FgqScheme) and (scheme.group_size == FGQ_ROW or scheme.group_size % 4):
@@ -149,7 +166,7 @@ class OperatorSpec:
             raise ValueError(f"{where}: a blocked output needs conv2d with an affine epilogue and output channels "
                              f"a multiple of the block {block}")
         spec = cls(op, scheme, data_shape, weight_shape, stride, padding, block, epilogue, next_padding, word_bits,
-                   dilation, blocked_output)
+                   dilation, blocked_output, requantizer=requantizer)
         if any(o < 1 for o in spec.out_shape[2:]):
             dilated = f" and dilation {dilation}" if any(d > 1 for d in dilation) else ""
             raise ValueError(f"{where}: kernel {weight_shape[2:]} does not fit input {data_shape[2:]} "
@@ -210,8 +227,32 @@ class OperatorSpec:
             return pad_features(x, self._byte_channels)
         if isinstance(self.scheme, ByteScheme):
             return layout_bytes(x, self.padding, self._byte_channels, self.scheme.activation_offset,
-                                phases=self.stride if self.amx else ())
+                                phases=self._phases)
         return self._pack(x)
+
+    @property
+    def _phases(self) -> tuple[int, ...]:
+        """The phase split of a byte scheme's data layout: the stride on AMX, else none."""
+        return self.stride if self.amx else ()
+
+    def byte_requantizer(self, lo: float, step: float, thresholds: np.ndarray) -> ByteRequantizer:
+        """What a previous int8 conv2d's requantize epilogue must write to be this int8 conv2d's
+        input: its activation quantizer (levels ``lo + step * #{j : x >= thresholds[j]}``, the
+        float32 ``thresholds`` uniform, :func:`.compute.uniform_thresholds`) and this layer's data
+        layout. Raises ``ValueError`` when the epilogue cannot compute the levels."""
+        uniform = uniform_thresholds(thresholds)
+        if type(self.scheme) is not Int8Scheme or self.op != "conv2d" or self.scheme.per_token:
+            raise ValueError(f"{self.where}: a requantize epilogue writes bytes for an int8 conv2d only")
+        if uniform is None or lo != int(lo) or step != int(step) or not np.all(np.diff(thresholds) > 0):
+            raise ValueError(f"{self.where}: a requantize epilogue needs a uniform quantizer (ascending thresholds "
+                             f"float32((first + j) * scale), integer levels), got lo={lo}, step={step} and "
+                             f"{len(thresholds)} thresholds")
+        low, high = self.scheme.activation.value_range
+        if lo < low or lo + step * len(thresholds) > high:
+            raise ValueError(f"{self.where}: the quantizer's levels {lo:g}..{lo + step * len(thresholds):g} exceed the "
+                             f"activations' range {low}..{high}")
+        return ByteRequantizer(int(lo), int(step), len(thresholds), *uniform, self.scheme.activation_offset,
+                               self.padding, self._byte_channels, self._phases)
 
     @property
     def _byte_channels(self) -> int:
@@ -256,8 +297,7 @@ class OperatorSpec:
         direct = ascending and self._levels_are_encoding_values(lo, step, num_thresholds)
         if input_block and isinstance(self.scheme, ByteScheme):
             staged = layout_bytes(quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform), self.padding,
-                                  self._byte_channels, self.scheme.activation_offset, input_block,
-                                  self.stride if self.amx else ())
+                                  self._byte_channels, self.scheme.activation_offset, input_block, self._phases)
         elif input_block:
             values = x if direct else quantize_levels(x, thresholds, lo, step, DATA_DTYPE, uniform)
             staged = pack_blocked_data(values, self.scheme, self.padding, self.word_bits, thresholds if direct else None)
@@ -294,6 +334,8 @@ class OperatorSpec:
         if self.blocked_output:
             n, k, *spatial = self.out_shape
             return (n, k // self.block, *spatial, self.block), "float32"
+        if self.requantizer is not None:
+            return self.requantizer.layout_shape(self.out_shape[0], self.out_shape[2:]), "uint8"
         if self.epilogue != "requantize":
             return self.out_shape, "float32" if self.epilogue.startswith("affine") else self.scheme.out_dtype
         enc = self.scheme.activation
@@ -313,7 +355,7 @@ class OperatorSpec:
         templates = self._weight_arg_templates()
         if self.amx:
             return conv2d_amx(self.symbol, shape, templates[0].shape, self.out_shape[2:], self.stride, self.dilation,
-                              len(templates) > 1, self.epilogue, self.blocked_output)
+                              len(templates) > 1, self.epilogue, self.blocked_output, self.requantizer)
         data = te.placeholder(shape, dtype, name="data")
         weight_args = [te.placeholder(a.shape, str(a.dtype), name=name)
                        for name, a in zip(("weight", "extra", "correction"), templates)]
@@ -340,7 +382,11 @@ class OperatorSpec:
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
                                      self.stride if ordinary else (1,) * len(self.stride), correction, geometry,
                                      self.dilation if ordinary else ())
-        if self.epilogue.startswith("affine"):
+        if self.requantizer is not None:
+            scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
+            out = requantize_bytes(out, scale, bias, "_relu" in self.epilogue, self.requantizer, self.block)
+            weight_args += [scale, bias]
+        elif self.epilogue.startswith("affine"):
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
             residual = None
             if self.epilogue in RESIDUAL_EPILOGUES:
@@ -395,6 +441,18 @@ class OperatorSpec:
         index = (slice(None), slice(None)) + (None,) * (y.ndim - 2)
         v = y * np.asarray(scale, np.float64)[index[1:]] + np.asarray(bias, np.float64)[index[1:]]
         return (np.maximum(v, 0) if self.epilogue == "affine_relu" else v).astype(np.float32)
+
+    def reference_requantized_bytes(self, x: np.ndarray, w: np.ndarray, scale: np.ndarray, bias: np.ndarray
+                                    ) -> np.ndarray:
+        """Reference of the byte requantize epilogues: the next layer's data bytes from the
+        affine value in float32 (the product rounded, then the sum, as the graph computes it),
+        its levels counted against the quantizer's thresholds."""
+        r = self.requantizer
+        y = self.reference(x, w).astype(np.float32)
+        v = y * np.asarray(scale, np.float32)[:, None, None] + np.asarray(bias, np.float32)[:, None, None]
+        if "_relu" in self.epilogue:
+            v = np.maximum(v, np.float32(0))
+        return reference.layout_bytes(r.levels(v), r.padding, r.channels, r.offset, r.phases or 1)
 
     def reference_requantized(self, x: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """Reference of the requantize epilogue: the next layer's packed, padded planes."""
