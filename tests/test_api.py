@@ -519,23 +519,26 @@ def test_requantize_errors():
         f(x, w, thresholds=np.zeros((8, 2)))
 
 
-def byte_requantize_op(target, data_shape, weight_shape, stride, padding, next_layer, epilogue, params,
-                       quantum=0.05):
+def next_thresholds(nxt, quantum: float = 0.05) -> tuple[float, np.ndarray]:
+    """``(lo, thresholds)`` of a uniform quantizer onto the levels of ``nxt``'s activations:
+    thresholds ``(lo + 0.5 + j) * quantum``."""
+    lo, hi = nxt.scheme.activation.value_range
+    return float(lo), ((lo + 0.5 + np.arange(hi - lo, dtype=np.float32)) * np.float32(quantum)).astype(np.float32)
+
+
+def byte_requantize_op(target, data_shape, weight_shape, stride, padding, next_layer, epilogue, params):
     """An int8 conv2d whose epilogue writes the data bytes of the next int8 conv2d
     ``next_layer`` ``(stride, padding, output channels)``, a 3x3 layer quantizing its input
-    uniformly (levels of its activation encoding, thresholds ``(lo + 0.5 + j) * quantum``);
-    returns the operator and the next layer's spec."""
+    uniformly (:func:`next_thresholds`); returns the operator and the next layer's spec."""
     t = resolve_target(target)
     n, _, *spatial = data_shape
     out = [(size + 2 * padding - k) // stride + 1 for size, k in zip(spatial, weight_shape[2:])]
     next_stride, next_padding, next_k = next_layer
     nxt = make_spec("conv2d", "int8", (n, weight_shape[0], *out), (next_k, weight_shape[0], 3, 3), next_stride,
                     next_padding, t, **params)
-    lo, hi = nxt.scheme.activation.value_range
-    thresholds = ((lo + 0.5 + np.arange(hi - lo, dtype=np.float32)) * np.float32(quantum)).astype(np.float32)
-    requantizer = nxt.byte_requantizer(float(lo), 1.0, thresholds)
+    lo, thresholds = next_thresholds(nxt)
     spec = make_spec("conv2d", "int8", data_shape, weight_shape, stride, padding, t, epilogue,
-                     requantizer=requantizer, **params)
+                     requantizer=nxt.byte_requantizer(lo, 1.0, thresholds), **params)
     return tvm_ternary.CompiledOperator(spec, t), nxt
 
 
@@ -550,19 +553,34 @@ def spread_affine(f, x, w, rng, quantum=0.05):
     return scale, bias
 
 
+def float_path_bytes(f, nxt, x, w, scale, bias) -> np.ndarray:
+    """What the byte requantize epilogue of ``f`` replaces in a model: ``f``'s layer with the
+    affine epilogue writing blocked float32, then ``nxt``'s quantize stage reading it."""
+    from tvm_ternary.operators.compute import uniform_thresholds
+    from .test_layout import run_prim_func
+    s = f.spec
+    affine = make_spec("conv2d", s.scheme, s.data_shape, s.weight_shape, s.stride, s.padding, f.target,
+                       "affine_relu" if "_relu" in s.epilogue else "affine", blocked_output=True)
+    v = tvm_ternary.CompiledOperator(affine, f.target)(x, w, scale=scale, bias=bias)
+    lo, thresholds = next_thresholds(nxt)
+    quantize = nxt.quantize_data_prim_func(lo, 1.0, len(thresholds), True, affine.block,
+                                           uniform_thresholds(thresholds))
+    return run_prim_func(quantize, f.target, nxt.kernel_input_shape(), v, thresholds)
+
+
 @pytest.mark.parametrize("target,data_shape,weight_shape,stride,padding,next_layer,epilogue,params", [
-    (AVX2, (2, 20, 9, 7), (16, 20, 3, 3), 1, 1, (1, 1, 24), "affine_requantize", dict(abits=8, wbits=4)),
-    (AVX512, (1, 33, 11, 10), (32, 33, 3, 3), 2, 1, (2, 2, 16), "affine_relu_requantize",
+    (AVX2, (2, 20, 9, 7), (16, 20, 3, 3), 1, 1, (1, 1, 24), "affine_relu_requantize",
      dict(activation_encoding="signed")),
+    (AVX512, (1, 33, 11, 10), (32, 33, 3, 3), 2, 1, (2, 2, 16), "affine_requantize", dict(abits=8, wbits=4)),
     (RASP4, (1, 20, 7, 9), (16, 20, 1, 1), 1, 0, (1, 0, 8), "affine_relu_requantize", dict(abits=4, wbits=4)),
-], ids=["avx2-n2-a8", "avx512-signed-relu-s2-pad2", "rasp4-1x1-a4-pad0"])
+], ids=["avx2-n2-signed-relu", "avx512-a8-s2-pad2", "rasp4-1x1-a4-pad0"])
 def test_byte_requantize_epilogue_writes_the_next_layers_bytes(target, data_shape, weight_shape, stride, padding,
                                                                next_layer, epilogue, params, rng, request):
     """The int8 kernel's requantize epilogue (what a model fuses between two int8 layers, e.g.
     FGQ): the affine value through the next layer's uniform quantizer, written as that layer's
-    padded channels-last bytes; exact against numpy, padding bytes included (the signed
-    encoding's are 128; a ReLU shows only there, as unsigned levels start above 0), output
-    channels fewer than the next layer's quads (C=33 -> 36)."""
+    padded channels-last bytes; exact against numpy, padding bytes included (signed 7-bit
+    levels are stored plus 64, so padding is byte 64; ReLU changes the bytes only with signed
+    levels, as unsigned ones start above 0), a next padding other than this layer's."""
     f, nxt = byte_requantize_op(target, data_shape, weight_shape, stride, padding, next_layer, epilogue, params)
     f = runnable(f, request)
     s = f.spec
@@ -573,6 +591,19 @@ def test_byte_requantize_epilogue_writes_the_next_layers_bytes(target, data_shap
     want = f.reference(x, w, scale=scale, bias=bias)
     np.testing.assert_array_equal(out, want)
     assert len(np.unique(want)) > s.requantizer.count // 3          # the values span the levels (ReLU: half)
+
+
+def test_byte_requantize_epilogue_equals_the_float_path(rng):
+    """The bytes equal those of the path the epilogue replaces in a model (the affine kernel's
+    blocked float32 output, then the next layer's quantize stage), with signed levels and ReLU."""
+    f, nxt = byte_requantize_op(AVX2, (1, 24, 10, 9), (16, 24, 3, 3), 1, 1, (2, 1, 16), "affine_relu_requantize",
+                                dict(activation_encoding="signed", abits=8, wbits=4))
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = spread_affine(f, x, w, rng)
+    fused = f(x, w, scale=scale, bias=bias)
+    np.testing.assert_array_equal(fused, float_path_bytes(f, nxt, x, w, scale, bias))
+    assert len(np.unique(fused)) > 100
 
 
 def test_byte_requantize_errors():
@@ -592,9 +623,17 @@ def test_byte_requantize_errors():
     with pytest.raises(ValueError, match=r"a requantizer goes with the epilogues"):
         make_spec("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), 1, 1, t, "affine", requantizer=requantizer)
     with pytest.raises(ValueError, match=r"conv2d\[int8\(a7u\)\]: the affine_requantize epilogue needs an int8 "
-                                         r"conv2d with output channels a multiple of the block 8"):
+                                         r"conv2d with static activations, output channels a multiple of the block 8"):
         make_spec("conv2d", "int8", (1, 16, 6, 6), (12, 16, 3, 3), 1, 1, t, "affine_requantize",
                   requantizer=requantizer)
+    with pytest.raises(ValueError, match=r"and no blocked output"):
+        make_spec("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), 1, 1, t, "affine_requantize",
+                  requantizer=requantizer, blocked_output=True)
+    with pytest.raises(ValueError, match=r"the requantizer writes 16 channels .* the layer has 32 output channels"):
+        make_spec("conv2d", "int8", (1, 16, 6, 6), (32, 16, 3, 3), 1, 1, t, "affine_requantize",
+                  requantizer=requantizer)
+    with pytest.raises(ValueError, match=r"the quantizer's levels 0..-127 exceed the activations' range 0..127"):
+        nxt.byte_requantizer(0.0, -1.0, uniform)
     with pytest.raises(ValueError, match=r"conv2d\[int8\]: the 'affine_requantize' epilogue writes the next layer's "
                                          r"input inside a built model"):
         tvm_ternary.op("conv2d", "int8", (1, 16, 6, 6), (16, 16, 3, 3), epilogue="affine_requantize", target=AVX2)

@@ -89,6 +89,47 @@ def test_fgq_blocks_hand_bytes_to_their_second_conv_and_stay_exact():
         np.testing.assert_array_equal(run(rewritten, x), q(x).numpy())
 
 
+class _Convs(torch.nn.Module):
+    """A float stem, then int8-scheme (FGQ) convs of 16 channels: ``chain`` (conv, BatchNorm,
+    ReLU, conv), ``branch`` (the ReLU's result read by two convs, added) or ``grouped`` (the
+    second conv in two groups)."""
+
+    def __init__(self, kind: str):
+        super().__init__()
+        nn = torch.nn
+        self.kind = kind
+        self.stem, self.first = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.second = nn.Conv2d(16, 16, 3, padding=1, groups=2 if kind == "grouped" else 1)
+        self.other = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16 * 6 * 6, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.first(torch.relu(self.stem(x)))))
+        h = self.second(h) + self.other(h) if self.kind == "branch" else self.second(h)
+        return self.head(torch.flatten(torch.relu(h), 1))
+
+
+@pytest.mark.parametrize("kind,handed_over", [("chain", True), ("branch", False), ("grouped", False)])
+def test_int8_conv_hands_its_bytes_only_to_a_lone_ungrouped_next_conv(kind, handed_over):
+    """The byte requantize epilogue replaces the next conv's quantize stage only where that
+    conv's quantizer alone reads the result and the conv is ungrouped; the result is the
+    model's either way."""
+    torch.manual_seed(0)
+    net = _Convs(kind).eval()
+    net.bn.running_mean.uniform_(-1, 1)
+    net.bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 6, 6)
+    model = quantize(net, "fgq_w2a8", x, first_last="float")
+    rewritten = rewrite_quantized(from_torch(model, x), TARGET)
+    counted = calls(rewritten)
+    quantized_kernels = counted["tir:kernel"] - 1                 # all but the float stem's
+    assert counted["tir:quantize"] == quantized_kernels - (1 if handed_over else 0)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run(rewritten, x), expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
 def test_negative_channel_scales_keep_the_float_epilogue_and_stay_exact():
     model, x, mod = imported("w2a2", negative_bn=True, first_last="same")   # all integer: exact
     rewritten = rewrite_quantized(mod, TARGET)

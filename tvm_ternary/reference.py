@@ -99,6 +99,13 @@ def quantize_per_token(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return levels, (absmax / top).astype(np.float32)
 
 
+def uniform_levels(v: np.ndarray, lo: int, step: int, count: int, first: float, scale: float) -> np.ndarray:
+    """A uniform activation quantizer's levels of float32 ``v``: ``lo + step * #{j < count :
+    v >= float32((first + j) * scale)}``, counted against the thresholds."""
+    thresholds = (np.float32(first) + np.arange(count, dtype=np.float32)) * np.float32(scale)
+    return lo + step * np.searchsorted(thresholds, np.asarray(v, np.float32), side="right")
+
+
 def layout_bytes(x: np.ndarray, padding: Pair, channels: int, offset: int = 0, phases: Pair = 1) -> np.ndarray:
     """The byte schemes' conv2d data layout of NCHW values ``x`` (uint8, see
     :func:`tvm_ternary.operators.compute.layout_bytes`): channels last, each value plus

@@ -63,7 +63,7 @@ from .diagnostics import SlowPathWarning
 from .frontend import PER_TOKEN_ATTR, QUANTIZE_ATTR, TOKEN_STEP_ATTR
 from . import layout
 from .packing import block_channels, taps_per_word
-from .operators.compute import affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
+from .operators.compute import ByteRequantizer, affine, float_conv_nchw, pad_nchw, quantizer_levels, uniform_thresholds
 from .api import make_spec
 from .operators.spec import out_spatial
 from .schemes import (CODE_GROUP, FGQ_INTEGER_WEIGHT_BITS, FGQ_ROW, INT8_MAX_BITS, MAX_CODE_REDUCTION, MAX_MULTIPLIER,
@@ -109,6 +109,7 @@ class Layer:
     relu: bool = False
     next_layer: "Layer | None" = None  # requantize straight into this layer's input
     int_thresholds: np.ndarray | None = None
+    requantizer: ByteRequantizer | None = None          # int8: what the epilogue writes for next_layer
     packed_input: relax.Expr | None = None
     quantizer_var: relax.Var | None = None              # binding of the activation quantizer
     residual: relax.Var | None = None                   # a residual add's other operand, added in the epilogue
@@ -461,7 +462,8 @@ class _Matcher:
         if nxt is None or nxt.quantizer_var is None or not nxt.quantizer_var.same_as(quant):
             return None
         if type(layer.scheme) is Int8Scheme:
-            if not self._hands_bytes_over(layer, nxt):
+            layer.requantizer = self._byte_requantizer(layer, nxt)
+            if layer.requantizer is None:
                 return None
             layer.next_quantizer = quant
             return nxt
@@ -478,20 +480,20 @@ class _Matcher:
         layer.next_quantizer = quant
         return nxt
 
-    def _hands_bytes_over(self, layer: Layer, nxt: Layer) -> bool:
-        """Whether int8 conv2d ``layer``'s epilogue can write int8 conv2d ``nxt``'s data bytes
-        (:meth:`~.operators.spec.OperatorSpec.byte_requantizer`): both ungrouped, no residual,
-        ``nxt``'s quantizer uniform, output channels a multiple of the kernel's block."""
+    def _byte_requantizer(self, layer: Layer, nxt: Layer) -> ByteRequantizer | None:
+        """What int8 conv2d ``layer``'s epilogue writes to be int8 conv2d ``nxt``'s data bytes
+        (:meth:`~.operators.spec.OperatorSpec.byte_requantizer`), or None when it cannot: both
+        must be ungrouped, ``layer`` without a residual and its output channels a multiple of
+        its kernel's block, ``nxt``'s quantizer uniform."""
         if type(nxt.scheme) is not Int8Scheme or layer.op != "conv2d" or nxt.op != "conv2d" or \
                 layer.groups > 1 or nxt.groups > 1 or layer.residual is not None:
-            return False
+            return None
         if layer.weight.shape[0] % schedules.weight_block(self.target, layer.scheme.name, layer.weight.shape):
-            return False
+            return None
         try:
-            _input_spec(nxt, self.target).byte_requantizer(nxt.lo, nxt.step, nxt.thresholds)
+            return _input_spec(nxt, self.target).byte_requantizer(nxt.lo, nxt.step, nxt.thresholds)
         except ValueError:
-            return False                 # not a uniform quantizer: the data stage counts its thresholds
-        return True
+            return None                  # not a uniform quantizer: the data stage counts its thresholds
 
 
 def _input_spec(layer: Layer, target: Target):
@@ -786,9 +788,8 @@ class _Rewriter(PyExprMutator):
         if layer.next_layer is not None and isinstance(layer.scheme, PackedScheme):
             epilogue = "requantize"
         elif layer.next_layer is not None:        # the int8 scheme: the next layer's bytes
-            nxt = layer.next_layer
             epilogue = "affine_relu_requantize" if layer.relu else "affine_requantize"
-            requantizer = _input_spec(nxt, self.target).byte_requantizer(nxt.lo, nxt.step, nxt.thresholds)
+            requantizer = layer.requantizer
         else:
             epilogue = ("affine_add" if layer.residual is not None else "affine") + ("_relu" if layer.relu else "")
         request = (layer.op, layer.scheme, layer.data_shape, layer.weight.shape, layer.stride or 1,

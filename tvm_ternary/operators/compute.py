@@ -503,11 +503,6 @@ class ByteRequantizer:
         """Shape of the bytes written for an output ``[n, K, *spatial]``."""
         return byte_layout_shape(n, self.padded(spatial), self.channels, self.phases)
 
-    def levels(self, v: np.ndarray) -> np.ndarray:
-        """Reference: the quantizer's levels of float32 ``v``, counted against its thresholds."""
-        thresholds = (np.float32(self.first) + np.arange(self.count, dtype=np.float32)) * np.float32(self.scale)
-        return self.lo + self.step * np.searchsorted(thresholds, np.asarray(v, np.float32), side="right")
-
 
 def requantize_bytes(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, requantizer: ByteRequantizer,
                      block: int) -> te.Tensor:

@@ -24,8 +24,8 @@ from ..schemes import (FGQ_ROW, MAX_CODE_REDUCTION, MAX_MULTIPLIER, ByteScheme, 
 from .amx import LANES, amx_channels, amx_fits, conv2d_amx
 from .compute import (ByteRequantizer, ConvGeometry, affine, byte_dot_correlation, fgq_correlation,
                       layout_bytes, pack_blocked_data, pack_data, packed_correlation, pad_features, per_token_bytes,
-                      requantize_bytes, ternary_code_dot, token_step, UNROLLED_THRESHOLDS, quantize_levels,
-                      quantizer_levels, requantize_pack, threshold_count, uniform_thresholds)
+                      requantize_bytes, ternary_code_dot, token_step, UNIFORM_MIN_THRESHOLDS, UNROLLED_THRESHOLDS,
+                      quantize_levels, quantizer_levels, requantize_pack, threshold_count, uniform_thresholds)
 
 OPERATORS = {"conv2d": 2, "dense": 0}
 """Operator name -> spatial rank."""
@@ -114,9 +114,10 @@ class OperatorSpec:
         (float32 ``y * scale[k] + bias[k]``, then ReLU), ``"affine_add"``/``"affine_add_relu"``
         (the same plus a residual tensor, then ReLU) or ``"requantize"`` (per-channel
         thresholds, then the next layer's packed planes with ``next_padding``, by default this
-        layer's padding; bit-packed schemes only), or, for an int8 conv2d, ``"affine_requantize"``/
-        ``"affine_relu_requantize"`` (the affine value, then ReLU, through ``requantizer``, the next
-        layer's quantizer: the next layer's data bytes, see :meth:`byte_requantizer`). ``word_bits`` is the kernel's word size (32, or
+        layer's padding; bit-packed schemes only), or, for an int8 conv2d,
+        ``"affine_requantize"``/``"affine_relu_requantize"`` (the affine value, then ReLU, through
+        ``requantizer``, the next layer's quantizer: the next layer's data bytes, see
+        :meth:`byte_requantizer`). ``word_bits`` is the kernel's word size (32, or
         64 where the target's popcount prefers it; same bits, see :mod:`tvm_ternary.packing`).
         ``dilation`` spaces the kernel taps (conv2d; 1 = dense taps). ``blocked_output``: an
         affine conv2d writes the channel-blocked ``[N, K/V, OH, OW, V]`` of
@@ -149,9 +150,14 @@ class OperatorSpec:
             raise ValueError(f"{where}: a requantizer goes with the epilogues {BYTE_REQUANTIZE_EPILOGUES}, and they "
                              f"need one (got epilogue {epilogue!r}, requantizer {requantizer!r})")
         if requantizer is not None and (type(scheme) is not Int8Scheme or op != "conv2d" or weight_shape[0] % block
-                                        or scheme.per_token):
-            raise ValueError(f"{where}: the {epilogue} epilogue needs an int8 conv2d with output channels a multiple "
-                             f"of the block {block}")
+                                        or scheme.per_token or blocked_output):
+            raise ValueError(f"{where}: the {epilogue} epilogue needs an int8 conv2d with static activations, output "
+                             f"channels a multiple of the block {block}, and no blocked output")
+        if requantizer is not None and (requantizer.channels < weight_shape[0] or len(requantizer.padding) != rank
+                                        or len(requantizer.phases) not in (0, rank)):
+            raise ValueError(f"{where}: the requantizer writes {requantizer.channels} channels with padding "
+                             f"{requantizer.padding} and phases {requantizer.phases}; the layer has "
+                             f"{weight_shape[0]} output channels and {rank} spatial axes")
         next_padding = _as_pair(where, "next_padding", padding if next_padding is None else next_padding,
                                 rank, 0) if epilogue == "requantize" else ()
         if isinstance(scheme, FgqScheme) and (scheme.group_size == FGQ_ROW or scheme.group_size % 4):
@@ -232,8 +238,8 @@ class OperatorSpec:
 
     @property
     def _phases(self) -> tuple[int, ...]:
-        """The phase split of a byte scheme's data layout: the stride on AMX, else none."""
-        return self.stride if self.amx else ()
+        """The phase split of a byte scheme's data layout: a stride above 1 on AMX, else none."""
+        return self.stride if self.amx and any(s > 1 for s in self.stride) else ()
 
     def byte_requantizer(self, lo: float, step: float, thresholds: np.ndarray) -> ByteRequantizer:
         """What a previous int8 conv2d's requantize epilogue must write to be this int8 conv2d's
@@ -243,12 +249,12 @@ class OperatorSpec:
         uniform = uniform_thresholds(thresholds)
         if type(self.scheme) is not Int8Scheme or self.op != "conv2d" or self.scheme.per_token:
             raise ValueError(f"{self.where}: a requantize epilogue writes bytes for an int8 conv2d only")
-        if uniform is None or lo != int(lo) or step != int(step) or not np.all(np.diff(thresholds) > 0):
-            raise ValueError(f"{self.where}: a requantize epilogue needs a uniform quantizer (ascending thresholds "
-                             f"float32((first + j) * scale), integer levels), got lo={lo}, step={step} and "
-                             f"{len(thresholds)} thresholds")
+        if uniform is None or lo != int(lo) or step != int(step):
+            raise ValueError(f"{self.where}: a requantize epilogue needs a uniform quantizer (at least "
+                             f"{UNIFORM_MIN_THRESHOLDS} thresholds float32((first + j) * scale), integer levels), got "
+                             f"lo={lo}, step={step} and {len(thresholds)} thresholds")
         low, high = self.scheme.activation.value_range
-        if lo < low or lo + step * len(thresholds) > high:
+        if min(lo, lo + step * len(thresholds)) < low or max(lo, lo + step * len(thresholds)) > high:
             raise ValueError(f"{self.where}: the quantizer's levels {lo:g}..{lo + step * len(thresholds):g} exceed the "
                              f"activations' range {low}..{high}")
         return ByteRequantizer(int(lo), int(step), len(thresholds), *uniform, self.scheme.activation_offset,
@@ -452,7 +458,8 @@ class OperatorSpec:
         v = y * np.asarray(scale, np.float32)[:, None, None] + np.asarray(bias, np.float32)[:, None, None]
         if "_relu" in self.epilogue:
             v = np.maximum(v, np.float32(0))
-        return reference.layout_bytes(r.levels(v), r.padding, r.channels, r.offset, r.phases or 1)
+        levels = reference.uniform_levels(v, r.lo, r.step, r.count, r.first, r.scale)
+        return reference.layout_bytes(levels, r.padding, r.channels, r.offset, r.phases or 1)
 
     def reference_requantized(self, x: np.ndarray, w: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
         """Reference of the requantize epilogue: the next layer's packed, padded planes."""
