@@ -4,7 +4,8 @@ An emulated Raspberry Pi 4 is Debian's aarch64 Python 3.11 with the aarch64 TVM 
 wheel, run by ``qemu-aarch64-static -cpu cortex-a72`` on this host. Nothing is installed
 in the guest: the Debian arm64 packages are unpacked (``dpkg -x``) into a directory and
 the aarch64 wheels are put there with ``pip --platform``. The host needs the qemu user
-emulator and the aarch64 cross compiler (``apt-get``, as root).
+emulator and the aarch64 cross compiler (``apt-get``, as root), and gets LLVM's tools too
+(``llvm-mca``, ``llvm-objdump``: ``benchmarks/pi_estimate.py``'s cycle estimates).
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 HOST_TOOLS = {"qemu-aarch64-static": "qemu-user-static", "aarch64-linux-gnu-g++": "g++-aarch64-linux-gnu"}
-"""Host command -> the Debian package that provides it."""
+"""Host command a board needs -> the Debian package that provides it."""
+
+ESTIMATE_TOOLS = {"llvm-mca": "llvm", "llvm-objdump": "llvm"}
+"""LLVM's tools that ``benchmarks/pi_estimate.py`` runs (the Pi cores' machine models): setup
+installs them too, boards do not need them."""
 
 GUEST_PACKAGES = (
     "libc6 libstdc++6 libgcc-s1 gcc-12-base zlib1g libffi8 libexpat1 libssl3 libbz2-1.0 liblzma5 "
@@ -52,9 +57,9 @@ def guest_python(rootfs: Path) -> Path:
     return rootfs / "usr" / "bin" / "python3.11"
 
 
-def missing_host_tools() -> dict[str, str]:
-    """Host commands that are not on PATH, with their Debian packages."""
-    return {cmd: pkg for cmd, pkg in HOST_TOOLS.items() if shutil.which(cmd) is None}
+def missing_host_tools(tools: dict[str, str] = HOST_TOOLS) -> dict[str, str]:
+    """Host commands of ``tools`` (by default what a board needs) not on PATH, with their Debian packages."""
+    return {cmd: pkg for cmd, pkg in tools.items() if shutil.which(cmd) is None}
 
 
 def is_ready(cache_dir: Path | str | None = None) -> bool:
@@ -75,13 +80,13 @@ def _apt(*args: str, what: str, cwd: str | None = None) -> None:
         raise RuntimeError(f"emulator setup: {what} needs apt-get (Debian/Ubuntu host)")
     if os.geteuid() != 0:
         raise RuntimeError(f"emulator setup: {what} needs root for apt-get; run as root or install "
-                           f"{' '.join(HOST_TOOLS.values())} yourself")
+                           f"{' '.join(sorted({*HOST_TOOLS.values(), *ESTIMATE_TOOLS.values()}))} yourself")
     _run(["apt-get", *args], what, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, cwd=cwd)
 
 
 def install_host_tools() -> None:
-    """``apt-get install`` qemu-user-static and the aarch64 cross compiler if missing."""
-    missing = missing_host_tools()
+    """``apt-get install`` qemu-user-static, the aarch64 cross compiler and LLVM's tools if missing."""
+    missing = missing_host_tools({**HOST_TOOLS, **ESTIMATE_TOOLS})
     if missing:
         _apt("update", what="apt-get update")
         _apt("install", "-y", "--no-install-recommends", *sorted(set(missing.values())),

@@ -1,0 +1,78 @@
+"""benchmarks/pi_estimate.py: Raspberry Pi cycle estimates from counted runs and llvm-mca."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tvm_ternary
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import pi_estimate  # noqa: E402
+
+
+def test_formulation_mixes_come_from_the_schemes_terms():
+    """Ternary: mask and sign terms sharing the mask's ``and``; w2a2: four plane products;
+    w1a1: one XNOR-style term under the validity plane. Each term then one cnt and one uadalp."""
+    def ops(scheme, **params):
+        return [op for op, _, _ in pi_estimate.popcount_mix(tvm_ternary.make_scheme("conv2d", scheme, **params))[0]]
+    assert ops("ternary") == ["and", "cnt", "uadalp", "eor", "and", "cnt", "uadalp"]
+    assert ops("bitserial", abits=2, wbits=2) == ["and", "cnt", "uadalp"] * 4
+    assert ops("bitserial", abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar") == \
+        ["eor", "and", "cnt", "uadalp"]
+
+
+def test_bounds_follow_the_pipes_of_each_core():
+    """The A53 model issues every NEON op on one pipe, so bounds go as 128 MACs over the ops
+    of the mix (ternary 7, w2a2 12); the A72 has two pipes but runs uadalp on one only."""
+    a53 = {p: pi_estimate.bound(p, "cortex-a53") for p in ("ternary", "w2a2", "int8")}
+    assert a53["ternary"] == pytest.approx(128 / 7, rel=1e-3) and a53["w2a2"] == pytest.approx(128 / 12, rel=1e-3)
+    a72 = {p: pi_estimate.bound(p, "cortex-a72") for p in ("ternary", "w2a2", "w1a1")}
+    assert 128 / 4 < a72["ternary"] < 128 / 3          # 7 ops on 2 pipes, 2 uadalp on one: 3.5 cycles
+    assert a72["w1a1"] > a72["ternary"] > a72["w2a2"]
+    assert a53["int8"] == pytest.approx(4.0, rel=1e-3)     # one by-element smlal (4 MACs) per cycle
+
+
+def test_translation_blocks_become_instruction_runs_and_equal_count_blocks():
+    """A block runs to its first branch or its page's end; instructions that ran equally often
+    and sit next to each other form one block (a loop entered through a longer block too)."""
+    code = {0xff0: "add x0, x0, #1", 0xff4: "mov x1, x2", 0xff8: "add x3, x3, #1", 0xffc: "cnt v0.16b, v1.16b",
+            0x1000: "subs x4, x4, #1", 0x1004: "b.ne 0xff8 <f+0x8>", 0x1008: "ret"}
+    blocks = Counter({0xff0: 1, 0xff8: 9, 0x1000: 10, 0x1008: 1})   # a 10-iteration loop entered at 0xff0
+    runs = pi_estimate.instruction_runs(code, blocks)
+    assert runs == {0xff0: 1, 0xff4: 1, 0xff8: 10, 0xffc: 10, 0x1000: 10, 0x1004: 10, 0x1008: 1}
+    cut = pi_estimate.blocks_of(code, runs)
+    assert [(b.start, b.runs, len(b.instructions)) for b in cut] == [(0xff0, 1, 2), (0xff8, 10, 4), (0x1008, 1, 1)]
+    loop = pi_estimate.mca_cycles({"loop": cut[1].instructions}, "cortex-a72")["loop"]
+    assert 1 <= loop < 10
+
+
+def test_missing_llvm_names_the_debian_package(monkeypatch):
+    monkeypatch.setattr(pi_estimate, "missing_host_tools", lambda tools: {"llvm-mca": "llvm"})
+    with pytest.raises(SystemExit, match=r"install the Debian package\(s\) llvm \(apt-get install llvm\)"):
+        pi_estimate.check_tools()
+
+
+def test_estimate_counts_every_multiply_accumulate_once(tmp_path):
+    """One kernel built for the Pi 4, counted on the emulated board and modelled: the hot
+    loop's runs times its MACs per run are the layer's MACs (its MACs per run are those of
+    7 output pixels x 128 channels, two popcount terms of 64-channel words), and the layer's
+    cycles hold the hot loop's and the epilogue's."""
+    pi_estimate.check_tools()
+    pi_estimate.LAYERS["small"] = ((1, 128, 7, 14), (16, 128, 3, 3), 1, 1)
+    try:
+        est = pi_estimate.estimate("rasp4", "small", "ternary", tmp_path, {})
+    finally:
+        del pi_estimate.LAYERS["small"]
+    macs = 16 * 7 * 14 * 128 * 9
+    iterations = macs / est.hot_macs
+    assert iterations == int(iterations) and est.hot_macs % 128 == 0
+    assert 0.5 < est.hot_share < 1
+    assert est.layer_cycles == pytest.approx(iterations * est.hot_cycles / est.hot_share)
+    assert 0.3 < est.macs_per_cycle / est.bound < 1
+    assert np.isfinite(est.bound) and est.bound == pytest.approx(pi_estimate.bound("ternary", "cortex-a72"))
