@@ -45,6 +45,19 @@ class Isa:
     uses 16: ``cnt`` counts bytes and one ``uadalp`` adds byte pairs into the 16-bit
     accumulator lanes, where 32-bit lanes need a ``uaddlp`` more per word."""
 
+    conv_channel_blocks: int = 1
+    """Output-channel blocks (of ``lanes`` words) a popcount conv tile computes per input
+    word it broadcasts. 2 on NEON, where the broadcast (``ld1r``) takes a NEON pipe slot as an
+    ALU operation does; x86 folds the broadcast into the operation, and two blocks measured
+    slower there (spills)."""
+
+    taps_in_tile: bool = False
+    """Whether a popcount conv tile unrolls the kernel's columns inside it, so that pixels
+    ``o`` and ``o + 1`` share the input word that tap columns ``c + 1`` and ``c`` read: NEON,
+    where each broadcast (``ld1r``) takes a pipe slot (``benchmarks/pi_estimate.py``: 74-76%
+    of the bound on Cortex-A72 with one channel block, 88-94% with two blocks and the
+    columns inside)."""
+
     @property
     def int32_lanes(self) -> int:
         """32-bit lanes per vector register (FGQ's int32/float32 accumulators)."""
@@ -53,7 +66,7 @@ class Isa:
 
 AVX512 = Isa("avx512", 16, 28)
 AVX2 = Isa("avx2", 4, 10, word_bits=64)
-NEON = Isa("neon", 8, 20, word_bits=16)
+NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True)
 BASELINE = Isa("baseline", 4, 10)
 
 
@@ -64,7 +77,8 @@ def kernel_isa(target: Target, weight_shape: Sequence[int] = ()) -> Isa:
     if isa.word_bits == 16 and len(weight_shape) >= 2:
         words = -(-int(weight_shape[1]) // 16) * int(np.prod(weight_shape[2:], dtype=np.int64))
         if words > MAX_NARROW_WORDS:
-            return Isa(isa.name, isa.lanes * 16 // 32, isa.accumulator_budget)
+            return Isa(isa.name, isa.lanes * 16 // 32, isa.accumulator_budget,
+                       conv_channel_blocks=isa.conv_channel_blocks, taps_in_tile=isa.taps_in_tile)
     return isa
 
 

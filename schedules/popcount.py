@@ -17,11 +17,12 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
 
 With the requantize epilogue (blocks ``bits``, ``chunk``, ``pack``, ``repad``
 after ``out``), the tile is driven by the packing of the next layer's words instead: for
-each 32-channel output word, row and pixel tile, the word's ``V``-channel blocks are
-handled one after another (conv2d; dense keeps the whole word's accumulators): the
-``acc`` tile in registers, thresholds compared on ``V`` lanes at once (``bits``), the lanes
-turned into ``V`` bits by the movemask intrinsic (``chunk``) and or-ed into the word,
-which is stored once; ``repad`` writes the border afterwards.
+each output word, row and pixel tile, the word's ``V``-channel blocks are handled one
+after another (conv2d, by :attr:`~.isa.Isa.conv_channel_blocks` at a time: two on NEON,
+so each broadcast input word feeds two blocks; dense keeps the whole word's
+accumulators): the ``acc`` tile in registers, thresholds compared on ``V`` lanes at once
+(``bits``), the lanes turned into ``V`` bits by the movemask intrinsic (``chunk``) and
+or-ed into the word, which is stored once; ``repad`` writes the border afterwards.
 
 With ``tunable`` the tile size, the output-channel blocks per tile (conv2d with an int32,
 float or residual epilogue), the number of loops fused into the parallel loop, the order
@@ -36,7 +37,7 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, KernelRule, acc_shape, batch_tile, divisors, pick_tile,
+from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, KernelRule, acc_shape, batch_tile, divisors, fewest_loads,
                      register_tile, tile_budget, tile_output)
 
 MAX_EPILOGUE_TILE = 8
@@ -48,13 +49,31 @@ def _blocks(sch: s_tir.Schedule) -> dict:
     return {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
-def _channel_blocks(sch: s_tir.Schedule, acc) -> int:
+def _channel_blocks(sch: s_tir.Schedule, acc, out, target: Target, groups: int, budget: int) -> int:
     """Output-channel blocks per conv tile: 2 for the float conv kernel, whose every
     multiply-add otherwise comes with a load (a broadcast input and, per tap, the weight
-    vector), so two blocks share each broadcast; 1 for the popcount kernels, where two
-    blocks measured slower (spills)."""
+    vector), so two blocks share each broadcast; for the popcount kernels up to the ISA's
+    :attr:`~.isa.Isa.conv_channel_blocks` (2 on NEON; 1 on x86, where two blocks measured
+    slower: spills), as many as load the fewest vectors (:func:`.tiling.fewest_loads`)."""
     buffer = sch.get(acc).writes[0].source
-    return 2 if "float" in str(buffer.dtype) and int(buffer.shape[1]) % 2 == 0 else 1
+    if "float" in str(buffer.dtype):
+        return 2 if int(buffer.shape[1]) % 2 == 0 else 1
+    most = isa_of(target).conv_channel_blocks
+    if most == 1 or len(sch.get_loops(out)) < 4:     # dense: batch rows and blocks are tiled elsewhere
+        return 1
+    width = int(sch.get(sch.get_loops(out)[3]).extent)
+    choices = [b for b in divisors(int(buffer.shape[1])) if b <= most]
+    return fewest_loads(width, groups, budget, choices)[0]
+
+
+def _taps_inside(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> tuple[str, ...]:
+    """The reduction loops a popcount conv2d tile unrolls inside it: the kernel's columns
+    (``r1`` of the reductions kernel rows, columns, words) where the ISA's
+    :attr:`~.isa.Isa.taps_in_tile` says so, so one broadcast input word serves every
+    (pixel, column) pair of the tile that reads it. Not the float conv kernel's (its sums
+    would change order)."""
+    integer = "int" in str(sch.get(acc).writes[0].source.dtype)
+    return ("r1",) if isa_of(target).taps_in_tile and integer and len(reduce_extents) == 3 else ()
 
 
 class PopcountKernel(KernelRule):
@@ -74,8 +93,10 @@ class PopcountKernel(KernelRule):
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         blocked = len(sch.get_loops(out)) == 5          # a channel-blocked output [N, K/V, OH, OW, V]
-        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, _channel_blocks(sch, acc))
-        reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable)
+        blocks_per_tile = _channel_blocks(sch, acc, out, target, groups, budget)
+        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, blocks_per_tile)
+        reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable,
+                               inside=_taps_inside(sch, acc, target, reduce_extents))
         if blocked:                                      # contiguous lanes: the epilogue is vector code
             sch.vectorize(sch.get_loops(out)[-1])
         if reduce:
@@ -90,17 +111,21 @@ class PopcountKernel(KernelRule):
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         sch.compute_inline(blocks["out"])
         n, plane, *spatial, word, part = sch.get_loops(pack)
-        if spatial:                     # conv2d: a word's channel blocks one at a time, per pixel tile
+        if spatial:                     # conv2d: a word's channel blocks a few at a time, per pixel tile
             oh, ow = spatial
             width = int(sch.get(ow).extent)
-            if tunable:
-                factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=MAX_EPILOGUE_TILE)
+            choices = [d for d in divisors(int(sch.get(part).extent)) if d <= isa_of(target).conv_channel_blocks]
+            per_tile, pixels = fewest_loads(width, groups, budget, choices, MAX_EPILOGUE_TILE)
+            if tunable:                 # several blocks: no tile past the register budget
+                most = MAX_EPILOGUE_TILE if per_tile == 1 else max(1, budget // (groups * per_tile))
+                factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=min(MAX_EPILOGUE_TILE, most))
             else:
-                factors = [None, min(pick_tile(width, groups, budget),
-                                     max(d for d in divisors(width) if d <= MAX_EPILOGUE_TILE))]
+                factors = [None, pixels]
             owo, owi = sch.split(ow, factors)
-            sch.reorder(n, word, oh, owo, part, owi, plane)
+            parts = [part] if per_tile == 1 else sch.split(part, [None, per_tile])
+            sch.reorder(n, word, oh, owo, *parts, owi, plane)
             at, parallel_loops, inner = owo, (n, word, oh), (owi, plane)
+            tile = [("block", per_tile), ("pixel", int(sch.get(owi).extent))]
         else:                           # dense: a word's channel blocks one at a time, per batch tile
             if tunable:
                 nf = sch.sample_perfect_tile(n, n=2, max_innermost_factor=MAX_BATCH_TILE)
@@ -108,17 +133,18 @@ class PopcountKernel(KernelRule):
                 nf = [None, batch_tile(int(sch.get(n).extent), groups, budget)]
             no, ni = sch.split(n, nf)
             sch.reorder(word, no, part, ni, plane)
-            at, parallel_loops, inner = no, (word, no), (ni, plane)
-        sch.compute_at(chunk, part)
+            at, parallel_loops, inner, parts = no, (word, no), (ni, plane), [part]
+            tile = [("batch", int(sch.get(ni).extent))]
+        sch.compute_at(chunk, parts[-1])
         *_, chunk_plane, chunk_item, _ = sch.get_loops(chunk)
         sch.compute_at(bits, chunk_item)        # one vector of bits at a time, straight into its movemask
-        sch.compute_at(acc, part)
-        tile = [("pixel", int(sch.get(owi).extent))] if spatial else [("batch", int(sch.get(ni).extent))]
+        sch.compute_at(acc, parts[0])           # the tile's channel blocks of the word at once
         sch.set_scope(bits, 0, TILE_SCOPE)
         sch.set_scope(chunk, 0, TILE_SCOPE)
         local = sch.cache_write(pack, 0, TILE_SCOPE)
         sch.reverse_compute_at(local, at)
-        reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents, sch.fuse(*parallel_loops), tunable)
+        reduce = register_tile(sch, acc, tile, groups, lanes, reduce_extents, sch.fuse(*parallel_loops), tunable,
+                               inside=_taps_inside(sch, acc, target, reduce_extents) if spatial else ())
         sch.vectorize(sch.get_loops(bits)[-1])
         for loop in (*inner, chunk_plane, chunk_item):
             sch.unroll(loop)
@@ -127,7 +153,7 @@ class PopcountKernel(KernelRule):
             sch.parallel(sch.fuse(*loops[:3]))
         if reduce:
             sch.decompose_reduction(acc, reduce[0])
-        sch.decompose_reduction(pack, part)
+        sch.decompose_reduction(pack, parts[0])
         sch.decompose_reduction(chunk, sch.get_loops(chunk)[-1])
         if lanes in MOVEMASK_LANES:
             sch.tensorize(sch.get_loops(sch.get_sblock("chunk_update"))[-1], movemask_name(lanes))

@@ -67,6 +67,20 @@ def pick_tile(extent: int, per_item: int, budget: int) -> int:
     return best
 
 
+def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0
+                 ) -> tuple[int, int]:
+    """``(channel blocks, pixels)`` of a conv tile, the blocks among ``blocks``, each with its
+    pixel run (:func:`pick_tile` of ``per_pixel`` accumulators per pixel and block, at most
+    ``most_pixels`` with a divisor of ``width`` when given): the pair that loads the fewest
+    vectors per product. Per input word a tile of ``t`` pixels and ``b`` blocks loads ``b``
+    weight vectors and ``t`` broadcast inputs for ``t * b`` products, so ``1/t + 1/b`` per
+    product (ties: fewer blocks)."""
+    def pixels(b: int) -> int:
+        t = pick_tile(width, per_pixel * b, budget)
+        return min(t, max(d for d in divisors(width) if d <= most_pixels)) if most_pixels else t
+    return min(((b, pixels(b)) for b in sorted(blocks)), key=lambda bt: (1 / bt[1] + 1 / bt[0], bt[0]))
+
+
 def loops_by_extent(sch: s_tir.Schedule, block, named_extents: Sequence[tuple[str, int]]) -> dict:
     """Name the loops that ``compute_at`` created around ``block``.
 
@@ -92,7 +106,7 @@ def acc_shape(sch, acc):
     return spatial[-2], spatial[-1], [int(iv.dom.extent) for iv in iters if int(iv.iter_type) == REDUCE]
 
 
-def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable, permute=True):
+def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable, permute=True, inside=()):
     """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
     accumulators in registers; parallelizes ``parallel``. ``tunable`` samples the unroll
     depth and, with ``permute`` and integer accumulators (whose sums do not depend on the
@@ -104,8 +118,12 @@ def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel,
     reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
     if reduce and tunable and permute and "int" in str(sch.get(acc).writes[0].source.dtype):
         reduce = sample_order(sch, reduce)           # integer sums only: float sums depend on the order
-    if reduce:
-        sch.reorder(*reduce, *tile)
+    inner = [loops[name] for name in inside if name in loops]
+    reduce = [loop for loop in reduce if not any(loop.same_as(i) for i in inner)]
+    if reduce or inner:
+        sch.reorder(*reduce, *inner, *tile)
+    for loop in inner:
+        sch.unroll(loop)
     sch.set_scope(acc, 0, TILE_SCOPE)
     sch.parallel(parallel)
     if "lane" in loops:

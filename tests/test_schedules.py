@@ -69,6 +69,22 @@ def test_neon_kernels_accumulate_popcounts_in_16_bit_lanes(op, scheme, params):
     assert count(asm, "uaddlp") < cnt
 
 
+@pytest.mark.parametrize("epilogue", ["requantize", "affine"])
+@pytest.mark.parametrize("width", [56, 14, 7])
+def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, width):
+    """On NEON a broadcast (``ld1r``) takes a pipe slot like an ALU op, so a ternary conv tile
+    shares each broadcast input word: two output-channel blocks where the row's pixel tile
+    allows it (not at width 7: one block of 7 pixels loads less), and the kernel's columns
+    unrolled inside the tile (pixels o and o + 1 read the same word for columns c + 1 and c).
+    A tile of one block with the columns outside broadcasts each plane's word once per pixel
+    and tap, as many ``ld1r`` as ``cnt``; here at most half as many."""
+    f = tvm_ternary.op("conv2d", "ternary", (1, 128, width, width), (128, 128, 3, 3), padding=1, target=RASP4,
+                       epilogue=epilogue)
+    asm = f.kernel_asm()
+    cnt, ld1r = count(asm, "cnt"), count(asm, "ld1r")
+    assert cnt >= 12 and 0 < ld1r <= cnt / 2, (cnt, ld1r)
+
+
 def test_isa_of_pinned_targets():
     assert schedules.isa_of(tvm.target.Target(AVX2)).name == "avx2"
     assert schedules.isa_of(tvm.target.Target(AVX512)).name == "avx512"
