@@ -13,16 +13,17 @@ multipliers, 8-bit activations) and ``int8`` (our 8-bit NEON kernel, the referen
 the affine epilogue. Then:
 
 1. **Counted.** The kernel runs once, on one thread, in the emulated board's qemu with
-   execution tracing limited to the kernel's code (``-d exec,nochain -dfilter``). Every
-   translation block it runs is logged, so the script knows exactly how often each
-   instruction ran.
+   tracing limited to the kernel's code (``-d in_asm,exec,nochain -dfilter``). Every
+   translation block it runs is logged, and the instructions of each, so the script knows
+   exactly how often each instruction ran. It checks that the executed ``cnt`` (or
+   multiplies) did the layer's MACs, and that no hot loop beats its bound.
 2. **Modelled.** Instructions that ran equally often and sit next to each other form a
    block: a loop body, an epilogue's straight code. ``llvm-mca -mcpu=cortex-a72`` (or
    ``cortex-a53``) gives each block's cycles per run, in steady state.
 3. **Summed.** The layer's cycles are the sum over blocks of runs x cycles, and its time is
    that over the board's clock. So the epilogue and every loop count, not only the
-   innermost one. The hot loop, the blocks run most often (the reduction's body; w2a2's
-   compiles to three loops one after another, run equally often), gives
+   innermost one. The hot loop, the blocks run most often (the reduction's body, which
+   LLVM may compile to several loops one after another, run equally often), gives
    ``cycles_per_iter`` (their cycles per run, summed); its MACs per iteration are the
    layer's MACs over its runs, and ``macs_per_cycle`` is one over the other.
 
@@ -127,18 +128,20 @@ for line in open("/proc/self/maps"):
 kernel(*args)
 """
 TRACE_PC = re.compile(rb"\[[0-9a-f]+/([0-9a-f]+)/")
+LISTED = re.compile(rb"^0x([0-9a-f]+):")
 
 
 def _run_guest(job: Path, trace: tuple[int, int, Path] | None = None) -> tuple[int, int, int]:
     """Run the guest script on ``job``; returns the kernel library's text mapping ``(start,
     end, file offset)``. With ``trace`` ``(start, end, log)``, qemu logs every translation
-    block executed in ``[start, end)`` to ``log``."""
+    block executed in ``[start, end)`` to ``log``, and each block's instructions when it
+    translates it."""
     script = job.with_suffix(".guest.py")
     script.write_text(GUEST_SCRIPT)
     command = qemu_command(rootfs_dir(), [str(script), str(job)])
     if trace is not None:
         start, end, log = trace
-        command[1:1] = ["-d", "exec,nochain", "-dfilter", f"0x{start:x}..0x{end - 1:x}", "-D", str(log)]
+        command[1:1] = ["-d", "in_asm,exec,nochain", "-dfilter", f"0x{start:x}..0x{end - 1:x}", "-D", str(log)]
     result = subprocess.run(command, capture_output=True, text=True, env={**guest_env(), "TVM_NUM_THREADS": "1"},
                             timeout=1200)
     text = [line.split() for line in result.stdout.splitlines() if line.startswith("TEXT ")]
@@ -148,32 +151,56 @@ def _run_guest(job: Path, trace: tuple[int, int, Path] | None = None) -> tuple[i
     return lo, hi, int(text[0][2], 16)
 
 
-def instruction_counts(lib: Path, symbol: str, args: list, workdir: Path) -> Counter:
-    """How often each instruction of ``lib`` ran in one call of ``symbol`` on zeros of the
-    argument shapes ``args`` (file offset -> runs), single-threaded under qemu."""
+def instruction_counts(lib: Path, symbol: str, args: list, workdir: Path) -> tuple[Counter, dict[int, list[int]]]:
+    """How often each translation block of ``lib`` ran in one call of ``symbol`` on zeros of
+    the argument shapes ``args`` (start -> runs), single-threaded under qemu, and each
+    block's instructions as qemu translated it (start -> addresses; qemu ends a block at a
+    branch, a page's end, 512 instructions or when its host code grows too large, then
+    translates it again shorter: the last listing of a start is the one that ran).
+    Addresses are ``lib``'s virtual addresses (``llvm-objdump``'s)."""
     job = workdir / "job.json"
     job.write_text(json.dumps({"lib": str(lib), "symbol": symbol, "args": args}))
     start, end, offset = _run_guest(job)
     log = workdir / "exec.log"
     if _run_guest(job, (start, end, log))[0] != start:
         raise RuntimeError("pi_estimate.py: the guest mapped the kernel at another address when traced")
-    blocks = Counter()
+    base = text_address(lib, offset) - start           # guest address + base = the library's address
+    runs, listings, listing = Counter(), {}, None
     with open(log, "rb") as f:
         for line in f:
-            if (m := TRACE_PC.search(line)) is not None:
-                blocks[int(m.group(1), 16) - start + offset] += 1
+            if line.startswith(b"IN:"):
+                listing = []
+            elif listing is not None and (m := LISTED.match(line)):
+                listing.append(int(m.group(1), 16) + base)
+            else:
+                if listing:
+                    listings[listing[0]] = listing
+                listing = None
+                if (m := TRACE_PC.search(line)) is not None:
+                    runs[int(m.group(1), 16) + base] += 1
+    if listing:
+        listings[listing[0]] = listing
     log.unlink()
-    return blocks
+    return runs, listings
 
 
-# --- the code: instructions by file offset, blocks of equal counts ------------------------
+def text_address(lib: Path, offset: int) -> int:
+    """The virtual address of file offset ``offset`` in ``lib``'s executable segment."""
+    headers = subprocess.run(["llvm-objdump", "-p", str(lib)], capture_output=True, text=True, check=True).stdout
+    for m in re.finditer(r"LOAD off\s+0x([0-9a-f]+) vaddr 0x([0-9a-f]+).*?flags (\S+)", headers, re.S):
+        if "x" in m.group(3):
+            return offset - int(m.group(1), 16) + int(m.group(2), 16)
+    raise RuntimeError(f"pi_estimate.py: no executable segment in {lib}")
+
+
+# --- the code: instructions by address, blocks of equal counts ----------------------------
 
 OBJDUMP_LINE = re.compile(r"^\s*([0-9a-f]+):\s+(\S.*?)\s*(?://.*)?$")
 BRANCHES = {"b", "bl", "br", "blr", "ret", "cbz", "cbnz", "tbz", "tbnz"}
 
 
 def disassemble(lib: Path) -> dict[int, str]:
-    """The library's instructions by file offset (``llvm-objdump``; aarch64, ``.text``)."""
+    """The library's instructions by virtual address (``llvm-objdump``; aarch64)."""
     out = subprocess.run(["llvm-objdump", "-d", "--no-show-raw-insn", str(lib)], capture_output=True, text=True,
                          check=True).stdout
     return {int(m.group(1), 16): m.group(2) for line in out.splitlines() if (m := OBJDUMP_LINE.match(line))}
@@ -184,17 +211,15 @@ def is_branch(instruction: str) -> bool:
     return mnemonic in BRANCHES or mnemonic.startswith("b.")
 
 
-def instruction_runs(code: dict[int, str], blocks: Counter) -> dict[int, int]:
-    """Runs of each instruction: a translation block starts at a logged address and runs to
-    its first branch (inclusive) or the end of its 4 KiB page, qemu's limits."""
+def instruction_runs(code: dict[int, str], blocks: Counter, listings: dict[int, list[int]]) -> dict[int, int]:
+    """Runs of each instruction: each translation block's runs added to every instruction
+    qemu listed for it (:func:`instruction_counts`)."""
     runs: Counter = Counter()
     for start, count in blocks.items():
-        address = start
-        while address in code:
+        if start not in listings or any(a not in code for a in listings[start]):
+            raise RuntimeError(f"pi_estimate.py: qemu ran a block at 0x{start:x} that its log or the library lacks")
+        for address in listings[start]:
             runs[address] += count
-            if is_branch(code[address]) or (address + 4) % 4096 == 0:
-                break
-            address += 4
     return dict(runs)
 
 
@@ -326,8 +351,24 @@ class Estimate:
         return self.hot_macs / self.hot_cycles
 
 
+MULTIPLY = re.compile(r"^(?:mla|smlal2?|umlal2?|smull2?|umull2?)\s+v\d+\.(\d+)[bhs]")
+"""A vector multiply(-accumulate): its destination lanes are its products."""
+
+
+def counted_macs(code: dict[int, str], runs: dict[int, int], scheme) -> int:
+    """Multiply-accumulates the executed instructions did: per ``cnt`` 128 bits of every
+    plane, over the scheme's popcount terms; per multiply its destination lanes."""
+    if isinstance(scheme, PackedScheme):
+        cnt = sum(n for a, n in runs.items() if code[a].split()[0] == "cnt")
+        terms = len(scheme.terms(lambda p: tirx.Var("x", "uint32"), lambda p: tirx.Var("w", "uint32")))
+        return cnt * 128 // terms
+    return sum(n * int(m.group(1)) for a, n in runs.items() if (m := MULTIPLY.match(code[a])))
+
+
 def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict) -> Estimate:
-    """Build, count and model one kernel (module doc)."""
+    """Build, count and model one kernel (module doc). Raises ``RuntimeError`` when the
+    counts do not add up: the executed multiplies or popcounts must do the layer's MACs
+    (up to channel padding), and the hot loop cannot beat the formulation's bound."""
     cpu, _ = BOARDS[board]
     data, weight, stride, padding = LAYERS[layer]
     scheme, params = PRECISIONS[precision]
@@ -339,16 +380,27 @@ def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict
     func = f.spec.kernel_prim_func()
     args = [[[int(d) for d in p.shape], str(p.dtype)] for p in func.params]
     code = disassemble(lib)
-    blocks = blocks_of(code, instruction_runs(code, instruction_counts(lib, f.spec.symbol, args, workdir)))
-    cycles = mca_cycles({f"b{b.start:x}": b.instructions for b in blocks}, cpu)
-    runs = max(b.runs for b in blocks)
-    hot_cycles = sum(cycles[f"b{b.start:x}"] for b in blocks if b.runs == runs)
-    total = sum(b.runs * cycles[f"b{b.start:x}"] for b in blocks)
+    runs = instruction_runs(code, *instruction_counts(lib, f.spec.symbol, args, workdir))
     macs = int(np.prod(f.spec.out_shape)) * int(np.prod(weight[1:]))
+    padded = -(-weight[0] // 16) * 16 * -(-weight[1] // 32) * 32 * int(np.prod(weight[2:])) * \
+        int(np.prod(f.spec.out_shape[2:])) * data[0]
+    done = counted_macs(code, runs, f.spec.scheme)
+    if not macs <= done <= padded:
+        raise RuntimeError(f"pi_estimate.py: {board} {layer} {precision}: the traced run did {done} MACs, the layer "
+                           f"{macs} ({padded} with padded channels): the counts are wrong")
+    blocks = blocks_of(code, runs)
+    cycles = mca_cycles({f"b{b.start:x}": b.instructions for b in blocks}, cpu)
+    hot_runs = max(b.runs for b in blocks)
+    hot_cycles = sum(cycles[f"b{b.start:x}"] for b in blocks if b.runs == hot_runs)
+    total = sum(b.runs * cycles[f"b{b.start:x}"] for b in blocks)
     if (board, precision) not in bounds:
         bounds[board, precision] = bound(precision, cpu)
-    return Estimate(board, layer, precision, hot_cycles, macs / runs, total, runs * hot_cycles / total,
-                    bounds[board, precision])
+    result = Estimate(board, layer, precision, hot_cycles, macs / hot_runs, total, hot_runs * hot_cycles / total,
+                      bounds[board, precision])
+    if result.macs_per_cycle > 1.01 * result.bound:
+        raise RuntimeError(f"pi_estimate.py: {board} {layer} {precision}: {result.macs_per_cycle:.1f} MAC/cycle "
+                           f"above the formulation's bound {result.bound:.1f}: the counts are wrong")
+    return result
 
 
 def main(argv=None) -> None:

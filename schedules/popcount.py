@@ -9,7 +9,9 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
   (dense) so that ``tile x G`` accumulators stay in registers;
 * computes ``acc`` inside that tile with the reductions (kernel taps, words) outside the
   unrolled tile, so each weight vector is loaded once and each input word is broadcast
-  (folded into the instruction where the ISA allows) for ``G`` popcount terms;
+  (folded into the instruction where the ISA allows) for ``G`` popcount terms; on NEON the
+  kernel's columns are unrolled inside the tile too (:attr:`~.isa.Isa.taps_in_tile`), so
+  neighbouring pixels share the input words they read;
 * keeps the accumulators in registers (a stack buffer under 1 KiB, see
   :data:`tiling.TILE_SCOPE`), combines and stores them right after the reduction (the
   epilogue never round-trips int32 through memory);

@@ -108,18 +108,18 @@ def acc_shape(sch, acc):
 
 def register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable, permute=True, inside=()):
     """After ``compute_at``: reductions outside, the tile unrolled and vectorized inside,
-    accumulators in registers; parallelizes ``parallel``. ``tunable`` samples the unroll
-    depth and, with ``permute`` and integer accumulators (whose sums do not depend on the
-    order), the order of the reduction loops. Returns the reduction loops, outermost first."""
+    accumulators in registers; parallelizes ``parallel``. The reductions named in ``inside``
+    (e.g. ``"r1"``) go between the others and the tile, unrolled with it. ``tunable`` samples
+    the unroll depth and, with ``permute`` and integer accumulators (whose sums do not depend
+    on the order), the order of the outer reduction loops. Returns those, outermost first."""
     named = [*tile_names, ("group", groups), ("lane", lanes),
              *((f"r{i}", e) for i, e in enumerate(reduce_extents))]
     loops = loops_by_extent(sch, acc, named)
     tile = [loops[name] for name, _ in named if name in loops and not name.startswith("r")]
-    reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r")]
+    reduce = [loops[name] for name, _ in named if name in loops and name.startswith("r") and name not in inside]
+    inner = [loops[name] for name in inside if name in loops]
     if reduce and tunable and permute and "int" in str(sch.get(acc).writes[0].source.dtype):
         reduce = sample_order(sch, reduce)           # integer sums only: float sums depend on the order
-    inner = [loops[name] for name in inside if name in loops]
-    reduce = [loop for loop in reduce if not any(loop.same_as(i) for i in inner)]
     if reduce or inner:
         sch.reorder(*reduce, *inner, *tile)
     for loop in inner:

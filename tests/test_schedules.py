@@ -70,19 +70,20 @@ def test_neon_kernels_accumulate_popcounts_in_16_bit_lanes(op, scheme, params):
 
 
 @pytest.mark.parametrize("epilogue", ["requantize", "affine"])
-@pytest.mark.parametrize("width", [56, 14, 7])
-def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, width):
+@pytest.mark.parametrize("width,most", [(56, 1 / 3), (14, 1 / 3), (7, 1 / 2)])
+def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, width, most):
     """On NEON a broadcast (``ld1r``) takes a pipe slot like an ALU op, so a ternary conv tile
     shares each broadcast input word: two output-channel blocks where the row's pixel tile
     allows it (not at width 7: one block of 7 pixels loads less), and the kernel's columns
     unrolled inside the tile (pixels o and o + 1 read the same word for columns c + 1 and c).
     A tile of one block with the columns outside broadcasts each plane's word once per pixel
-    and tap, as many ``ld1r`` as ``cnt``; here at most half as many."""
+    and tap, as many ``ld1r`` as ``cnt``. Either change alone leaves 0.42-0.5 per ``cnt`` at
+    widths 56 and 14 (both: 0.25 and 0.33); at width 7 the columns alone give 0.43."""
     f = tvm_ternary.op("conv2d", "ternary", (1, 128, width, width), (128, 128, 3, 3), padding=1, target=RASP4,
                        epilogue=epilogue)
     asm = f.kernel_asm()
     cnt, ld1r = count(asm, "cnt"), count(asm, "ld1r")
-    assert cnt >= 12 and 0 < ld1r <= cnt / 2, (cnt, ld1r)
+    assert cnt >= 12 and 0 < ld1r <= cnt * most, (cnt, ld1r)
 
 
 def test_isa_of_pinned_targets():
