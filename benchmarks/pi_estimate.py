@@ -4,6 +4,7 @@ measurements.
 
     python benchmarks/pi_estimate.py                                  # Pi 4 and Pi 3, the four 3x3 layers
     python benchmarks/pi_estimate.py --boards rasp4 --layers all --csv pi.csv
+    python benchmarks/pi_estimate.py --pessimistic                    # spilled registers' reloads wait too
 
 For each board (Pi 4: Cortex-A72 at 1.5 GHz; Pi 3: Cortex-A53 at 1.2 GHz), ResNet-18
 layer and precision, the conv2d kernel is built for the board's target as a network runs
@@ -259,15 +260,19 @@ MCA_REGION = re.compile(r"\[\d+\] Code Region - (\S+).*?Iterations:\s+(\d+).*?To
                         r".*?Resource pressure per iteration:\n[^\n]*\n([^\n]*)", re.S)
 
 
-def mca_cycles(regions: dict[str, list[str]], cpu: str, throughput: bool = False) -> dict[str, float]:
+def mca_cycles(regions: dict[str, list[str]], cpu: str, throughput: bool = False,
+               pessimistic: bool = False) -> dict[str, float]:
     """llvm-mca's steady-state cycles per run of each region (name -> instructions) on ``cpu``;
     with ``throughput``, the cycles its busiest pipe needs per run instead (the region's
-    resource pressure, whatever the instructions' dependencies)."""
+    resource pressure, whatever the instructions' dependencies). ``pessimistic``: every load
+    waits for the stores before it (``-noalias=false``; by default llvm-mca lets loads pass
+    stores, so a spilled register's reload never waits for its store)."""
     if not regions:
         return {}
     source = "".join(_mca_source(name, body) for name, body in regions.items())
     result = subprocess.run(["llvm-mca", "-mtriple=aarch64", f"-mcpu={cpu}", f"-iterations={MCA_ITERATIONS}",
-                             "-all-views=false", "-summary-view", "-resource-pressure"], input=source,
+                             "-all-views=false", "-summary-view", "-resource-pressure",
+                             f"-noalias={'false' if pessimistic else 'true'}"], input=source,
                             capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"pi_estimate.py: llvm-mca failed on the kernel's code: {result.stderr.strip()[:2000]}")
@@ -365,10 +370,12 @@ def counted_macs(code: dict[int, str], runs: dict[int, int], scheme) -> int:
     return sum(n * int(m.group(1)) for a, n in runs.items() if (m := MULTIPLY.match(code[a])))
 
 
-def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict) -> Estimate:
-    """Build, count and model one kernel (module doc). Raises ``RuntimeError`` when the
-    counts do not add up: the executed multiplies or popcounts must do the layer's MACs
-    (up to channel padding), and the hot loop cannot beat the formulation's bound."""
+def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict,
+             pessimistic: bool = False) -> Estimate:
+    """Build, count and model one kernel (module doc; ``pessimistic``: see :func:`mca_cycles`).
+    Raises ``RuntimeError`` when the counts do not add up: the executed multiplies or
+    popcounts must do the layer's MACs (up to channel padding), and the hot loop cannot
+    beat the formulation's bound."""
     cpu, _ = BOARDS[board]
     data, weight, stride, padding = LAYERS[layer]
     scheme, params = PRECISIONS[precision]
@@ -389,7 +396,7 @@ def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict
         raise RuntimeError(f"pi_estimate.py: {board} {layer} {precision}: the traced run did {done} MACs, the layer "
                            f"{macs} ({padded} with padded channels): the counts are wrong")
     blocks = blocks_of(code, runs)
-    cycles = mca_cycles({f"b{b.start:x}": b.instructions for b in blocks}, cpu)
+    cycles = mca_cycles({f"b{b.start:x}": b.instructions for b in blocks}, cpu, pessimistic=pessimistic)
     hot_runs = max(b.runs for b in blocks)
     hot_cycles = sum(cycles[f"b{b.start:x}"] for b in blocks if b.runs == hot_runs)
     total = sum(b.runs * cycles[f"b{b.start:x}"] for b in blocks)
@@ -409,6 +416,9 @@ def main(argv=None) -> None:
     p.add_argument("--layers", default=",".join(DEFAULT_LAYERS),
                    help=f"comma list from {list(LAYERS)}, or 'all' (default: the four stride-1 3x3 layers)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help=f"comma list from {list(PRECISIONS)}")
+    p.add_argument("--pessimistic", action="store_true",
+                   help="llvm-mca -noalias=false: every load waits for the stores before it (a spilled register's "
+                        "reload too); by default loads pass stores")
     p.add_argument("--csv", help="also write the rows to this CSV file")
     args = p.parse_args(argv)
     layers = list(LAYERS) if args.layers == "all" else args.layers.split(",")
@@ -423,9 +433,10 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for job in tqdm(jobs, desc="build+count+model", unit="kernel"):
-            rows.append(estimate(*job, Path(tmp), bounds))
+            rows.append(estimate(*job, Path(tmp), bounds, args.pessimistic))
     print("MODEL ESTIMATES, not measurements: llvm-mca's Cortex-A72 (Pi 4, 1.5 GHz) and Cortex-A53 (Pi 3, 1.2 GHz) "
-          "models, instruction counts from one run on the emulated board; real numbers: speedup.py --rpc on a board")
+          "models, instruction counts from one run on the emulated board; real numbers: speedup.py --rpc on a board"
+          + ("; pessimistic: every load waits for earlier stores" if args.pessimistic else ""))
     header = ["board", "layer", "precision", "cycles_per_iter", "macs_per_iter", "macs_per_cycle", "bound",
               "of_bound", "layer_mcycles", "hot_share", "est_ms", "x_w2a2", "x_int8"]
     table = []

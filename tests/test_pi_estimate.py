@@ -72,6 +72,8 @@ def test_estimate_counts_every_multiply_accumulate_once(tmp_path, monkeypatch):
     assert est.hot_macs % 128 == 0 and 16 * 7 * 14 * 128 * 9 % est.hot_macs == 0
     assert 0.5 < est.hot_share < 1 and 0.5 < est.macs_per_cycle / est.bound <= 1.01
     assert est.bound == pytest.approx(pi_estimate.bound("ternary", "cortex-a72"))
+    waiting = pi_estimate.estimate("rasp4", "small", "ternary", tmp_path, {}, pessimistic=True)
+    assert waiting.hot_macs == est.hot_macs and waiting.layer_cycles > est.layer_cycles   # stores, then loads
     counts = pi_estimate.instruction_counts
     monkeypatch.setattr(pi_estimate, "instruction_counts", lambda *a: (lambda runs, listings: (
         runs, {start: listing[:1] for start, listing in listings.items()}))(*counts(*a)))
