@@ -71,6 +71,9 @@ from tvm_ternary.emulator.rootfs import ESTIMATE_TOOLS, missing_host_tools, root
 from tvm_ternary.remote import export
 from tvm_ternary.schemes import PackedScheme
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from neon_instructions import DENSE_ONLY, PRECISIONS as NEON_PRECISIONS, terms_per_word  # noqa: E402
+
 BOARDS = {"rasp4": ("cortex-a72", 1.5e9), "rasp3": ("cortex-a53", 1.2e9)}
 """Board (a target preset) -> (its core, for llvm-mca; its clock in Hz)."""
 
@@ -89,14 +92,9 @@ LAYERS = {  # name: (data shape, weight shape, stride, padding)
 """ResNet-18's quantized layers (its stem and classifier run in int8 or float in models)."""
 DEFAULT_LAYERS = [name for name in LAYERS if name.startswith("conv3x3_") and "_s2_" not in name]
 
-PRECISIONS = {
-    "w1a1": ("bitserial", {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}),
-    "w2a2": ("bitserial", {"abits": 2, "wbits": 2}),
-    "ternary": ("ternary", {}),
-    "fatnn": ("fatnn", {}),
-    "fgq": ("int8", {"abits": 8, "wbits": 4}),
-    "int8": ("int8", {}),
-}
+PRECISIONS = {name: scheme for name, scheme in NEON_PRECISIONS.items() if name not in DENSE_ONLY}
+"""neon_instructions.py's conv2d precisions: w1a1, w2a2, ternary, fatnn, fgq (the int8 kernel
+with 4-bit weights, as a model's FGQ layers run) and int8 (our 8-bit NEON kernel)."""
 
 
 MCA_ITERATIONS = 100
@@ -285,10 +283,10 @@ def mca_cycles(regions: dict[str, list[str]], cpu: str, throughput: bool = False
 
 # --- the formulation's bound -----------------------------------------------------------------
 
-def popcount_mix(scheme: PackedScheme) -> tuple[list[tuple[str, str, tuple[str, ...]]], list[str]]:
+def popcount_mix(scheme: PackedScheme) -> list[tuple[str, str, tuple[str, ...]]]:
     """The scheme's instructions per 128-bit word of every plane: ``(op, result, operands)``
     in order (logic ops of the terms with shared subexpressions once, then per term ``cnt``
-    and ``uadalp`` into an accumulator), and the operand names (planes ``x*``/``w*``)."""
+    and ``uadalp`` into an accumulator; operands ``x*``/``w*`` are the planes)."""
     ops: list[tuple[str, str, tuple[str, ...]]] = []
     names: dict[str, str] = {}
     kinds = {tirx.BitwiseAnd: "and", tirx.BitwiseXor: "eor", tirx.BitwiseOr: "orr"}
@@ -309,8 +307,7 @@ def popcount_mix(scheme: PackedScheme) -> tuple[list[tuple[str, str, tuple[str, 
         value = emit(term)
         ops.append(("cnt", f"c{i}", (value,)))
         ops.append(("uadalp", f"a{i}", (f"c{i}",)))
-    operands = sorted({name for name in names.values() if name[0] in "xw"})
-    return ops, operands
+    return ops
 
 
 def _bound_source(ops) -> str:
@@ -334,7 +331,7 @@ def bound(precision: str, cpu: str) -> float:
     if scheme_name == "int8":
         body, macs = "smlal v0.4s, v1.4h, v2.h[0]", 4
     else:
-        body, macs = _bound_source(popcount_mix(tvm_ternary.make_scheme("conv2d", scheme_name, **params))[0]), 128
+        body, macs = _bound_source(popcount_mix(tvm_ternary.make_scheme("conv2d", scheme_name, **params))), 128
     return macs / mca_cycles({"bound": body.splitlines()}, cpu, throughput=True)["bound"]
 
 
@@ -365,8 +362,7 @@ def counted_macs(code: dict[int, str], runs: dict[int, int], scheme) -> int:
     plane, over the scheme's popcount terms; per multiply its destination lanes."""
     if isinstance(scheme, PackedScheme):
         cnt = sum(n for a, n in runs.items() if code[a].split()[0] == "cnt")
-        terms = len(scheme.terms(lambda p: tirx.Var("x", "uint32"), lambda p: tirx.Var("w", "uint32")))
-        return cnt * 128 // terms
+        return cnt * 128 // terms_per_word(scheme)
     return sum(n * int(m.group(1)) for a, n in runs.items() if (m := MULTIPLY.match(code[a])))
 
 

@@ -21,7 +21,7 @@ than 28 in a per-iteration heap workspace.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -77,8 +77,7 @@ def kernel_isa(target: Target, weight_shape: Sequence[int] = ()) -> Isa:
     if isa.word_bits == 16 and len(weight_shape) >= 2:
         words = -(-int(weight_shape[1]) // 16) * int(np.prod(weight_shape[2:], dtype=np.int64))
         if words > MAX_NARROW_WORDS:
-            return Isa(isa.name, isa.lanes * 16 // 32, isa.accumulator_budget,
-                       conv_channel_blocks=isa.conv_channel_blocks, taps_in_tile=isa.taps_in_tile)
+            return replace(isa, lanes=isa.lanes * 16 // 32, word_bits=32)
     return isa
 
 

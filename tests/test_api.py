@@ -553,6 +553,17 @@ def spread_affine(f, x, w, rng, quantum=0.05):
     return scale, bias
 
 
+def check_equals_float_path(f, nxt, rng) -> None:
+    """``f``'s byte requantize epilogue on random values spread over the levels writes the
+    bytes of the path it replaces in a model (:func:`float_path_bytes`), over 100 levels of them."""
+    s = f.spec
+    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+    scale, bias = spread_affine(f, x, w, rng)
+    fused = f(x, w, scale=scale, bias=bias)
+    np.testing.assert_array_equal(fused, float_path_bytes(f, nxt, x, w, scale, bias))
+    assert len(np.unique(fused)) > 100
+
+
 def float_path_bytes(f, nxt, x, w, scale, bias) -> np.ndarray:
     """What the byte requantize epilogue of ``f`` replaces in a model: ``f``'s layer with the
     affine epilogue writing blocked float32, then ``nxt``'s quantize stage reading it."""
@@ -598,12 +609,7 @@ def test_byte_requantize_epilogue_equals_the_float_path(rng):
     blocked float32 output, then the next layer's quantize stage), with signed levels and ReLU."""
     f, nxt = byte_requantize_op(AVX2, (1, 24, 10, 9), (16, 24, 3, 3), 1, 1, (2, 1, 16), "affine_relu_requantize",
                                 dict(activation_encoding="signed", abits=8, wbits=4))
-    s = f.spec
-    x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
-    scale, bias = spread_affine(f, x, w, rng)
-    fused = f(x, w, scale=scale, bias=bias)
-    np.testing.assert_array_equal(fused, float_path_bytes(f, nxt, x, w, scale, bias))
-    assert len(np.unique(fused)) > 100
+    check_equals_float_path(f, nxt, rng)
 
 
 def test_byte_requantize_errors():

@@ -19,7 +19,7 @@ def test_formulation_mixes_come_from_the_schemes_terms():
     """Ternary: mask and sign terms sharing the mask's ``and``; w2a2: four plane products;
     w1a1: one XNOR-style term under the validity plane. Each term then one cnt and one uadalp."""
     def ops(scheme, **params):
-        return [op for op, _, _ in pi_estimate.popcount_mix(tvm_ternary.make_scheme("conv2d", scheme, **params))[0]]
+        return [op for op, _, _ in pi_estimate.popcount_mix(tvm_ternary.make_scheme("conv2d", scheme, **params))]
     assert ops("ternary") == ["and", "cnt", "uadalp", "eor", "and", "cnt", "uadalp"]
     assert ops("bitserial", abits=2, wbits=2) == ["and", "cnt", "uadalp"] * 4
     assert ops("bitserial", abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar") == \

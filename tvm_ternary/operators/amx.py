@@ -45,7 +45,7 @@ from tvm import tirx
 from tvm.script.ir_builder import IRBuilder
 from tvm.script.ir_builder import tirx as T
 
-from .compute import ByteRequantizer, affine_value, padded_pixel, phase_grid, phased_position
+from .compute import ByteRequantizer, affine_value
 
 TILE_ROWS = 16
 """Rows of an AMX tile: output positions of an A/C tile, channel quads of a B tile."""
@@ -205,19 +205,11 @@ def conv2d_amx(symbol: str, data_shape: Sequence[int], weight_shape: Sequence[in
                                                                  residual[index] if residual is not None else None)
                                         if requantizer is not None:
                                             value = requantizer.byte(value)
-                                            index = (image, *_next_position(requantizer, (y, xo), out_spatial), channel)
+                                            index = (image, *requantizer.position((y, xo), out_spatial), channel)
                                         T.buffer_store(out, value, list(index))
             if requantizer is not None:
                 _store_padding(out, requantizer, out_spatial, k)
     return ib.get()
-
-
-def _next_position(requantizer: ByteRequantizer, pixel, out_spatial: Sequence[int]) -> tuple:
-    """Where output pixel ``(y, x)`` lies in the next layer's padded (phase-split) data layout."""
-    y, x = (q + p for q, p in zip(pixel, requantizer.padding))
-    if not any(s > 1 for s in requantizer.phases):
-        return y, x
-    return phased_position(y, x, requantizer.phases, phase_grid(requantizer.padded(out_spatial), requantizer.phases)[0])
 
 
 def _store_padding(out, requantizer: ByteRequantizer, out_spatial: Sequence[int], channels: int) -> None:
@@ -226,8 +218,6 @@ def _store_padding(out, requantizer: ByteRequantizer, out_spatial: Sequence[int]
     channels past ``channels`` (0)."""
     n, rows, cols, padded_channels = (int(d) for d in out.shape)
     (oh, ow), (ph, pw) = out_spatial, requantizer.padding
-    phased = any(s > 1 for s in requantizer.phases)
-    grid_rows = phase_grid(requantizer.padded(out_spatial), requantizer.phases)[0] if phased else 0
     assert padded_channels % LANES == 0 and channels % LANES == 0
 
     def store(image, row, col, first_chunk, value):
@@ -239,7 +229,7 @@ def _store_padding(out, requantizer: ByteRequantizer, out_spatial: Sequence[int]
     with T.parallel(0, n * rows) as task:
         image, row = task // rows, task % rows
         with T.serial(0, cols) as col:
-            y, x = padded_pixel(row, col, requantizer.phases, grid_rows) if phased else (row, col)
+            y, x = requantizer.padded_pixel(row, col, out_spatial)
             outside = tirx.any(y < ph, y >= ph + oh, x < pw, x >= pw + ow)
             with T.If(outside):
                 with T.Then():

@@ -503,6 +503,19 @@ class ByteRequantizer:
         """Shape of the bytes written for an output ``[n, K, *spatial]``."""
         return byte_layout_shape(n, self.padded(spatial), self.channels, self.phases)
 
+    def position(self, pixel: Sequence[PrimExpr], spatial: Sequence[int]) -> tuple[PrimExpr, PrimExpr]:
+        """Where output pixel ``(y, x)`` of an output of sizes ``spatial`` lies in the layout."""
+        y, x = (q + p for q, p in zip(pixel, self.padding))
+        if not any(s > 1 for s in self.phases):
+            return y, x
+        return phased_position(y, x, self.phases, phase_grid(self.padded(spatial), self.phases)[0])
+
+    def padded_pixel(self, row: PrimExpr, col: PrimExpr, spatial: Sequence[int]) -> tuple[PrimExpr, PrimExpr]:
+        """The padded pixel at ``(row, col)`` of the layout (:func:`padded_pixel`)."""
+        if not any(s > 1 for s in self.phases):
+            return row, col
+        return padded_pixel(row, col, self.phases, phase_grid(self.padded(spatial), self.phases)[0])
+
 
 def requantize_bytes(y: te.Tensor, scale: te.Tensor, bias: te.Tensor, relu: bool, requantizer: ByteRequantizer,
                      block: int) -> te.Tensor:

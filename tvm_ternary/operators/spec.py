@@ -388,18 +388,18 @@ class OperatorSpec:
             out = packed_correlation(data, weight_args[0], self.scheme, self.weight_shape[0], out_spatial,
                                      self.stride if ordinary else (1,) * len(self.stride), correction, geometry,
                                      self.dilation if ordinary else ())
-        if self.requantizer is not None:
+        if self.epilogue.startswith("affine"):          # the byte requantize epilogues too
             scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
-            out = requantize_bytes(out, scale, bias, "_relu" in self.epilogue, self.requantizer, self.block)
             weight_args += [scale, bias]
+        if self.requantizer is not None:
+            out = requantize_bytes(out, scale, bias, "_relu" in self.epilogue, self.requantizer, self.block)
         elif self.epilogue.startswith("affine"):
-            scale, bias = (te.placeholder((self.weight_shape[0],), "float32", name=n) for n in ("scale", "bias"))
             residual = None
             if self.epilogue in RESIDUAL_EPILOGUES:
                 residual = te.placeholder(self.kernel_output()[0], "float32", name="residual")
+                weight_args.append(residual)
             out = affine(out, scale, bias, self.epilogue.endswith("_relu"), self.block if self.blocked_output else 0,
                          residual, row_scale if self.scheme.per_token else None)
-            weight_args += [scale, bias] + ([residual] if residual is not None else [])
         if self.epilogue == "requantize":
             thresholds = te.placeholder((self.threshold_count, self.weight_shape[0]), "int32", name="thresholds")
             out = requantize_pack(out, thresholds, self.scheme.activation, self.next_padding, self.block,
