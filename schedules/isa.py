@@ -58,6 +58,13 @@ class Isa:
     of the bound on Cortex-A72 with one channel block, 88-94% with two blocks and the
     columns inside)."""
 
+    tile_registers: int = 0
+    """With :attr:`taps_in_tile`: the vector values a conv tile may keep live, accumulators,
+    every column's weight vectors and the broadcast inputs of its row together
+    (:class:`~.tiling.ColumnTile`). More than NEON's 32 registers, as LLVM loads part of the
+    inputs just before their use: 40 ran without spills on Cortex-A72 (ternary: 4 pixels x 2
+    blocks), 42 spilled (w1a1: 8 pixels x 2 blocks; ``benchmarks/pi_estimate.py``)."""
+
     @property
     def int32_lanes(self) -> int:
         """32-bit lanes per vector register (FGQ's int32/float32 accumulators)."""
@@ -66,7 +73,7 @@ class Isa:
 
 AVX512 = Isa("avx512", 16, 28)
 AVX2 = Isa("avx2", 4, 10, word_bits=64)
-NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True)
+NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True, tile_registers=40)
 BASELINE = Isa("baseline", 4, 10)
 
 

@@ -39,7 +39,7 @@ from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, KernelRule, acc_shape, batch_tile, divisors, fewest_loads,
+from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, ColumnTile, KernelRule, acc_shape, batch_tile, divisors, fewest_loads,
                      register_tile, tile_budget, tile_output)
 
 MAX_EPILOGUE_TILE = 8
@@ -51,21 +51,24 @@ def _blocks(sch: s_tir.Schedule) -> dict:
     return {sch.get(b).name_hint: b for b in sch.get_child_blocks(sch.get_sblock("root"))}
 
 
-def _channel_blocks(sch: s_tir.Schedule, acc, out, target: Target, groups: int, budget: int) -> int:
-    """Output-channel blocks per conv tile: 2 for the float conv kernel, whose every
-    multiply-add otherwise comes with a load (a broadcast input and, per tap, the weight
-    vector), so two blocks share each broadcast; for the popcount kernels up to the ISA's
-    :attr:`~.isa.Isa.conv_channel_blocks` (2 on NEON; 1 on x86, where two blocks measured
-    slower: spills), as many as load the fewest vectors (:func:`.tiling.fewest_loads`)."""
+def _conv_tile(sch: s_tir.Schedule, acc, out, target: Target, groups: int, budget: int,
+               reduce_extents) -> tuple[int, int | None]:
+    """``(output-channel blocks, pixels or None)`` of a conv tile (None: the most the
+    accumulator budget allows, :func:`.tiling.tile_conv`). Blocks: 2 for the float conv
+    kernel, whose every multiply-add otherwise comes with a load (a broadcast input and, per
+    tap, the weight vector), so two blocks share each broadcast; for the popcount kernels up
+    to the ISA's :attr:`~.isa.Isa.conv_channel_blocks` (2 on NEON; 1 on x86, where two blocks
+    measured slower: spills), as many as load the fewest vectors (:func:`.tiling.fewest_loads`,
+    within the registers of :func:`_column_tile`)."""
     buffer = sch.get(acc).writes[0].source
     if "float" in str(buffer.dtype):
-        return 2 if int(buffer.shape[1]) % 2 == 0 else 1
+        return (2 if int(buffer.shape[1]) % 2 == 0 else 1), None
     most = isa_of(target).conv_channel_blocks
     if most == 1 or len(sch.get_loops(out)) < 4:     # dense: batch rows and blocks are tiled elsewhere
-        return 1
+        return 1, None
     width = int(sch.get(sch.get_loops(out)[3]).extent)
     choices = [b for b in divisors(int(buffer.shape[1])) if b <= most]
-    return fewest_loads(width, groups, budget, choices)[0]
+    return fewest_loads(width, groups, budget, choices, columns=_column_tile(sch, acc, target, reduce_extents))
 
 
 def _taps_inside(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> tuple[str, ...]:
@@ -76,6 +79,16 @@ def _taps_inside(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> tu
     would change order)."""
     integer = "int" in str(sch.get(acc).writes[0].source.dtype)
     return ("r1",) if isa_of(target).taps_in_tile and integer and len(reduce_extents) == 3 else ()
+
+
+def _column_tile(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> ColumnTile | None:
+    """The registers a tile with the kernel's columns inside (:func:`_taps_inside`) keeps live
+    besides its accumulators, from the planes of ``acc``'s ``data`` (``[N, Pa, H, W, Cw]``)
+    and ``weight`` (``[Kb, Pw, KH, KW, Cw, V]``); None without the columns inside."""
+    if not _taps_inside(sch, acc, target, reduce_extents):
+        return None
+    planes = {r.source.name: int(r.source.shape[1]) for r in sch.get(acc).reads}
+    return ColumnTile(reduce_extents[1], planes["weight"], planes["data"], isa_of(target).tile_registers)
 
 
 class PopcountKernel(KernelRule):
@@ -95,8 +108,8 @@ class PopcountKernel(KernelRule):
         groups, lanes, reduce_extents = acc_shape(sch, acc)
         budget = tile_budget(sch, acc, isa_of(target).accumulator_budget)
         blocked = len(sch.get_loops(out)) == 5          # a channel-blocked output [N, K/V, OH, OW, V]
-        blocks_per_tile = _channel_blocks(sch, acc, out, target, groups, budget)
-        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, blocks_per_tile)
+        blocks_per_tile, pixels = _conv_tile(sch, acc, out, target, groups, budget, reduce_extents)
+        tile_names, parallel = tile_output(sch, out, lanes, groups, budget, tunable, blocks_per_tile, pixels=pixels)
         reduce = register_tile(sch, acc, tile_names, groups, lanes, reduce_extents, parallel, tunable,
                                inside=_taps_inside(sch, acc, target, reduce_extents))
         if blocked:                                      # contiguous lanes: the epilogue is vector code
@@ -117,7 +130,8 @@ class PopcountKernel(KernelRule):
             oh, ow = spatial
             width = int(sch.get(ow).extent)
             choices = [d for d in divisors(int(sch.get(part).extent)) if d <= isa_of(target).conv_channel_blocks]
-            per_tile, pixels = fewest_loads(width, groups, budget, choices, MAX_EPILOGUE_TILE)
+            per_tile, pixels = fewest_loads(width, groups, budget, choices, MAX_EPILOGUE_TILE,
+                                            _column_tile(sch, acc, target, reduce_extents))
             if tunable:                 # several blocks: no tile past the register budget
                 most = MAX_EPILOGUE_TILE if per_tile == 1 else max(1, budget // (groups * per_tile))
                 factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=min(MAX_EPILOGUE_TILE, most))

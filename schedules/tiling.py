@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Sequence
 
 import tvm
@@ -67,16 +68,39 @@ def pick_tile(extent: int, per_item: int, budget: int) -> int:
     return best
 
 
-def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0
-                 ) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ColumnTile:
+    """The vector values a popcount conv tile that unrolls the kernel's ``columns`` inside it
+    (:attr:`~.isa.Isa.taps_in_tile`) keeps live besides its accumulators: each column's
+    ``weight_planes`` weight vectors per channel block, and the broadcast input words of
+    ``input_planes`` planes at the ``pixels + columns - 1`` positions the tile's row reads.
+    All of them together stay within ``registers`` (:attr:`~.isa.Isa.tile_registers`)."""
+
+    columns: int
+    weight_planes: int
+    input_planes: int
+    registers: int
+
+    def most_pixels(self, width: int, accumulators_per_pixel: int, blocks: int) -> int:
+        """The pixel run (a divisor of ``width``, :func:`pick_tile`) of a tile of ``blocks``
+        channel blocks whose values fit :attr:`registers`."""
+        fixed = self.columns * blocks * self.weight_planes + (self.columns - 1) * self.input_planes
+        return pick_tile(width, accumulators_per_pixel + self.input_planes, self.registers - fixed)
+
+
+def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0,
+                 columns: ColumnTile | None = None) -> tuple[int, int]:
     """``(channel blocks, pixels)`` of a conv tile, the blocks among ``blocks``, each with its
     pixel run (:func:`pick_tile` of ``per_pixel`` accumulators per pixel and block, at most
-    ``most_pixels`` with a divisor of ``width`` when given): the pair that loads the fewest
-    vectors per product. Per input word a tile of ``t`` pixels and ``b`` blocks loads ``b``
-    weight vectors and ``t`` broadcast inputs for ``t * b`` products, so ``1/t + 1/b`` per
-    product (ties: fewer blocks)."""
+    ``most_pixels`` with a divisor of ``width`` when given, and with ``columns`` inside the
+    tile at most what fits its registers, :meth:`ColumnTile.most_pixels`): the pair that loads
+    the fewest vectors per product. Per input word a tile of ``t`` pixels and ``b`` blocks
+    loads ``b`` weight vectors and ``t`` broadcast inputs for ``t * b`` products, so
+    ``1/t + 1/b`` per product (ties: fewer blocks)."""
     def pixels(b: int) -> int:
         t = pick_tile(width, per_pixel * b, budget)
+        if columns is not None:
+            t = min(t, columns.most_pixels(width, per_pixel * b, b))
         return min(t, max(d for d in divisors(width) if d <= most_pixels)) if most_pixels else t
     return min(((b, pixels(b)) for b in sorted(blocks)), key=lambda bt: (1 / bt[1] + 1 / bt[0], bt[0]))
 
@@ -183,11 +207,12 @@ def sample_channel_blocks(sch, ko, per_pixel: int, budget: int, default: int) ->
     return sample_choice(sch, [c for c in CHANNEL_BLOCKS if blocks % c == 0 and c * per_pixel <= budget], default)
 
 
-def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1, reduction="acc"):
+def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_blocks=1, reduction="acc", pixels=None):
     """Tile an NCHW output (loops ``n, ko, oh, ow, ki``) by ``channel_blocks`` blocks of output
-    channels and a pixel run of its rows, so that ``blocks x tile x per_pixel`` accumulators
-    fit the register budget, and compute the ``reduction`` block there. Returns the tile's
-    names and the fused parallel loop."""
+    channels and a pixel run of its rows (``pixels`` if given, else the most for which
+    ``blocks x tile x per_pixel`` accumulators fit the register budget; sampled when
+    ``tunable``), and compute the ``reduction`` block there. Returns the tile's names and the
+    fused parallel loop."""
     oh, ow = spatial
     if tunable:
         channel_blocks = sample_channel_blocks(sch, ko, per_pixel, budget, channel_blocks)
@@ -196,7 +221,7 @@ def tile_conv(sch, n, ko, spatial, ki, per_pixel, budget, tunable, channel_block
     if tunable:
         factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=max(1, 2 * budget // groups))
     else:
-        factors = [None, pick_tile(width, groups, budget)]
+        factors = [None, pixels or pick_tile(width, groups, budget)]
     owo, owi = sch.split(ow, factors)
     koo, koi = sch.split(ko, [None, channel_blocks])
     sch.reorder(n, koo, oh, owo, koi, owi, ki)
@@ -237,17 +262,17 @@ def tile_dense(sch, n, ko, ki, groups, budget, tunable, reduction="acc"):
     return tile, sch.fuse(kso, no)
 
 
-def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1, reduction="acc"):
+def tile_output(sch, out, lanes, per_item, budget, tunable, channel_blocks=1, reduction="acc", pixels=None):
     """Split the output channels of ``out`` (``[N, K, *spatial]``) by ``lanes``, or take its
     channel blocks (a blocked conv2d output ``[N, K/lanes, OH, OW, lanes]``), and tile it
-    (:func:`tile_conv` with ``channel_blocks``, or :func:`tile_dense`), computing the
-    ``reduction`` block in the tile; returns the tile's names and the parallel loop."""
+    (:func:`tile_conv` with ``channel_blocks`` and ``pixels``, or :func:`tile_dense`),
+    computing the ``reduction`` block in the tile; returns the tile's names and the parallel loop."""
     loops = sch.get_loops(out)
     if len(loops) == 5:                 # blocked NCHW{lanes}c
         n, ko, *spatial, ki = loops
-        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction)
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction, pixels)
     n, k, *spatial = loops
     ko, ki = sch.split(k, [None, lanes])
     if spatial:
-        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction)
+        return tile_conv(sch, n, ko, spatial, ki, per_item, budget, tunable, channel_blocks, reduction, pixels)
     return tile_dense(sch, n, ko, ki, per_item, budget, tunable, reduction)

@@ -1,12 +1,17 @@
-"""Shared test helpers: pinned targets and a per-test random generator."""
+"""Shared test helpers: pinned targets, a per-test random generator and the benchmark
+scripts on ``sys.path`` (for the tests that check them)."""
 
 from __future__ import annotations
 
+import sys
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
 
 AVX2 = {"kind": "llvm", "mcpu": "haswell"}
 """x86 target pinned to AVX2 so results and asm do not depend on the test machine."""

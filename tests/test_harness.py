@@ -6,13 +6,12 @@ import os
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import harness  # noqa: E402
+import harness  # conftest puts benchmarks/ on sys.path
+
+from .conftest import BENCHMARKS
 
 
 def test_time_calls_cycles_through_every_weight_copy():

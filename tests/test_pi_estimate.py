@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 import tvm_ternary
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-sys.path.insert(0, str(BENCHMARKS))
-import pi_estimate  # noqa: E402
+import pi_estimate  # conftest puts benchmarks/ on sys.path
 
 
 def test_formulation_mixes_come_from_the_schemes_terms():

@@ -18,8 +18,10 @@ from tvm_ternary.schedules.float_ops import FloatCPU
 from tvm_ternary.schemes import make_scheme
 from tvm_ternary.targets import resolve_target
 
-from .asm import count
+from .asm import count, vector_spills
 from .conftest import AVX2, AVX512, RASP4, host_has_avx512_popcount
+
+from neon_instructions import innermost_loop, mnemonics  # conftest puts benchmarks/ on sys.path
 
 KERNELS = [("conv2d", "ternary", {}), ("conv2d", "fatnn", {}), ("conv2d", "bitserial", dict(abits=2, wbits=2)),
            ("conv2d", "bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar")),
@@ -84,6 +86,33 @@ def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, wid
     asm = f.kernel_asm()
     cnt, ld1r = count(asm, "cnt"), count(asm, "ld1r")
     assert cnt >= 12 and 0 < ld1r <= cnt * most, (cnt, ld1r)
+
+
+W1A1_BIPOLAR = {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}
+
+
+@pytest.mark.parametrize("scheme,params", [("ternary", {}), ("bitserial", {"abits": 2, "wbits": 2}),
+                                           ("bitserial", W1A1_BIPOLAR)])
+def test_neon_conv_tile_stays_in_registers(scheme, params):
+    """With the kernel's columns inside a NEON conv tile, its accumulators, every column's
+    weight vectors and the row's broadcast inputs stay within ``Isa.tile_registers``, so the
+    popcount loop spills nothing to the stack. w1a1 at width 56 took 8 pixels x 2 blocks (42
+    values) before, and spilled 13 vector registers per iteration."""
+    f = tvm_ternary.op("conv2d", scheme, (1, 64, 56, 56), (64, 64, 3, 3), padding=1, target=RASP4,
+                       epilogue="requantize", **params)
+    loop = innermost_loop(f.kernel_asm().splitlines(), lambda body: "cnt" in mnemonics(body))
+    assert mnemonics(loop).count("cnt") >= 12 and vector_spills(loop) == 0, vector_spills(loop)
+
+
+def test_column_tile_bounds_the_pixel_run():
+    """The pixel run of a tile with the columns inside counts the weight vectors and broadcast
+    inputs besides the accumulators: w1a1 (1 accumulator per pixel and block, 1 weight plane,
+    2 input planes) at width 56 with 2 blocks: 3 x 2 + 2 x 2 fixed values, 2 + 2 per pixel,
+    so 7 pixels within 40 registers where the accumulator budget alone allows 8."""
+    assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2]) == (2, 8)
+    columns = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=40)
+    assert columns.most_pixels(56, 2, 2) == 7
+    assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2], columns=columns) == (2, 7)
 
 
 def test_isa_of_pinned_targets():
