@@ -273,11 +273,15 @@ def test_non_cpu_target_is_refused():
                                            ("fgq", dict(group_size=4, abits=8))], ids=["int8", "a8w4", "fgq"])
 def test_neon_byte_kernels_multiply_16_bit_lanes_by_element(scheme, params):
     """On NEON (no ``sdot`` on Cortex-A72) each byte of a quad is one ``smlal``/``smull`` of
-    the 4 lanes' 16-bit weights by an activation lane, not 32-bit ``mla`` of widened bytes."""
+    the 4 lanes' 16-bit weights by an activation lane, not 32-bit ``mla`` of widened bytes.
+    The weights reach byte-major order by ``uzp1``/``uzp2``, not by a chain of byte-lane moves
+    (``mov vN.b[i], ...``: LLVM's lowering of the transpose as one shuffle)."""
     f = tvm_ternary.op("conv2d", scheme, (1, 40, 7, 9), (24, 40, 3, 3), padding=1, target=RASP4, **params)
     asm = f.kernel_asm()
     by_element = re.findall(r"^\s+(?:smlal2?|smull2?)\s+v\d+\.4s, v\d+\.[48]h, v\d+\.h\[\d\]", asm, re.M)
     assert len(by_element) >= 4 and count(asm, "mla") == 0
+    lane_moves = re.findall(r"^\s+(?:mov|ins)\s+v\d+\.b\[\d+\]", asm, re.M)
+    assert count(asm, "uzp1") >= 2 and count(asm, "uzp2") >= 2 and not lane_moves, lane_moves
 
 
 @pytest.mark.parametrize("group_size", [4, 64])
