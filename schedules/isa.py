@@ -59,11 +59,11 @@ class Isa:
     columns inside)."""
 
     tile_registers: int = 0
-    """With :attr:`taps_in_tile`: the vector values a conv tile may keep live, accumulators,
-    every column's weight vectors and the broadcast inputs of its row together
-    (:class:`~.tiling.ColumnTile`). More than NEON's 32 registers, as LLVM loads part of the
-    inputs just before their use: 40 ran without spills on Cortex-A72 (ternary: 4 pixels x 2
-    blocks), 42 spilled (w1a1: 8 pixels x 2 blocks; ``benchmarks/pi_estimate.py``)."""
+    """With :attr:`taps_in_tile`: the vector values a conv tile may keep live, its
+    accumulators, the broadcast inputs of its row and one column's weight vectors together
+    (:class:`~.tiling.ColumnTile`). Calibrated with ``benchmarks/pi_estimate.py``'s
+    Cortex-A72 model on NEON: at 36, no 3x3, 5x5 or 7x7 ResNet-style tile spills; at 38,
+    w1a1's 8-pixel tiles at 3x3 spill in the hot loop."""
 
     @property
     def int32_lanes(self) -> int:
@@ -73,7 +73,7 @@ class Isa:
 
 AVX512 = Isa("avx512", 16, 28)
 AVX2 = Isa("avx2", 4, 10, word_bits=64)
-NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True, tile_registers=40)
+NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True, tile_registers=36)
 BASELINE = Isa("baseline", 4, 10)
 
 

@@ -34,13 +34,13 @@ MetaSchedule searches this same space around the hand schedule.
 
 from __future__ import annotations
 
-from tvm import s_tir
+from tvm import s_tir, tirx
 from tvm.target import Target
 
 from .intrinsics import MOVEMASK_LANES, movemask_name
 from .isa import isa_of
-from .tiling import (MAX_BATCH_TILE, TILE_SCOPE, ColumnTile, KernelRule, acc_shape, batch_tile, divisors, fewest_loads,
-                     register_tile, tile_budget, tile_output)
+from .tiling import (MAX_BATCH_TILE, REDUCE, TILE_SCOPE, ColumnTile, KernelRule, acc_shape, batch_tile, divisors,
+                     fewest_loads, register_tile, tile_budget, tile_output)
 
 MAX_EPILOGUE_TILE = 8
 """Pixels per tile with the requantize epilogue, whose bit vectors and movemask chunks need
@@ -83,12 +83,34 @@ def _taps_inside(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> tu
 
 def _column_tile(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> ColumnTile | None:
     """The registers a tile with the kernel's columns inside (:func:`_taps_inside`) keeps live
-    besides its accumulators, from the planes of ``acc``'s ``data`` (``[N, Pa, H, W, Cw]``)
-    and ``weight`` (``[Kb, Pw, KH, KW, Cw, V]``); None without the columns inside."""
+    besides its accumulators, from ``acc``'s reads of ``data`` (``[N, Pa, H, W, Cw]``, its
+    column index ``ow * stride + column * dilation``) and ``weight`` (``[Kb, Pw, KH, KW, Cw,
+    V]``); None without the columns inside."""
     if not _taps_inside(sch, acc, target, reduce_extents):
         return None
-    planes = {r.source.name: int(r.source.shape[1]) for r in sch.get(acc).reads}
-    return ColumnTile(reduce_extents[1], planes["weight"], planes["data"], isa_of(target).tile_registers)
+    block = sch.get(acc)
+    reads = {r.source.name: r for r in block.reads}
+    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE]
+    column = [iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE][1]
+    index = reads["data"].region[3].min                 # [N, Kb, OH, OW, G, V]: spatial[3] is the output column
+    return ColumnTile(reduce_extents[1], int(reads["weight"].source.shape[1]), int(reads["data"].source.shape[1]),
+                      isa_of(target).tile_registers, _coefficient(index, spatial[3]), _coefficient(index, column))
+
+
+def _coefficient(expr, var) -> int:
+    """The integer coefficient of ``var`` in ``expr``, a sum of integer multiples of variables."""
+    if isinstance(expr, tirx.Var):
+        return int(expr.same_as(var))
+    if isinstance(expr, tirx.IntImm):
+        return 0
+    if isinstance(expr, (tirx.Add, tirx.Sub)):
+        sign = 1 if isinstance(expr, tirx.Add) else -1
+        return _coefficient(expr.a, var) + sign * _coefficient(expr.b, var)
+    if isinstance(expr, tirx.Mul) and isinstance(expr.b, tirx.IntImm):
+        return _coefficient(expr.a, var) * int(expr.b.value)
+    if isinstance(expr, tirx.Mul) and isinstance(expr.a, tirx.IntImm):
+        return int(expr.a.value) * _coefficient(expr.b, var)
+    raise ValueError(f"schedules: {expr} is not linear in {var}")
 
 
 class PopcountKernel(KernelRule):
