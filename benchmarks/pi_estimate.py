@@ -39,7 +39,9 @@ operations on one 128-bit word of every plane (shared subexpressions once), then
 one ``cnt`` and one ``uadalp`` into 16-bit lanes. Ternary: ``and``, ``eor``, ``and``, 2
 ``cnt``, 2 ``uadalp``; w2a2: 4 x (``and``, ``cnt``, ``uadalp``); w1a1: ``eor``, ``and``,
 ``cnt``, ``uadalp``. For the byte kernels it is one by-element ``smlal`` (4 MACs) per 4 MACs.
-``of bound`` is the hot loop's MAC/cycle over it.
+``of bound`` is the hot loop's MAC/cycle over it. ``spills`` counts the hot loop's stores
+and reloads of vector registers on the stack per iteration (llvm-mca lets such a reload pass
+its store unless ``--pessimistic``).
 
 Real numbers need a board: ``python benchmarks/speedup.py --rpc HOST:PORT --target rasp4``.
 
@@ -346,11 +348,22 @@ class Estimate:
     hot_macs: float            # MACs per run of the hot loop
     layer_cycles: float
     hot_share: float           # of the layer's cycles
+    hot_spills: int            # vector spill stores and reloads per run of the hot loop
     bound: float               # the formulation's MACs per cycle
 
     @property
     def macs_per_cycle(self) -> float:
         return self.hot_macs / self.hot_cycles
+
+
+STACK_VECTOR = re.compile(r"^(?:ldr|str|ldp|stp|ldur|stur)\s+q\d+,.*\[sp\b")
+"""A load or store of 128-bit vector registers addressed by the stack pointer: a spill or its reload
+(LLVM may use x29 as a general register, so frame-pointer slots are not told apart)."""
+
+
+def stack_vector_accesses(instructions: list[str]) -> int:
+    """The spill stores and reloads of vector registers among ``instructions`` (objdump's text)."""
+    return sum(bool(STACK_VECTOR.match(instruction)) for instruction in instructions)
 
 
 MULTIPLY = re.compile(r"^(?:mla|smlal2?|umlal2?|smull2?|umull2?)\s+v\d+\.(\d+)[bhs]")
@@ -398,8 +411,9 @@ def estimate(board: str, layer: str, precision: str, workdir: Path, bounds: dict
     total = sum(b.runs * cycles[f"b{b.start:x}"] for b in blocks)
     if (board, precision) not in bounds:
         bounds[board, precision] = bound(precision, cpu)
+    spills = stack_vector_accesses([i for b in blocks if b.runs == hot_runs for i in b.instructions])
     result = Estimate(board, layer, precision, hot_cycles, macs / hot_runs, total, hot_runs * hot_cycles / total,
-                      bounds[board, precision])
+                      spills, bounds[board, precision])
     if result.macs_per_cycle > 1.01 * result.bound:
         raise RuntimeError(f"pi_estimate.py: {board} {layer} {precision}: {result.macs_per_cycle:.1f} MAC/cycle "
                            f"above the formulation's bound {result.bound:.1f}: the counts are wrong")
@@ -434,7 +448,7 @@ def main(argv=None) -> None:
           "models, instruction counts from one run on the emulated board; real numbers: speedup.py --rpc on a board"
           + ("; pessimistic: every load waits for earlier stores" if args.pessimistic else ""))
     header = ["board", "layer", "precision", "cycles_per_iter", "macs_per_iter", "macs_per_cycle", "bound",
-              "of_bound", "layer_mcycles", "hot_share", "est_ms", "x_w2a2", "x_int8"]
+              "of_bound", "spills", "layer_mcycles", "hot_share", "est_ms", "x_w2a2", "x_int8"]
     table = []
     for r in rows:
         ratio = {}
@@ -443,7 +457,7 @@ def main(argv=None) -> None:
             ratio[base] = r.macs_per_cycle / other.macs_per_cycle if other else float("nan")
         table.append([r.board, r.layer, r.precision, round(r.hot_cycles, 2), round(r.hot_macs, 1),
                       round(r.macs_per_cycle, 2), round(r.bound, 2), round(r.macs_per_cycle / r.bound, 3),
-                      round(r.layer_cycles / 1e6, 3), round(r.hot_share, 3),
+                      r.hot_spills, round(r.layer_cycles / 1e6, 3), round(r.hot_share, 3),
                       round(r.layer_cycles / BOARDS[r.board][1] * 1e3, 3), round(ratio["w2a2"], 2),
                       round(ratio["int8"], 2)])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]

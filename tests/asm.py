@@ -13,4 +13,4 @@ def count(asm: str, mnemonic: str) -> int:
 def vector_spills(lines: list[str]) -> int:
     """Loads and stores of 128-bit vector registers (``q``) addressed by the stack pointer:
     spilled registers and their reloads."""
-    return sum(bool(re.match(r"^\s+(?:ldr|str|ldp|stp)\s+q\d+,.*\[sp\b", line)) for line in lines)
+    return sum(bool(re.match(r"^\s+(?:ldr|str|ldp|stp|ldur|stur)\s+q\d+,.*\[sp\b", line)) for line in lines)

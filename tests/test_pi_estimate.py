@@ -57,6 +57,15 @@ def test_missing_llvm_names_the_debian_package(monkeypatch):
         pi_estimate.check_tools()
 
 
+def test_spills_are_vector_loads_and_stores_on_the_stack():
+    """objdump's text of a spill and its reloads (a pair; an unscaled offset), and what is not
+    one: vector loads from data (x29 is a general register in our kernels), a saved general
+    register, a broadcast."""
+    spills = ["str\tq2, [sp, #224]", "ldp\tq30, q5, [sp, #176]", "ldur\tq1, [sp, #8]"]
+    others = ["ldr\tq23, [x14, x15]", "ldr\tq29, [x29]", "stp\tx29, x30, [sp, #-16]!", "ld1r\t{ v10.8h }, [x14]"]
+    assert pi_estimate.stack_vector_accesses(spills + others) == 3
+
+
 def test_estimate_counts_every_multiply_accumulate_once(tmp_path, monkeypatch):
     """One kernel built for the Pi 4, counted on the emulated board and modelled: its executed
     ``cnt`` do the layer's MACs (the estimate checks it), the hot loop holds most of its
@@ -67,7 +76,7 @@ def test_estimate_counts_every_multiply_accumulate_once(tmp_path, monkeypatch):
     est = pi_estimate.estimate("rasp4", "small", "ternary", tmp_path, {})
     assert est.hot_macs % 128 == 0 and 16 * 7 * 14 * 128 * 9 % est.hot_macs == 0
     assert 0.5 < est.hot_share < 1 and 0.5 < est.macs_per_cycle / est.bound <= 1.01
-    assert est.bound == pytest.approx(pi_estimate.bound("ternary", "cortex-a72"))
+    assert est.bound == pytest.approx(pi_estimate.bound("ternary", "cortex-a72")) and est.hot_spills == 0
     waiting = pi_estimate.estimate("rasp4", "small", "ternary", tmp_path, {}, pessimistic=True)
     assert waiting.hot_macs == est.hot_macs and waiting.layer_cycles > est.layer_cycles   # stores, then loads
     counts = pi_estimate.instruction_counts

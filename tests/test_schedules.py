@@ -286,7 +286,7 @@ def test_neon_byte_kernels_multiply_16_bit_lanes_by_element(scheme, params):
     asm = f.kernel_asm()
     by_element = re.findall(r"^\s+(?:smlal2?|smull2?)\s+v\d+\.4s, v\d+\.[48]h, v\d+\.h\[\d\]", asm, re.M)
     assert len(by_element) >= 4 and count(asm, "mla") == 0
-    lane_moves = re.findall(r"^\s+(?:mov|ins)\s+v\d+\.b\[\d+\]", asm, re.M)
+    lane_moves = re.findall(r"^\s+(?:mov|ins)\s+v\d+\.[bh]\[\d+\]", asm, re.M)
     assert count(asm, "uzp1") >= 2 and count(asm, "uzp2") >= 2 and not lane_moves, lane_moves
 
 
