@@ -62,8 +62,9 @@ class Isa:
     """With :attr:`taps_in_tile`: the vector values a conv tile may keep live, its
     accumulators, the broadcast inputs of its row and one column's weight vectors together
     (:class:`~.tiling.ColumnTile`). Calibrated with ``benchmarks/pi_estimate.py``'s
-    Cortex-A72 model on NEON: at 36, no 3x3, 5x5 or 7x7 ResNet-style tile spills; at 38,
-    w1a1's 8-pixel tiles at 3x3 spill in the hot loop."""
+    Cortex-A72 model on NEON: at 36 no stride-1 3x3 or 5x5 tile spills; at 38, w1a1's
+    8-pixel 3x3 tiles spill in the hot loop. (w1a1's stride-2 tiles still do: smaller ones
+    ran slower at ResNet-18's 7-pixel rows.)"""
 
     @property
     def int32_lanes(self) -> int:

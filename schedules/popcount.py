@@ -90,11 +90,9 @@ def _column_tile(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> Co
         return None
     block = sch.get(acc)
     reads = {r.source.name: r for r in block.reads}
-    spatial = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE]
     column = [iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE][1]
-    index = reads["data"].region[3].min                 # [N, Kb, OH, OW, G, V]: spatial[3] is the output column
     return ColumnTile(reduce_extents[1], int(reads["weight"].source.shape[1]), int(reads["data"].source.shape[1]),
-                      isa_of(target).tile_registers, _coefficient(index, spatial[3]), _coefficient(index, column))
+                      isa_of(target).tile_registers, _coefficient(reads["data"].region[3].min, column))
 
 
 def _coefficient(expr, var) -> int:

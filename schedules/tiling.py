@@ -72,23 +72,24 @@ def pick_tile(extent: int, per_item: int, budget: int) -> int:
 class ColumnTile:
     """The vector values a popcount conv tile that unrolls the kernel's ``columns`` inside it
     (:attr:`~.isa.Isa.taps_in_tile`) keeps live besides its accumulators: the broadcast input
-    words of ``input_planes`` planes at every position its row reads (``(pixels - 1) *
-    stride + (columns - 1) * dilation + 1``) and one column's ``weight_planes`` weight
-    vectors per channel block (LLVM loads each column's weights just before their use). All
-    of them together stay within ``registers`` (:attr:`~.isa.Isa.tile_registers`)."""
+    words of ``input_planes`` planes at the ``pixels + (columns - 1) * dilation`` positions a
+    row of unit stride reads, and one column's ``weight_planes`` weight vectors per channel
+    block (LLVM loads each column's weights just before their use). All of them together stay
+    within ``registers`` (:attr:`~.isa.Isa.tile_registers`). At stride 2 the row reads about
+    twice as many positions, but each serves fewer pixels and LLVM streams them: counted at
+    stride 1 they fit what ran best on ResNet-18's stride-2 layers (7-pixel rows)."""
 
     columns: int
     weight_planes: int
     input_planes: int
     registers: int
-    stride: int = 1
     dilation: int = 1
 
     def most_pixels(self, width: int, accumulators_per_pixel: int, blocks: int) -> int:
         """The pixel run (a divisor of ``width``, :func:`pick_tile`) of a tile of ``blocks``
         channel blocks whose values fit :attr:`registers`."""
-        fixed = blocks * self.weight_planes + ((self.columns - 1) * self.dilation + 1 - self.stride) * self.input_planes
-        return pick_tile(width, accumulators_per_pixel + self.stride * self.input_planes, self.registers - fixed)
+        fixed = blocks * self.weight_planes + (self.columns - 1) * self.dilation * self.input_planes
+        return pick_tile(width, accumulators_per_pixel + self.input_planes, self.registers - fixed)
 
 
 def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0,

@@ -91,17 +91,16 @@ def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, wid
 W1A1_BIPOLAR = {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}
 
 
-@pytest.mark.parametrize("scheme,params,stride", [("ternary", {}, 1), ("bitserial", {"abits": 2, "wbits": 2}, 1),
-                                                  ("bitserial", W1A1_BIPOLAR, 1), ("bitserial", W1A1_BIPOLAR, 2)],
-                         ids=["ternary", "w2a2", "w1a1", "w1a1-stride2"])
-def test_neon_conv_tile_stays_in_registers(scheme, params, stride):
+@pytest.mark.parametrize("scheme,params,width", [("ternary", {}, 56), ("bitserial", {"abits": 2, "wbits": 2}, 56),
+                                                 ("bitserial", W1A1_BIPOLAR, 56), ("bitserial", W1A1_BIPOLAR, 16)],
+                         ids=["ternary", "w2a2", "w1a1", "w1a1-16"])
+def test_neon_conv_tile_stays_in_registers(scheme, params, width):
     """With the kernel's columns inside a NEON conv tile, its accumulators, the row's
     broadcast inputs and a column's weight vectors stay within ``Isa.tile_registers``, so the
-    popcount loop spills nothing to the stack. w1a1 at width 56 took 8 pixels x 2 blocks
-    before, and spilled 13 vector registers per iteration; at stride 2, counting its inputs
-    as if at stride 1 left 7 pixels, which spilled 10."""
-    f = tvm_ternary.op("conv2d", scheme, (1, 64, 56, 56), (64 * stride, 64, 3, 3), stride=stride, padding=1,
-                       target=RASP4, epilogue="requantize", **params)
+    popcount loop spills nothing to the stack. w1a1 took 8 pixels x 2 blocks before, which
+    spilled 13 vector registers per iteration at width 56 and 22 at width 16."""
+    f = tvm_ternary.op("conv2d", scheme, (1, 64, width, width), (64, 64, 3, 3), padding=1, target=RASP4,
+                       epilogue="requantize", **params)
     loop = innermost_loop(f.kernel_asm().splitlines(), lambda body: "cnt" in mnemonics(body))
     assert mnemonics(loop).count("cnt") >= 12 and vector_spills(loop) == 0, vector_spills(loop)
 
@@ -109,16 +108,16 @@ def test_neon_conv_tile_stays_in_registers(scheme, params, stride):
 def test_column_tile_bounds_the_pixel_run():
     """The pixel run of a tile with the columns inside counts the broadcast inputs and one
     column's weight vectors besides the accumulators: w1a1 (1 accumulator per pixel and
-    block, 1 weight plane, 2 input planes) at width 56 with 2 blocks keeps 2 weight vectors,
-    and 2 inputs per position read: ``t + 2`` positions at stride 1, so 7 pixels within 36
-    registers (6 + 4 per pixel) where the accumulator budget alone allows 8; ``2t + 1``
-    positions at stride 2, so 4 pixels (4 + 6 per pixel)."""
+    block, 1 weight plane, 2 input planes) at width 56 with 2 blocks keeps 2 weight vectors
+    and 2 inputs at each of ``t + 2`` positions, so 7 pixels within 36 registers (6 + 4 per
+    pixel) where the accumulator budget alone allows 8; at dilation 2, ``t + 4`` positions,
+    so 4 pixels (10 + 4 per pixel)."""
     assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2]) == (2, 8)
     columns = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36)
     assert columns.most_pixels(56, 2, 2) == 7
     assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2], columns=columns) == (2, 7)
-    strided = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36, stride=2)
-    assert strided.most_pixels(56, 2, 2) == 4
+    dilated = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36, dilation=2)
+    assert dilated.most_pixels(56, 2, 2) == 4
 
 
 def test_isa_of_pinned_targets():
