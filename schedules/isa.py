@@ -46,10 +46,12 @@ class Isa:
     accumulator lanes, where 32-bit lanes need a ``uaddlp`` more per word."""
 
     conv_channel_blocks: int = 1
-    """Output-channel blocks (of ``lanes`` words) a popcount conv tile computes per input
-    word it broadcasts. 2 on NEON, where the broadcast (``ld1r``) takes a NEON pipe slot as an
-    ALU operation does; x86 folds the broadcast into the operation, and two blocks measured
-    slower there (spills)."""
+    """Output-channel blocks (of ``lanes`` words) a popcount conv tile may compute per input
+    word it broadcasts. 4 on NEON, where the broadcast (``ld1r``) takes a NEON pipe slot as an
+    ALU operation does (with the requantize epilogue, two 16-channel output words of two
+    blocks each); x86 folds the broadcast into the operation, and two blocks measured slower
+    there (spills). ``benchmarks/pi_estimate.py --layers all``, Cortex-A72 model: ternary's
+    hot loops at 92-96% of the bound with up to 4 blocks, 74-94% with up to 2."""
 
     taps_in_tile: bool = False
     """Whether a popcount conv tile unrolls the kernel's columns inside it, so that pixels
@@ -74,7 +76,7 @@ class Isa:
 
 AVX512 = Isa("avx512", 16, 28)
 AVX2 = Isa("avx2", 4, 10, word_bits=64)
-NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=2, taps_in_tile=True, tile_registers=36)
+NEON = Isa("neon", 8, 20, word_bits=16, conv_channel_blocks=4, taps_in_tile=True, tile_registers=36)
 BASELINE = Isa("baseline", 4, 10)
 
 

@@ -20,11 +20,12 @@ popcount reduction with one accumulator per term ``G`` and ``V`` output-channel 
 With the requantize epilogue (blocks ``bits``, ``chunk``, ``pack``, ``repad``
 after ``out``), the tile is driven by the packing of the next layer's words instead: for
 each output word, row and pixel tile, the word's ``V``-channel blocks are handled one
-after another (conv2d, by :attr:`~.isa.Isa.conv_channel_blocks` at a time: two on NEON,
-so each broadcast input word feeds two blocks; dense keeps the whole word's
-accumulators): the ``acc`` tile in registers, thresholds compared on ``V`` lanes at once
-(``bits``), the lanes turned into ``V`` bits by the movemask intrinsic (``chunk``) and
-or-ed into the word, which is stored once; ``repad`` writes the border afterwards.
+after another (conv2d, by up to :attr:`~.isa.Isa.conv_channel_blocks` at a time, or all
+blocks of a few words at once: on NEON the two blocks of each of two 16-channel words, so
+each broadcast input word feeds four blocks; dense keeps the whole word's accumulators):
+the ``acc`` tile in registers, thresholds compared on ``V`` lanes at once (``bits``), the
+lanes turned into ``V`` bits by the movemask intrinsic (``chunk``) and or-ed into the
+word, which is stored once; ``repad`` writes the border afterwards.
 
 With ``tunable`` the tile size, the output-channel blocks per tile (conv2d with an int32,
 float or residual epilogue), the number of loops fused into the parallel loop, the order
@@ -57,7 +58,7 @@ def _conv_tile(sch: s_tir.Schedule, acc, out, target: Target, groups: int, budge
     accumulator budget allows, :func:`.tiling.tile_conv`). Blocks: 2 for the float conv
     kernel, whose every multiply-add otherwise comes with a load (a broadcast input and, per
     tap, the weight vector), so two blocks share each broadcast; for the popcount kernels up
-    to the ISA's :attr:`~.isa.Isa.conv_channel_blocks` (2 on NEON; 1 on x86, where two blocks
+    to the ISA's :attr:`~.isa.Isa.conv_channel_blocks` (4 on NEON; 1 on x86, where two blocks
     measured slower: spills), as many as load the fewest vectors (:func:`.tiling.fewest_loads`,
     within the registers of :func:`_column_tile`)."""
     buffer = sch.get(acc).writes[0].source
@@ -111,6 +112,15 @@ def _coefficient(expr, var) -> int:
     raise ValueError(f"schedules: {expr} is not linear in {var}")
 
 
+def _block_choices(per_word: int, words: int, most: int) -> list[int]:
+    """The output-channel blocks a requantizing conv tile may compute together, at most
+    ``most``: a divisor of the ``per_word`` blocks of an output word, or all blocks of a
+    divisor of its ``words`` words (on NEON, 2 words of 16 channels: each broadcast input
+    word then feeds four blocks)."""
+    return ([d for d in divisors(per_word) if d <= most]
+            + [per_word * w for w in divisors(words)[1:] if per_word * w <= most])
+
+
 class PopcountKernel(KernelRule):
     """Schedule rule for the packed-scheme kernels on any vector ISA (see module doc)."""
 
@@ -149,17 +159,24 @@ class PopcountKernel(KernelRule):
         if spatial:                     # conv2d: a word's channel blocks a few at a time, per pixel tile
             oh, ow = spatial
             width = int(sch.get(ow).extent)
-            choices = [d for d in divisors(int(sch.get(part).extent)) if d <= isa_of(target).conv_channel_blocks]
-            per_tile, pixels = fewest_loads(width, groups, budget, choices, MAX_EPILOGUE_TILE,
-                                            _column_tile(sch, acc, target, reduce_extents))
+            per_word = int(sch.get(part).extent)
+            per_tile, pixels = fewest_loads(width, groups, budget, _block_choices(per_word, int(sch.get(word).extent),
+                                                                                  isa_of(target).conv_channel_blocks),
+                                            MAX_EPILOGUE_TILE, _column_tile(sch, acc, target, reduce_extents))
             if tunable:                 # several blocks: no tile past the register budget
                 most = MAX_EPILOGUE_TILE if per_tile == 1 else max(1, budget // (groups * per_tile))
                 factors = sch.sample_perfect_tile(ow, n=2, max_innermost_factor=min(MAX_EPILOGUE_TILE, most))
             else:
                 factors = [None, pixels]
             owo, owi = sch.split(ow, factors)
-            parts = [part] if per_tile == 1 else sch.split(part, [None, per_tile])
-            sch.reorder(n, word, oh, owo, *parts, owi, plane)
+            if per_tile > per_word:     # the tile spans words: all blocks of each
+                word, words = sch.split(word, [None, per_tile // per_word])
+                parts, acc_at = [part], owo
+                sch.reorder(n, word, oh, owo, words, part, owi, plane)
+            else:
+                parts = [part] if per_tile == 1 else sch.split(part, [None, per_tile])
+                acc_at = parts[0]
+                sch.reorder(n, word, oh, owo, *parts, owi, plane)
             at, parallel_loops, inner = owo, (n, word, oh), (owi, plane)
             tile = [("block", per_tile), ("pixel", int(sch.get(owi).extent))]
         else:                           # dense: a word's channel blocks one at a time, per batch tile
@@ -170,11 +187,12 @@ class PopcountKernel(KernelRule):
             no, ni = sch.split(n, nf)
             sch.reorder(word, no, part, ni, plane)
             at, parallel_loops, inner, parts = no, (word, no), (ni, plane), [part]
+            acc_at = part
             tile = [("batch", int(sch.get(ni).extent))]
         sch.compute_at(chunk, parts[-1])
         *_, chunk_plane, chunk_item, _ = sch.get_loops(chunk)
         sch.compute_at(bits, chunk_item)        # one vector of bits at a time, straight into its movemask
-        sch.compute_at(acc, parts[0])           # the tile's channel blocks of the word at once
+        sch.compute_at(acc, acc_at)             # the tile's channel blocks at once
         sch.set_scope(bits, 0, TILE_SCOPE)
         sch.set_scope(chunk, 0, TILE_SCOPE)
         local = sch.cache_write(pack, 0, TILE_SCOPE)

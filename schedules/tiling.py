@@ -91,6 +91,12 @@ class ColumnTile:
         fixed = blocks * self.weight_planes + (self.columns - 1) * self.dilation * self.input_planes
         return pick_tile(width, accumulators_per_pixel + self.input_planes, self.registers - fixed)
 
+    def broadcasts_per_product(self, pixels: int, blocks: int) -> float:
+        """Broadcast input words per (pixel, block, column) product of a tile of ``pixels`` and
+        ``blocks``: per input word and plane its row broadcasts ``pixels + (columns - 1) *
+        dilation`` positions for ``pixels * blocks * columns`` products."""
+        return (pixels + (self.columns - 1) * self.dilation) / (pixels * blocks * self.columns)
+
 
 def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0,
                  columns: ColumnTile | None = None) -> tuple[int, int]:
@@ -100,13 +106,20 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
     tile at most what fits its registers, :meth:`ColumnTile.most_pixels`): the pair that loads
     the fewest vectors per product. Per input word a tile of ``t`` pixels and ``b`` blocks
     loads ``b`` weight vectors and ``t`` broadcast inputs for ``t * b`` products, so
-    ``1/t + 1/b`` per product (ties: fewer blocks)."""
+    ``1/t + 1/b`` per product (ties: fewer blocks). With ``columns`` (NEON, where a broadcast
+    takes a NEON pipe slot as an ALU operation does, and a weight vector's load only the load
+    pipe) the pair with the fewest broadcasts per product
+    (:meth:`ColumnTile.broadcasts_per_product`) comes first."""
     def pixels(b: int) -> int:
         t = pick_tile(width, per_pixel * b, budget)
         if columns is not None:
             t = min(t, columns.most_pixels(width, per_pixel * b, b))
         return min(t, max(d for d in divisors(width) if d <= most_pixels)) if most_pixels else t
-    return min(((b, pixels(b)) for b in sorted(blocks)), key=lambda bt: (1 / bt[1] + 1 / bt[0], bt[0]))
+
+    def cost(bt: tuple[int, int]) -> tuple[float, float, int]:
+        b, t = bt
+        return (columns.broadcasts_per_product(t, b) if columns is not None else 0, 1 / t + 1 / b, b)
+    return min(((b, pixels(b)) for b in sorted(blocks)), key=cost)
 
 
 def loops_by_extent(sch: s_tir.Schedule, block, named_extents: Sequence[tuple[str, int]]) -> dict:

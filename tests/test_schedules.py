@@ -73,15 +73,15 @@ def test_neon_kernels_accumulate_popcounts_in_16_bit_lanes(op, scheme, params):
 
 
 @pytest.mark.parametrize("epilogue", ["requantize", "affine"])
-@pytest.mark.parametrize("width,most", [(56, 1 / 3), (14, 1 / 3), (7, 1 / 2)])
+@pytest.mark.parametrize("width,most", [(56, 1 / 6), (14, 1 / 6), (7, 1 / 4)])
 def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, width, most):
     """On NEON a broadcast (``ld1r``) takes a pipe slot like an ALU op, so a ternary conv tile
-    shares each broadcast input word: two output-channel blocks where the row's pixel tile
-    allows it (not at width 7: one block of 7 pixels loads less), and the kernel's columns
-    unrolled inside the tile (pixels o and o + 1 read the same word for columns c + 1 and c).
-    A tile of one block with the columns outside broadcasts each plane's word once per pixel
-    and tap, as many ``ld1r`` as ``cnt``. Either change alone leaves 0.42-0.5 per ``cnt`` at
-    widths 56 and 14 (both: 0.25 and 0.33); at width 7 the columns alone give 0.43."""
+    shares each broadcast input word: four output-channel blocks (two words of the
+    requantize epilogue's output), and the kernel's columns unrolled inside the tile (pixels
+    o and o + 1 read the same word for columns c + 1 and c). A tile of one block with the
+    columns outside broadcasts each plane's word once per pixel and tap, as many ``ld1r`` as
+    ``cnt``; two blocks left 0.25, 0.33 and 0.43 per ``cnt`` at widths 56, 14 and 7 (4x2,
+    4x2 and 4x1 tiles: 1/6, 1/6 and 1/4)."""
     f = tvm_ternary.op("conv2d", "ternary", (1, 128, width, width), (128, 128, 3, 3), padding=1, target=RASP4,
                        epilogue=epilogue)
     asm = f.kernel_asm()
@@ -120,6 +120,22 @@ def test_column_tile_bounds_the_pixel_run():
     assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2], columns=columns) == (2, 7)
     dilated = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36, dilation=2)
     assert dilated.most_pixels(56, 2, 2) == 4
+
+
+def test_neon_conv_tiles_take_the_fewest_broadcasts():
+    """With the columns inside (NEON), a tile is chosen by its broadcasts per product, which
+    take a NEON pipe slot, not by its weight loads, which take only the load pipe: ternary
+    (2 accumulators per pixel and block, 2 planes each) in a 7-pixel row takes 4 blocks of
+    1 pixel (3 broadcasts per plane for 12 products) where counting weight loads too took 1
+    block of 7 (9 for 21); in a 14-pixel row 4 blocks of 2. A requantizing tile reaches 4
+    blocks by spanning two words of 2 blocks, where the words pair up."""
+    ternary = schedules.tiling.ColumnTile(columns=3, weight_planes=2, input_planes=2, registers=36)
+    assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4], columns=ternary) == (4, 1)
+    assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4]) == (1, 7)
+    assert schedules.tiling.fewest_loads(14, 2, 20, [1, 2, 4], columns=ternary) == (4, 2)
+    assert schedules.popcount._block_choices(2, 4, 4) == [1, 2, 4]
+    assert schedules.popcount._block_choices(2, 3, 4) == [1, 2]
+    assert schedules.popcount._block_choices(8, 2, 4) == [1, 2, 4]
 
 
 def test_isa_of_pinned_targets():
