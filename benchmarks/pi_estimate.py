@@ -39,6 +39,8 @@ operations on one 128-bit word of every plane (shared subexpressions once), then
 one ``cnt`` and one ``uadalp`` into 16-bit lanes. Ternary: ``and``, ``eor``, ``and``, 2
 ``cnt``, 2 ``uadalp``; w2a2: 4 x (``and``, ``cnt``, ``uadalp``); w1a1: ``eor``, ``and``,
 ``cnt``, ``uadalp``. For the byte kernels it is one by-element ``smlal`` (4 MACs) per 4 MACs.
+The script also prints the bound of a faster 8-bit formulation our kernels do not use
+(:data:`WIDENING_BYTE_MIX`), so ``x_int8``, a ratio to our 8-bit kernel, can be read against it.
 ``of bound`` is the hot loop's MAC/cycle over it. ``spills`` counts the hot loop's stores
 and reloads of vector registers on the stack per iteration (llvm-mca lets such a reload pass
 its store unless ``--pessimistic``).
@@ -337,6 +339,19 @@ def bound(precision: str, cpu: str) -> float:
     return macs / mca_cycles({"bound": body.splitlines()}, cpu, throughput=True)["bound"]
 
 
+WIDENING_BYTE_MIX = "smull v0.8h, v1.8b, v2.8b\nsmlal2 v0.8h, v1.16b, v2.16b\nsadalp v3.4s, v0.8h"
+"""A faster 8-bit formulation than ours on ARMv8.0 (no ``sdot``), for reference: 16 byte
+products per ``smull`` (8 lanes) and ``smlal2`` (8 more into the same int16 lanes; exact for
+7-bit activations times int8 weights), then one ``sadalp`` into int32 lanes. Its lanes run
+along the reduction, so each (pixel, channel) pair needs its own accumulator and a final
+horizontal sum; our byte kernels do not use it."""
+
+
+def widening_byte_bound(cpu: str) -> float:
+    """MACs per cycle of :data:`WIDENING_BYTE_MIX` (16 MACs) on ``cpu``, as :func:`bound`."""
+    return 16 / mca_cycles({"bound": WIDENING_BYTE_MIX.splitlines()}, cpu, throughput=True)["bound"]
+
+
 # --- one estimate ----------------------------------------------------------------------------
 
 @dataclass
@@ -463,6 +478,11 @@ def main(argv=None) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *table)]
     for line in [header, *table]:
         print("  ".join(str(x).rjust(w) for x, w in zip(line, widths)))
+    for board in args.boards.split(","):
+        cpu = BOARDS[board][0]
+        print(f"{board} ({cpu}): x_int8 is against our 8-bit kernel (bound {bound('int8', cpu):.2f} MAC/cycle); "
+              f"a faster 8-bit formulation (smull/smlal2 on byte lanes + sadalp) bounds at "
+              f"{widening_byte_bound(cpu):.2f} MAC/cycle")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             csv.writer(f).writerows([header, *table])

@@ -31,6 +31,9 @@ def test_bounds_follow_the_pipes_of_each_core():
     assert 128 / 4 < a72["ternary"] < 128 / 3          # 7 ops on 2 pipes, 2 uadalp on one: 3.5 cycles
     assert a72["w1a1"] > a72["ternary"] > a72["w2a2"]
     assert a53["int8"] == pytest.approx(4.0, rel=1e-3)     # one by-element smlal (4 MACs) per cycle
+    # smull + smlal2 (16 MACs) on the A72's one multiply pipe, sadalp on the other; 3 ops on the A53's one
+    assert pi_estimate.widening_byte_bound("cortex-a72") == pytest.approx(8.0, rel=1e-3)
+    assert pi_estimate.widening_byte_bound("cortex-a53") == pytest.approx(16 / 3, rel=1e-3)
 
 
 def test_translation_blocks_become_instruction_runs_and_equal_count_blocks():
