@@ -92,8 +92,10 @@ def _column_tile(sch: s_tir.Schedule, acc, target: Target, reduce_extents) -> Co
     block = sch.get(acc)
     reads = {r.source.name: r for r in block.reads}
     column = [iv.var for iv in block.iter_vars if int(iv.iter_type) == REDUCE][1]
+    pixel = [iv.var for iv in block.iter_vars if int(iv.iter_type) != REDUCE][3]
+    index = reads["data"].region[3].min
     return ColumnTile(reduce_extents[1], int(reads["weight"].source.shape[1]), int(reads["data"].source.shape[1]),
-                      isa_of(target).tile_registers, _coefficient(reads["data"].region[3].min, column))
+                      isa_of(target).tile_registers, _coefficient(index, column), _coefficient(index, pixel))
 
 
 def _coefficient(expr, var) -> int:

@@ -77,13 +77,15 @@ class ColumnTile:
     block (LLVM loads each column's weights just before their use). All of them together stay
     within ``registers`` (:attr:`~.isa.Isa.tile_registers`). At stride 2 the row reads about
     twice as many positions, but each serves fewer pixels and LLVM streams them: counted at
-    stride 1 they fit what ran best on ResNet-18's stride-2 layers (7-pixel rows)."""
+    stride 1 they fit what ran best on ResNet-18's stride-2 layers (7-pixel rows). ``stride``
+    counts only in :meth:`broadcasts_per_product`."""
 
     columns: int
     weight_planes: int
     input_planes: int
     registers: int
     dilation: int = 1
+    stride: int = 1
 
     def most_pixels(self, width: int, accumulators_per_pixel: int, blocks: int) -> int:
         """The pixel run (a divisor of ``width``, :func:`pick_tile`) of a tile of ``blocks``
@@ -93,9 +95,11 @@ class ColumnTile:
 
     def broadcasts_per_product(self, pixels: int, blocks: int) -> float:
         """Broadcast input words per (pixel, block, column) product of a tile of ``pixels`` and
-        ``blocks``: per input word and plane its row broadcasts ``pixels + (columns - 1) *
-        dilation`` positions for ``pixels * blocks * columns`` products."""
-        return (pixels + (self.columns - 1) * self.dilation) / (pixels * blocks * self.columns)
+        ``blocks``: per input word and plane its row broadcasts the positions ``pixel * stride
+        + column * dilation`` it reads (``pixels + (columns - 1) * dilation`` at unit stride)
+        for ``pixels * blocks * columns`` products."""
+        positions = {o * self.stride + c * self.dilation for o in range(pixels) for c in range(self.columns)}
+        return len(positions) / (pixels * blocks * self.columns)
 
 
 def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int], most_pixels: int = 0,

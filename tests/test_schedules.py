@@ -92,16 +92,19 @@ def test_neon_conv_broadcasts_each_input_word_for_several_products(epilogue, wid
 W1A1_BIPOLAR = {"abits": 1, "wbits": 1, "activation_encoding": "bipolar", "weight_encoding": "bipolar"}
 
 
-@pytest.mark.parametrize("scheme,params,width", [("ternary", {}, 56), ("bitserial", {"abits": 2, "wbits": 2}, 56),
-                                                 ("bitserial", W1A1_BIPOLAR, 56), ("bitserial", W1A1_BIPOLAR, 16)],
-                         ids=["ternary", "w2a2", "w1a1", "w1a1-16"])
-def test_neon_conv_tile_stays_in_registers(scheme, params, width):
+@pytest.mark.parametrize("scheme,params,width,stride", [
+    ("ternary", {}, 56, 1), ("bitserial", {"abits": 2, "wbits": 2}, 56, 1), ("bitserial", W1A1_BIPOLAR, 56, 1),
+    ("bitserial", W1A1_BIPOLAR, 16, 1), ("bitserial", W1A1_BIPOLAR, 14, 2)],
+    ids=["ternary", "w2a2", "w1a1", "w1a1-16", "w1a1-s2"])
+def test_neon_conv_tile_stays_in_registers(scheme, params, width, stride):
     """With the kernel's columns inside a NEON conv tile, its accumulators, the row's
     broadcast inputs and a column's weight vectors stay within ``Isa.tile_registers``, so the
     popcount loop spills nothing to the stack. w1a1 took 8 pixels x 2 blocks before, which
-    spilled 13 vector registers per iteration at width 56 and 22 at width 16."""
-    f = tvm_ternary.op("conv2d", scheme, (1, 64, width, width), (64, 64, 3, 3), padding=1, target=RASP4,
-                       epilogue="requantize", **params)
+    spilled 13 vector registers per iteration at width 56 and 22 at width 16. At stride 2 a
+    7-pixel row broadcasts 15 positions, not 9: counted so, w1a1 takes 4 blocks of 1 pixel
+    (ranked as at stride 1, 2 blocks of 7 pixels spilled 10 per iteration)."""
+    f = tvm_ternary.op("conv2d", scheme, (1, 64, width, width), (64, 64, 3, 3), stride=stride, padding=1,
+                       target=RASP4, epilogue="requantize", **params)
     loop = innermost_loop(f.kernel_asm().splitlines(), lambda body: "cnt" in mnemonics(body))
     spills = stack_vector_accesses([line.strip() for line in loop])
     assert mnemonics(loop).count("cnt") >= 12 and spills == 0, spills
@@ -120,6 +123,10 @@ def test_column_tile_bounds_the_pixel_run():
     assert schedules.tiling.fewest_loads(56, 1, 20, [1, 2], columns=columns) == (2, 7)
     dilated = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36, dilation=2)
     assert dilated.most_pixels(56, 2, 2) == 4
+    strided = schedules.tiling.ColumnTile(columns=3, weight_planes=1, input_planes=2, registers=36, stride=2)
+    assert strided.broadcasts_per_product(7, 2) == 15 / 42 and columns.broadcasts_per_product(7, 2) == 9 / 42
+    assert schedules.tiling.fewest_loads(7, 1, 20, [1, 2, 4], columns=strided) == (4, 1)
+    assert schedules.tiling.ColumnTile(1, 1, 2, 36, stride=2).broadcasts_per_product(4, 1) == 1  # 1x1: no overlap
 
 
 def test_neon_conv_tiles_take_the_fewest_broadcasts():
