@@ -56,17 +56,18 @@ class Isa:
     taps_in_tile: bool = False
     """Whether a popcount conv tile unrolls the kernel's columns inside it, so that pixels
     ``o`` and ``o + 1`` share the input word that tap columns ``c + 1`` and ``c`` read: NEON,
-    where each broadcast (``ld1r``) takes a pipe slot (``benchmarks/pi_estimate.py``: 74-76%
-    of the bound on Cortex-A72 with one channel block, 88-94% with two blocks and the
-    columns inside)."""
+    where each broadcast (``ld1r``) takes a pipe slot (``benchmarks/pi_estimate.py``, ternary
+    on ResNet-18's 3x3 layers: 74-76% of the bound on Cortex-A72 with one channel block,
+    88-94% with two blocks and the columns inside, 93-96% with up to four)."""
 
     tile_registers: int = 0
     """With :attr:`taps_in_tile`: the vector values a conv tile may keep live, its
     accumulators, the broadcast inputs of its row and one column's weight vectors together
     (:class:`~.tiling.ColumnTile`). Calibrated with ``benchmarks/pi_estimate.py``'s
     Cortex-A72 model on NEON: at 36 no stride-1 3x3 or 5x5 tile spills; at 38, w1a1's
-    8-pixel 3x3 tiles spill in the hot loop. (w1a1's stride-2 tiles still do: smaller ones
-    ran slower at ResNet-18's 7-pixel rows.)"""
+    8-pixel 3x3 tiles spill in the hot loop. Stride 2 is counted as stride 1 here (counted
+    as it is, ResNet-18's 7-pixel rows got smaller, slower tiles), but in the ranking of
+    tiles (:meth:`~.tiling.ColumnTile.broadcasts_per_product`)."""
 
     @property
     def int32_lanes(self) -> int:

@@ -116,9 +116,9 @@ def _coefficient(expr, var) -> int:
 
 def _block_choices(per_word: int, words: int, most: int) -> list[int]:
     """The output-channel blocks a requantizing conv tile may compute together, at most
-    ``most``: a divisor of the ``per_word`` blocks of an output word, or all blocks of a
-    divisor of its ``words`` words (on NEON, 2 words of 16 channels: each broadcast input
-    word then feeds four blocks)."""
+    ``most``: a divisor of the ``per_word`` blocks of an output word, or all blocks of ``w``
+    words where ``w`` divides the output's ``words`` (on NEON, 2 words of 16 channels where
+    their count is even: each broadcast input word then feeds four blocks)."""
     return ([d for d in divisors(per_word) if d <= most]
             + [per_word * w for w in divisors(words)[1:] if per_word * w <= most])
 
@@ -172,9 +172,9 @@ class PopcountKernel(KernelRule):
                 factors = [None, pixels]
             owo, owi = sch.split(ow, factors)
             if per_tile > per_word:     # the tile spans words: all blocks of each
-                word, words = sch.split(word, [None, per_tile // per_word])
+                word, tile_words = sch.split(word, [None, per_tile // per_word])
                 parts, acc_at = [part], owo
-                sch.reorder(n, word, oh, owo, words, part, owi, plane)
+                sch.reorder(n, word, oh, owo, tile_words, part, owi, plane)
             else:
                 parts = [part] if per_tile == 1 else sch.split(part, [None, per_tile])
                 acc_at = parts[0]

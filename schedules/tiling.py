@@ -108,12 +108,14 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
     pixel run (:func:`pick_tile` of ``per_pixel`` accumulators per pixel and block, at most
     ``most_pixels`` with a divisor of ``width`` when given, and with ``columns`` inside the
     tile at most what fits its registers, :meth:`ColumnTile.most_pixels`): the pair that loads
-    the fewest vectors per product. Per input word a tile of ``t`` pixels and ``b`` blocks
-    loads ``b`` weight vectors and ``t`` broadcast inputs for ``t * b`` products, so
-    ``1/t + 1/b`` per product (ties: fewer blocks). With ``columns`` (NEON, where a broadcast
-    takes a NEON pipe slot as an ALU operation does, and a weight vector's load only the load
-    pipe) the pair with the fewest broadcasts per product
-    (:meth:`ColumnTile.broadcasts_per_product`) comes first."""
+    the fewest vectors per product, broadcasts first where they cost most. Per input word a
+    tile of ``t`` pixels and ``b`` blocks loads ``b`` weight vectors and ``t`` broadcast inputs
+    for ``t * b`` products, so ``1/t + 1/b`` per product (ties: fewer blocks). With several
+    ``columns`` (NEON, where a broadcast takes a NEON pipe slot as an ALU operation does, and
+    a weight vector's load only the load pipe) the pair with the fewest broadcasts per
+    product (:meth:`ColumnTile.broadcasts_per_product`) comes first. Not with one column
+    (1x1 kernels): there that count is ``1/b`` whatever the pixels, and tiles of one pixel
+    let LLVM unroll short reductions with the epilogue and spill."""
     def pixels(b: int) -> int:
         t = pick_tile(width, per_pixel * b, budget)
         if columns is not None:
@@ -122,7 +124,8 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
 
     def cost(bt: tuple[int, int]) -> tuple[float, float, int]:
         b, t = bt
-        return (columns.broadcasts_per_product(t, b) if columns is not None else 0, 1 / t + 1 / b, b)
+        shared = columns is not None and columns.columns > 1
+        return (columns.broadcasts_per_product(t, b) if shared else 0, 1 / t + 1 / b, b)
     return min(((b, pixels(b)) for b in sorted(blocks)), key=cost)
 
 

@@ -127,6 +127,7 @@ def test_column_tile_bounds_the_pixel_run():
     assert strided.broadcasts_per_product(7, 2) == 15 / 42 and columns.broadcasts_per_product(7, 2) == 9 / 42
     assert schedules.tiling.fewest_loads(7, 1, 20, [1, 2, 4], columns=strided) == (4, 1)
     assert schedules.tiling.ColumnTile(1, 1, 2, 36, stride=2).broadcasts_per_product(4, 1) == 1  # 1x1: no overlap
+    assert dilated.broadcasts_per_product(4, 1) == 8 / 12 and dilated.broadcasts_per_product(1, 1) == 1  # 0, 2, 4
 
 
 def test_neon_conv_tiles_take_the_fewest_broadcasts():
@@ -134,12 +135,16 @@ def test_neon_conv_tiles_take_the_fewest_broadcasts():
     take a NEON pipe slot, not by its weight loads, which take only the load pipe: ternary
     (2 accumulators per pixel and block, 2 planes each) in a 7-pixel row takes 4 blocks of
     1 pixel (3 broadcasts per plane for 12 products) where counting weight loads too took 1
-    block of 7 (9 for 21); in a 14-pixel row 4 blocks of 2. A requantizing tile reaches 4
-    blocks by spanning two words of 2 blocks, where the words pair up."""
+    block of 7 (9 for 21); in a 14-pixel row 4 blocks of 2. A 1x1 kernel shares no broadcast
+    between columns, so its tiles rank by all loads (w2a2: 2 blocks of 2 pixels, where 4
+    blocks of 1 spilled). A requantizing tile reaches 4 blocks by spanning two words of 2
+    blocks, where the words pair up."""
     ternary = schedules.tiling.ColumnTile(columns=3, weight_planes=2, input_planes=2, registers=36)
     assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4], columns=ternary) == (4, 1)
     assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4]) == (1, 7)
     assert schedules.tiling.fewest_loads(14, 2, 20, [1, 2, 4], columns=ternary) == (4, 2)
+    one_column = schedules.tiling.ColumnTile(columns=1, weight_planes=2, input_planes=2, registers=36)
+    assert schedules.tiling.fewest_loads(28, 4, 20, [1, 2, 4], columns=one_column) == (2, 2)   # 1x1: loads
     assert schedules.popcount._block_choices(2, 4, 4) == [1, 2, 4]
     assert schedules.popcount._block_choices(2, 3, 4) == [1, 2]
     assert schedules.popcount._block_choices(8, 2, 4) == [1, 2, 4]
@@ -214,6 +219,33 @@ def test_same_seed_samples_the_same_schedule(scheme, epilogue, params, rng):
         assert first.mod.script() == second.mod.script(), f"seed {seed}"
         scripts.add(first.mod.script())
     assert len(scripts) > 1, f"seeds {seeds} all sampled the same schedule"
+
+
+@pytest.mark.parametrize("scheme,params", [("ternary", {}), ("fatnn", {})])
+def test_neon_requantize_samples_spanning_two_words_stay_exact(scheme, params, rng, board, monkeypatch):
+    """The tunable NEON requantize schedule with tiles of 4 channel blocks (two 16-channel
+    output words, each word's thresholds and packing apart) computes the reference on the
+    emulated Pi 4 for a few sampled pixel runs and loop orders."""
+    original = schedules.schedule
+    seed = [0]
+
+    def sampled(func, target, **kwargs):
+        sch = schedules.PopcountKernel().apply(func, target, True, seed=seed[0])
+        return sch if sch is not None else original(func, target, **kwargs)
+
+    monkeypatch.setattr(schedules, "schedule", sampled)
+    tvm_ternary.api._compile_once.cache_clear()     # compiled samples must not outlive the test
+    try:
+        for seed[0] in [sample_seed(rng) for _ in range(3)]:
+            f = tvm_ternary.op("conv2d", scheme, (2, 24, 7, 10), (64, 24, 3, 3), padding=1, target=RASP4,
+                               epilogue="requantize", next_padding=1, remote=board.address, **params)
+            x, w = f.spec.scheme.activation.sample(rng, f.spec.data_shape), f.spec.scheme.weight.sample(rng, f.spec.weight_shape)
+            levels = np.quantile(f.spec.reference(x, w), np.linspace(0.1, 0.9, f.spec.threshold_count))
+            thresholds = np.tile(np.round(levels).astype(np.int64), (64, 1))
+            np.testing.assert_array_equal(f(x, w, thresholds=thresholds), f.reference(x, w, thresholds=thresholds),
+                                          err_msg=f"PopcountKernel().apply(..., True, seed={seed[0]})")
+    finally:
+        tvm_ternary.api._compile_once.cache_clear()
 
 
 def test_same_seed_samples_the_same_packing_schedule(rng):
