@@ -113,9 +113,12 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
     for ``t * b`` products, so ``1/t + 1/b`` per product (ties: fewer blocks). With several
     ``columns`` (NEON, where a broadcast takes a NEON pipe slot as an ALU operation does, and
     a weight vector's load only the load pipe) the pair with the fewest broadcasts per
-    product (:meth:`ColumnTile.broadcasts_per_product`) comes first. Not with one column
-    (1x1 kernels): there that count is ``1/b`` whatever the pixels, and tiles of one pixel
-    let LLVM unroll short reductions with the epilogue and spill."""
+    product (:meth:`ColumnTile.broadcasts_per_product`) comes first. With one column (1x1
+    kernels) that count is ``1/b`` whatever the pixels, and the tiles of one pixel it picks
+    let LLVM unroll short reductions with the epilogue and spill; there both loads count,
+    a broadcast twice (the load pipe and a NEON slot): ``1/t + 2/b``. Chosen on
+    ``benchmarks/pi_estimate.py``'s estimates of ResNet-18's layers: broadcasts alone ran
+    the 3x3 layers fastest, ``1/t + 2/b`` the 1x1 ones (with and without ``--pessimistic``)."""
     def pixels(b: int) -> int:
         t = pick_tile(width, per_pixel * b, budget)
         if columns is not None:
@@ -124,8 +127,11 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
 
     def cost(bt: tuple[int, int]) -> tuple[float, float, int]:
         b, t = bt
-        shared = columns is not None and columns.columns > 1
-        return (columns.broadcasts_per_product(t, b) if shared else 0, 1 / t + 1 / b, b)
+        if columns is None:
+            return (0, 1 / t + 1 / b, b)
+        if columns.columns == 1:
+            return (1 / t + 2 / b, 0, b)
+        return (columns.broadcasts_per_product(t, b), 1 / t + 1 / b, b)
     return min(((b, pixels(b)) for b in sorted(blocks)), key=cost)
 
 

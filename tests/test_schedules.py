@@ -136,15 +136,17 @@ def test_neon_conv_tiles_take_the_fewest_broadcasts():
     (2 accumulators per pixel and block, 2 planes each) in a 7-pixel row takes 4 blocks of
     1 pixel (3 broadcasts per plane for 12 products) where counting weight loads too took 1
     block of 7 (9 for 21); in a 14-pixel row 4 blocks of 2. A 1x1 kernel shares no broadcast
-    between columns, so its tiles rank by all loads (w2a2: 2 blocks of 2 pixels, where 4
-    blocks of 1 spilled). A requantizing tile reaches 4 blocks by spanning two words of 2
-    blocks, where the words pair up."""
+    between columns, so its tiles rank by all loads, a broadcast counted twice (w2a2 28 wide:
+    2 blocks of 2 pixels, where 4 blocks of 1 spilled; ternary 7 wide: 4 blocks of 1, where
+    counting loads once took 1 block of 7). A requantizing tile reaches 4 blocks by spanning
+    two words of 2 blocks, where the words pair up."""
     ternary = schedules.tiling.ColumnTile(columns=3, weight_planes=2, input_planes=2, registers=36)
     assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4], columns=ternary) == (4, 1)
     assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4]) == (1, 7)
     assert schedules.tiling.fewest_loads(14, 2, 20, [1, 2, 4], columns=ternary) == (4, 2)
     one_column = schedules.tiling.ColumnTile(columns=1, weight_planes=2, input_planes=2, registers=36)
-    assert schedules.tiling.fewest_loads(28, 4, 20, [1, 2, 4], columns=one_column) == (2, 2)   # 1x1: loads
+    assert schedules.tiling.fewest_loads(28, 4, 20, [1, 2, 4], columns=one_column) == (2, 2)   # 1x1: loads,
+    assert schedules.tiling.fewest_loads(7, 2, 20, [1, 2, 4], columns=one_column) == (4, 1)    # broadcasts 2x
     assert schedules.popcount._block_choices(2, 4, 4) == [1, 2, 4]
     assert schedules.popcount._block_choices(2, 3, 4) == [1, 2]
     assert schedules.popcount._block_choices(8, 2, 4) == [1, 2, 4]
