@@ -118,7 +118,8 @@ def fewest_loads(width: int, per_pixel: int, budget: int, blocks: Sequence[int],
     let LLVM unroll short reductions with the epilogue and spill; there both loads count,
     a broadcast twice (the load pipe and a NEON slot): ``1/t + 2/b``. Chosen on
     ``benchmarks/pi_estimate.py``'s estimates of ResNet-18's layers: broadcasts alone ran
-    the 3x3 layers fastest, ``1/t + 2/b`` the 1x1 ones (with and without ``--pessimistic``)."""
+    the 3x3 layers fastest; on the 1x1 ones ``1/t + 2/b`` beat all loads counted alike (with
+    and without ``--pessimistic``) and does not spill as broadcasts alone did."""
     def pixels(b: int) -> int:
         t = pick_tile(width, per_pixel * b, budget)
         if columns is not None:
