@@ -66,8 +66,8 @@ class Isa:
     (:class:`~.tiling.ColumnTile`). Calibrated with ``benchmarks/pi_estimate.py``'s
     Cortex-A72 model on NEON: at 36 no stride-1 3x3 or 5x5 tile spills; at 38, w1a1's
     8-pixel 3x3 tiles spill in the hot loop. Stride 2 is counted as stride 1 here (counted
-    as it is, ResNet-18's 7-pixel rows got smaller, slower tiles), but in the ranking of
-    tiles (:meth:`~.tiling.ColumnTile.broadcasts_per_product`)."""
+    as it is, ResNet-18's 7-pixel rows got smaller, slower tiles); the ranking of tiles
+    counts it (:meth:`~.tiling.ColumnTile.broadcasts_per_product`)."""
 
     @property
     def int32_lanes(self) -> int:

@@ -474,7 +474,7 @@ def test_fgq_scales_are_checked():
 
 
 REQUANTIZE = [  # scheme, params, op, data, weight, padding, next_padding
-    ("ternary", {}, "conv2d", (2, 33, 7, 9), (56, 33, 3, 3), 1, 1),     # NEON: 4-block tiles of 2 words; half the last word pads
+    ("ternary", {}, "conv2d", (2, 33, 7, 9), (56, 33, 3, 3), 1, 1),     # NEON: 2-word tiles, the last half padding
     ("fatnn", {}, "conv2d", (1, 64, 6, 6), (32, 64, 3, 3), 1, 2),      # pads with t = -1; NEON: 4 blocks
     ("bitserial", dict(abits=2, wbits=2), "conv2d", (1, 20, 5, 7), (70, 20, 1, 1), 0, 1),
     ("bitserial", dict(abits=1, wbits=1, activation_encoding="bipolar", weight_encoding="bipolar"),

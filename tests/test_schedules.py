@@ -241,8 +241,9 @@ def test_neon_requantize_samples_spanning_two_words_stay_exact(scheme, params, r
         for seed[0] in [sample_seed(rng) for _ in range(3)]:
             f = tvm_ternary.op("conv2d", scheme, (2, 24, 7, 10), (64, 24, 3, 3), padding=1, target=RASP4,
                                epilogue="requantize", next_padding=1, remote=board.address, **params)
-            x, w = f.spec.scheme.activation.sample(rng, f.spec.data_shape), f.spec.scheme.weight.sample(rng, f.spec.weight_shape)
-            levels = np.quantile(f.spec.reference(x, w), np.linspace(0.1, 0.9, f.spec.threshold_count))
+            s = f.spec
+            x, w = s.scheme.activation.sample(rng, s.data_shape), s.scheme.weight.sample(rng, s.weight_shape)
+            levels = np.quantile(s.reference(x, w), np.linspace(0.1, 0.9, s.threshold_count))
             thresholds = np.tile(np.round(levels).astype(np.int64), (64, 1))
             np.testing.assert_array_equal(f(x, w, thresholds=thresholds), f.reference(x, w, thresholds=thresholds),
                                           err_msg=f"PopcountKernel().apply(..., True, seed={seed[0]})")
